@@ -1,0 +1,177 @@
+"""What the OpenAPI document says beyond what Litestar infers from the handlers.
+
+POST /jumps and POST /jotc read their bodies themselves (two media types, our
+own error messages), so their request bodies are declared here; every error
+response is declared as problem+json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.openapi.spec.enums import OpenAPIType
+
+from jotc_api.problems import PROBLEM_JSON
+
+
+class FieldErrorDoc(msgspec.Struct):
+    field: str
+    message: str
+
+
+class ProblemDoc(msgspec.Struct, kw_only=True):
+    """RFC 9457 problem details; validation problems add `errors`, unreachable adds blocked_at."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldErrorDoc] | None = None
+    blocked_at: int | None = None
+
+
+class JumpAnswer(msgspec.Struct):
+    id: str
+    jumps: int
+    path: list[int]
+    n: int
+    max_jump: int
+    user: str
+
+
+class JumpRecord(msgspec.Struct):
+    id: str
+    user: str
+    n: int
+    max_jump: int
+    clouds: list[int]
+    jumps: int
+    path: list[int]
+    created_at: str
+
+
+class Move(msgspec.Struct):
+    from_: int = msgspec.field(name="from")
+    to: int = 0
+
+
+class JotcAnswer(msgspec.Struct):
+    moves: list[Move]
+    total: int
+
+
+def problem(description: str) -> ResponseSpec:
+    return ResponseSpec(
+        data_container=ProblemDoc,
+        description=description,
+        media_type=PROBLEM_JSON,
+        generate_examples=False,
+    )
+
+
+CLOUDS_SCHEMA = Schema(
+    one_of=[
+        Schema(
+            type=OpenAPIType.ARRAY,
+            items=Schema(type=OpenAPIType.INTEGER, enum=[0, 1]),
+            min_items=2,
+            description="0 = cumulus (safe), 1 = thunderhead; first and last must be 0",
+        ),
+        Schema(
+            type=OpenAPIType.STRING,
+            pattern=r"^\s*[01]([ ,]?[01])+\s*$",
+            description='0/1 digits, optionally separated by single spaces or commas: "0010", '
+            '"0 0 1 0", "0,0,1,0"',
+        ),
+    ]
+)
+USER_SCHEMA = Schema(
+    type=OpenAPIType.STRING,
+    min_length=1,
+    max_length=320,
+    description='Who asked; trimmed; default "anonymous"',
+)
+
+
+def json_body(properties: dict[str, Schema], example: dict[str, Any]) -> Schema:
+    return Schema(
+        type=OpenAPIType.OBJECT,
+        required=["clouds"],
+        properties=properties,  # type: ignore[arg-type]
+        additional_properties=False,
+        examples=[example],
+    )
+
+
+JUMPS_BODY = RequestBody(
+    required=True,
+    content={
+        "application/json": OpenAPIMediaType(
+            schema=json_body(
+                {
+                    "clouds": CLOUDS_SCHEMA,
+                    "user": USER_SCHEMA,
+                    "max_jump": Schema(type=OpenAPIType.INTEGER, minimum=1, maximum=1000, default=2),
+                },
+                {"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "ada@example.com", "max_jump": 2},
+            )
+        ),
+        "text/plain": OpenAPIMediaType(
+            schema=Schema(
+                type=OpenAPIType.STRING,
+                description="HackerRank input: first line n, second line n space-separated "
+                "0/1 values. user and max_jump go in the query. Answer: jumps and a newline.",
+                examples=["7\n0 0 1 0 0 1 0\n"],
+            )
+        ),
+    },
+)
+
+JOTC_BODY = RequestBody(
+    required=True,
+    content={
+        "application/json": OpenAPIMediaType(
+            schema=json_body(
+                {"clouds": CLOUDS_SCHEMA, "user": USER_SCHEMA},
+                {"clouds": [0, 0, 1, 0, 0, 1, 0]},
+            )
+        )
+    },
+)
+
+
+@dataclass
+class JumpsOperation(Operation):
+    def __post_init__(self) -> None:
+        self.request_body = JUMPS_BODY
+
+
+@dataclass
+class JotcOperation(Operation):
+    def __post_init__(self) -> None:
+        self.request_body = JOTC_BODY
+
+
+@dataclass
+class NoValidationOperation(Operation):
+    """Drop Litestar's generic 400 for path parameters: a malformed id is our 404."""
+
+    def __post_init__(self) -> None:
+        if self.responses:
+            self.responses.pop("400", None)
+
+
+WRITE_ERRORS = {
+    400: problem("Body not parseable: malformed JSON or text, or n not matching the values"),
+    413: problem("Body larger than JOTC_MAX_BODY_BYTES"),
+    415: problem("Content-Type other than application/json or text/plain"),
+    422: problem(
+        "A validation rule is broken (errors names each field), or the last cloud is "
+        "unreachable (type ends in /unreachable, blocked_at set)"
+    ),
+    503: problem("PostgreSQL unavailable; nothing was recorded; see Retry-After"),
+}

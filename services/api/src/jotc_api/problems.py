@@ -1,0 +1,97 @@
+"""Errors as RFC 9457 problem details (application/problem+json), and what each kind means.
+
+Every error the API sends is a Problem: raised anywhere, turned into a response
+by the handler registered in the app. ``type`` is a relative URI,
+``/problems/<kind>``, which the API itself serves as a short explanation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+PROBLEM_JSON = "application/problem+json"
+
+# kind -> (title, what it means and what to do): served at GET /problems/<kind>.
+KINDS: dict[str, tuple[str, str]] = {
+    "malformed-body": (
+        "Malformed request body",
+        "The body could not be parsed: invalid JSON, or text/plain that is not two lines "
+        "(n, then n space-separated 0/1 values), or a count n that does not match the values.",
+    ),
+    "validation": (
+        "Request failed validation",
+        "The body parsed, but a field breaks a rule; `errors` names each field and the rule.",
+    ),
+    "unreachable": (
+        "Last cloud is unreachable",
+        "max_jump or more thunderheads stand in a row, so no path exists; `blocked_at` is the "
+        "index of the first thunderhead of the first such run.",
+    ),
+    "body-too-large": (
+        "Request body too large",
+        "The body is larger than JOTC_MAX_BODY_BYTES. Send fewer clouds, or the digit-string "
+        "form, which is half the size of a JSON array.",
+    ),
+    "unsupported-media-type": (
+        "Unsupported media type",
+        "Send Content-Type: application/json, or text/plain with the HackerRank input format.",
+    ),
+    "not-found": ("Not found", "Nothing exists at this URL, or the record was deleted."),
+    "method-not-allowed": ("Method not allowed", "This URL does not accept that method."),
+    "database-unavailable": (
+        "Database unavailable",
+        "PostgreSQL could not be reached or did not commit; nothing was recorded. Retry after "
+        "the number of seconds in Retry-After.",
+    ),
+    "overloaded": (
+        "Service overloaded",
+        "Too many requests are waiting for the database; retry after Retry-After seconds.",
+    ),
+    "unauthorized": ("Unauthorized", "Send Authorization: Bearer <JOTC_ADMIN_TOKEN>."),
+    "bad-request": ("Bad request", "The request could not be understood."),
+    "internal": (
+        "Internal server error",
+        "An unexpected error; the request id in X-Request-ID finds it in the logs.",
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    field: str
+    message: str
+
+
+@dataclass(slots=True)
+class Problem(Exception):
+    """An error response: raise it from anywhere in a request."""
+
+    status: int
+    kind: str
+    detail: str
+    errors: list[FieldError] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.kind}: {self.detail}"
+
+    def body(self) -> bytes:
+        document: dict[str, Any] = {
+            "type": f"/problems/{self.kind}",
+            "title": KINDS.get(self.kind, KINDS["bad-request"])[0],
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.errors is not None:
+            document["errors"] = [{"field": e.field, "message": e.message} for e in self.errors]
+        document.update(self.extra)
+        return msgspec.json.encode(document)
+
+
+def validation_problem(errors: list[FieldError]) -> Problem:
+    detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
+    return Problem(422, "validation", detail, errors=errors)

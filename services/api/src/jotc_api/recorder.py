@@ -1,0 +1,254 @@
+"""The write path: how a solved request becomes a durable row, and what happens on failure.
+
+Each worker process runs one Recorder. A request hands over its row and waits;
+writer tasks take everything queued (up to ``max_batch`` rows) and write it in
+ONE statement, which inserts the rows and folds them into ``user_stats``
+(users sorted, so concurrent workers lock them in the same order and cannot
+deadlock). The statement runs in autocommit mode, so it is its own
+transaction: when it returns, every row in it is committed, and only then are
+the waiting requests answered 201. Under light load a batch is one row and the
+cost is one round trip; under heavy load batches grow and throughput follows.
+
+Each writer keeps one pooled connection for its life instead of checking one
+out per batch; at one row per batch the checkout would cost more than the
+commit.
+
+Failure: if PostgreSQL cannot be reached, or the statement fails or times out,
+every request in that batch gets DatabaseUnavailable (503, nothing
+acknowledged) and the writer throws its connection away; the next batch
+connects afresh, so recovery needs no restart. A connection that dies
+mid-statement leaves the outcome unknown to us; the client was told 503, so at
+worst a row exists that was never acknowledged, never the reverse.
+
+Shutdown: ``close()`` stops accepting rows, lets the writers drain everything
+already queued, then returns; the app closes the pool after that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final
+
+import psycopg
+import structlog
+from prometheus_client import Counter, Histogram
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+log = structlog.get_logger("jotc.recorder")
+
+BATCH_ROWS = Histogram(
+    "jotc_recorder_batch_rows",
+    "Rows written per recorder batch (one statement, one transaction)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+COMMIT_SECONDS = Histogram(
+    "jotc_recorder_commit_seconds",
+    "Time to write and commit one recorder batch",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+FAILED_ROWS = Counter(
+    "jotc_recorder_failed_rows",
+    "Rows not recorded because PostgreSQL failed (each answered 503)",
+)
+
+# psycopg placeholders: the writers run it on the driver connection (see Writer).
+RECORD_BATCH: Final = """
+    WITH new_rows AS (
+        INSERT INTO jump_requests (id, user_name, n, max_jump, clouds, jumps)
+        SELECT * FROM unnest(
+            %(ids)s::uuid[], %(users)s::text[], %(ns)s::integer[],
+            %(max_jumps)s::smallint[], %(clouds)s::bytea[], %(jumps)s::integer[]
+        )
+        RETURNING user_name, created_at
+    )
+    INSERT INTO user_stats AS stats (user_name, requests, last_request_at)
+    SELECT user_name, count(*), max(created_at) FROM new_rows
+    GROUP BY user_name ORDER BY user_name
+    ON CONFLICT (user_name) DO UPDATE
+    SET requests = stats.requests + excluded.requests,
+        last_request_at = greatest(stats.last_request_at, excluded.last_request_at)
+"""
+
+
+class DatabaseUnavailable(Exception):
+    """The row was not acknowledged as recorded: PostgreSQL failed, or the service is stopping."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: uuid.UUID
+    user: str
+    n: int
+    max_jump: int
+    clouds: bytes  # bit-packed
+    jumps: int
+
+
+class _Stop:
+    """Queued after the last row on shutdown: a writer that takes it exits."""
+
+
+Waiting = tuple[Row, "asyncio.Future[None]"]
+
+
+class Recorder:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        max_batch: int,
+        writers: int,
+        max_pending: int,
+        write_timeout: float,
+    ) -> None:
+        self._engine = engine
+        self._max_batch = max_batch
+        self._write_timeout = write_timeout
+        self._queue: asyncio.Queue[Waiting | _Stop] = asyncio.Queue(maxsize=max_pending)
+        self._closing = False
+        self._tasks = [
+            asyncio.create_task(self._write_loop(), name=f"recorder-writer-{i}") for i in range(writers)
+        ]
+
+    async def record(self, row: Row) -> None:
+        """Return once the row is committed; raise DatabaseUnavailable if it was not."""
+        if self._closing:
+            raise DatabaseUnavailable("the service is shutting down")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((row, future))
+        except asyncio.QueueFull:
+            raise DatabaseUnavailable("too many requests are waiting for the database") from None
+        # A client that hangs up cancels this future, not the row: it stays in its batch, and the
+        # writer skips answering a cancelled future.
+        await future
+
+    async def close(self, timeout: float) -> None:
+        """Drain what is queued (up to timeout seconds), then stop the writers."""
+        self._closing = True
+        for _ in self._tasks:
+            await self._queue.put(_Stop())
+        _, unfinished = await asyncio.wait(self._tasks, timeout=timeout)
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.wait(unfinished)
+        left = self._fail_queued("the service stopped before this row was written")
+        if unfinished or left:
+            log.error("recorder stopped before draining", rows_not_written=left)
+        else:
+            log.info("recorder drained")
+
+    async def _write_loop(self) -> None:
+        """One writer: keeps one pooled connection for its whole life (no checkout per batch),
+        and gives it back, invalidated, when it fails."""
+        connection: AsyncConnection | None = None
+        try:
+            while True:
+                first = await self._queue.get()
+                if isinstance(first, _Stop):
+                    return
+                batch = [first]
+                while len(batch) < self._max_batch and not self._queue.empty():
+                    item = self._queue.get_nowait()
+                    if isinstance(item, _Stop):
+                        self._queue.put_nowait(item)  # rows first; this writer stops next turn
+                        break
+                    batch.append(item)
+                connection = await self._write(connection, batch)
+        finally:
+            if connection is not None:
+                await connection.close()
+
+    async def _write(
+        self, connection: AsyncConnection | None, batch: list[Waiting]
+    ) -> AsyncConnection | None:
+        """Write one batch; answer its requests; return the connection to use next time."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                if connection is None:
+                    connection = await self._engine.connect()
+                await insert_rows(connection, [row for row, _ in batch])
+        except IntegrityError:
+            # Validation mirrors every CHECK, so this is a bug; keep the good rows anyway.
+            log.exception("batch rejected by a constraint; writing its rows one by one")
+            if len(batch) > 1:
+                for waiting in batch:
+                    connection = await self._write(connection, [waiting])
+                return connection
+            self._fail(batch, DatabaseUnavailable("the row was rejected by a database constraint"))
+            return connection
+        except (TimeoutError, SQLAlchemyError, psycopg.Error, OSError) as exc:
+            self._fail(batch, exc)
+            if connection is not None:
+                await discard(connection)
+            return None
+        COMMIT_SECONDS.observe(time.perf_counter() - started)
+        BATCH_ROWS.observe(len(batch))
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+        return connection
+
+    def _fail(self, batch: list[Waiting], exc: BaseException) -> None:
+        FAILED_ROWS.inc(len(batch))
+        reason = describe_failure(exc)
+        log.warning("batch not recorded; answering 503", rows=len(batch), reason=reason)
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(DatabaseUnavailable(reason))
+
+    def _fail_queued(self, reason: str) -> int:
+        failed = 0
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not isinstance(item, _Stop) and not item[1].done():
+                item[1].set_exception(DatabaseUnavailable(reason))
+                failed += 1
+        return failed
+
+
+async def insert_rows(connection: AsyncConnection, rows: list[Row]) -> None:
+    """The batch statement on the psycopg connection underneath SQLAlchemy's: this is the one
+    hot statement, and SQLAlchemy's per-execution layers cost more than the commit here."""
+    raw = await connection.get_raw_connection()
+    driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+    if not driver.autocommit:
+        await driver.set_autocommit(True)  # the statement is its own transaction
+    try:
+        await driver.execute(
+            RECORD_BATCH,
+            {
+                "ids": [row.id for row in rows],
+                "users": [row.user for row in rows],
+                "ns": [row.n for row in rows],
+                "max_jumps": [row.max_jump for row in rows],
+                "clouds": [row.clouds for row in rows],
+                "jumps": [row.jumps for row in rows],
+            },
+        )
+    except psycopg.IntegrityError as exc:
+        raise IntegrityError(RECORD_BATCH, None, exc) from exc
+
+
+async def discard(connection: AsyncConnection) -> None:
+    """A connection that failed may be dead or mid-statement: never reuse it."""
+    try:
+        await connection.invalidate()
+        await connection.close()
+    except Exception:  # noqa: S110 - it is being thrown away either way
+        pass
+
+
+def describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "PostgreSQL did not answer in time"
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    message = str(exc).strip()
+    return message.splitlines()[0] if message else type(exc).__name__

@@ -1,0 +1,1 @@
+"""Route modules, one per area: jumps (the puzzle), operations (health, metrics, docs)."""

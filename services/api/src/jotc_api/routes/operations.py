@@ -1,0 +1,79 @@
+"""GET /, /healthz, /readyz, /problems/{kind}: what operators and their probes ask."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get
+from litestar.openapi.datastructures import ResponseSpec
+from sqlalchemy import text
+
+from jotc_api.problems import KINDS, Problem
+from jotc_api.settings import Settings
+from jotc_api.tables import SCHEMA_REVISION
+
+READY_CHECK_TIMEOUT = 2.0
+JSON = "application/json"
+
+
+@get("/", summary="Service name, version and where the docs are", tags=["operations"])
+async def index(request: Request[Any, Any, Any]) -> dict[str, str]:
+    settings: Settings = request.app.state.settings
+    return {"service": "jotc-api", "version": settings.version, "docs": "/schema"}
+
+
+@get("/healthz", summary="Liveness: 200 while the process serves", tags=["operations"])
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get(
+    "/readyz",
+    summary="Readiness: PostgreSQL answers and its schema is the one this build expects",
+    tags=["operations"],
+    responses={503: ResponseSpec(data_container=dict[str, Any], description="Not ready")},
+)
+async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
+    checks: dict[str, dict[str, str]] = {}
+    try:
+        async with asyncio.timeout(READY_CHECK_TIMEOUT):
+            async with request.app.state.engine.connect() as connection:
+                result = await connection.execute(
+                    text(
+                        "SELECT CASE WHEN to_regclass('alembic_version') IS NULL THEN NULL"
+                        " ELSE (SELECT string_agg(version_num, ',') FROM alembic_version) END"
+                    )
+                )
+                revision = result.scalar()
+        checks["database"] = {"status": "ok"}
+        if revision == SCHEMA_REVISION:
+            checks["schema"] = {"status": "ok", "revision": SCHEMA_REVISION}
+        else:
+            checks["schema"] = {
+                "status": "failing",
+                "detail": f"database is at revision {revision or 'none (never migrated)'}, "
+                f"this build expects {SCHEMA_REVISION}; run jotc-migrate upgrade",
+            }
+    except Exception as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc).strip().splitlines()[0]
+        checks["database"] = {"status": "failing", "detail": f"PostgreSQL: {reason}"}
+        checks["schema"] = {"status": "unknown", "detail": "database unreachable"}
+    checks["redis"] = {"status": "not configured"}
+    ready = all(check["status"] in {"ok", "not configured", "degraded"} for check in checks.values())
+    body = {"status": "ready" if ready else "not ready", "checks": checks}
+    return Response(msgspec.json.encode(body), status_code=200 if ready else 503, media_type=JSON)
+
+
+@get(
+    "/problems/{kind:str}",
+    summary="What an error type means",
+    tags=["operations"],
+    include_in_schema=False,
+)
+async def problem_kind(kind: str) -> Response[str]:
+    if kind not in KINDS:
+        raise Problem(404, "not-found", f"no problem type {kind[:64]!r}")
+    title, explanation = KINDS[kind]
+    return Response(f"{title}\n\n{explanation}\n", media_type="text/plain")

@@ -1,0 +1,105 @@
+"""The jotc-api command: validate settings, size the worker pool, then run Granian.
+
+The container's entrypoint and ``scripts/dev api`` both run this, so what runs
+locally is what runs in production.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from jotc_api.settings import Settings, SettingsError, load_settings
+
+CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+
+
+def cpu_quota(cpu_max: Path = CGROUP_V2_CPU_MAX) -> float | None:
+    """CPUs granted by the container's cgroup quota, or None when unlimited or unknown."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            return int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        v1_quota = int(CGROUP_V1_QUOTA.read_text())
+        if v1_quota > 0:
+            return v1_quota / int(CGROUP_V1_PERIOD.read_text())
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: the cgroup quota (rounded up), else the affinity mask."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = affinity or 1
+    quota = cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return cpus
+
+
+def prepare_metrics_dir() -> None:
+    """prometheus_client's multiprocess mode: one directory all workers write and /metrics sums.
+    Emptied at every start, so counters from a previous run do not leak in."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        path = Path(directory)
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True, exist_ok=True)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="jotc-metrics-")
+
+
+def run(settings: Settings) -> None:
+    from granian.constants import Interfaces, Loops
+    from granian.log import LogLevels
+    from granian.server import Server
+
+    workers = settings.workers or available_cpus()
+    prepare_metrics_dir()
+    server = Server(
+        "jotc_api.asgi:create",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        loop=Loops.uvloop,
+        # At most this many requests in flight per worker: every one may be waiting for the
+        # recorder, whose writers commit up to max_batch rows per pooled connection.
+        backpressure=settings.recorder_max_batch * settings.db_pool_size,
+        respawn_failed_workers=True,
+        workers_kill_timeout=int(settings.shutdown_timeout) + 2,
+        log_level=LogLevels(settings.log_level.lower())
+        if settings.log_level != "CRITICAL"
+        else LogLevels.critical,
+        log_access=False,
+    )
+    print(
+        f"jotc-api {settings.version}: {workers} worker(s) on {settings.host}:{settings.port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    server.serve()
+
+
+def main() -> None:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"jotc-api: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    run(settings)
+
+
+if __name__ == "__main__":
+    main()

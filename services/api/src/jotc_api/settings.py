@@ -1,0 +1,173 @@
+"""Settings: read from the environment once at start-up, validated, then passed around.
+
+A bad value raises SettingsError with one line naming the variable; the server
+prints it and exits before binding the port.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+
+class SettingsError(ValueError):
+    """One environment variable has a value the service cannot run with."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    requests: int
+    per_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: URL
+    redis_url: str | None = None
+    admin_token: str | None = None
+    max_clouds: int = 100_000
+    max_body_bytes: int = 1024 * 1024
+    rate_limit: RateLimit | None = None
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    log_format: str = "json"
+    access_log: bool = True
+    port: int = 4000
+    host: str = "0.0.0.0"  # noqa: S104 - a container listens on all its interfaces
+    workers: int | None = None
+    db_pool_size: int = 4
+    recorder_max_batch: int = 128
+    recorder_writers: int = 1
+    offload_from: int = 50_000
+    shutdown_timeout: float = 25.0
+    version: str = field(default="")
+
+
+PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+
+
+def integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def database_url(env: Mapping[str, str]) -> URL:
+    raw = env.get("DATABASE_URL", "").strip()
+    if not raw:
+        raise SettingsError("DATABASE_URL is not set; expected postgresql://user:password@host:5432/db")
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise SettingsError(
+            "DATABASE_URL is not a valid URL; expected postgresql://user:password@host:5432/db"
+        ) from None
+    if url.get_backend_name() not in {"postgresql", "postgres"}:
+        raise SettingsError(f"DATABASE_URL must be a postgresql:// URL, got {url.drivername!r}")
+    return url.set(drivername="postgresql+psycopg")
+
+
+def redis_url(env: Mapping[str, str]) -> str | None:
+    raw = env.get("REDIS_URL", "").strip()
+    if raw and not re.match(r"^(redis|rediss|unix)://", raw):
+        raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+    return raw or None
+
+
+def rate_limit(env: Mapping[str, str]) -> RateLimit | None:
+    raw = env.get("JOTC_RATE_LIMIT", "").strip()
+    if not raw or raw == "0":
+        return None
+    match = re.fullmatch(r"(\d+)\s*/\s*(second|minute|hour|day)", raw)
+    if not match or int(match[1]) < 1:
+        raise SettingsError(f"JOTC_RATE_LIMIT must look like 600/minute (or 0 to turn it off), got {raw!r}")
+    return RateLimit(int(match[1]), PERIODS[match[2]])
+
+
+def trusted_proxies(
+    env: Mapping[str, str],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for item in env.get("JOTC_TRUSTED_PROXIES", "").replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SettingsError(
+                f"JOTC_TRUSTED_PROXIES has {item!r}, which is not an IP address or network"
+            ) from None
+    return tuple(networks)
+
+
+def cors_origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    origins = tuple(env.get("JOTC_CORS_ORIGINS", "").replace(",", " ").split())
+    for origin in origins:
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise SettingsError(
+                f"JOTC_CORS_ORIGINS has {origin!r}; expected origins like https://app.example.com"
+            )
+    return origins
+
+
+def choice(env: Mapping[str, str], name: str, default: str, allowed: set[str]) -> str:
+    raw = env.get(name, "").strip() or default
+    normalised = raw.upper() if name == "LOG_LEVEL" else raw.lower()
+    if normalised not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(sorted(allowed))}, got {raw!r}")
+    return normalised
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Every setting from the environment; raises SettingsError naming the first bad variable."""
+    from jotc_api import __version__
+
+    env = os.environ if env is None else env
+    workers_raw = env.get("JOTC_WORKERS", "").strip()
+    admin_token = env.get("JOTC_ADMIN_TOKEN", "")
+    return Settings(
+        database_url=database_url(env),
+        redis_url=redis_url(env),
+        admin_token=admin_token if admin_token.strip() else None,
+        max_clouds=integer(env, "JOTC_MAX_CLOUDS", 100_000, 2, 10_000_000),
+        max_body_bytes=integer(env, "JOTC_MAX_BODY_BYTES", 1024 * 1024, 64, 256 * 1024 * 1024),
+        rate_limit=rate_limit(env),
+        trusted_proxies=trusted_proxies(env),
+        cors_origins=cors_origins(env),
+        log_level=choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS),
+        log_format=choice(env, "LOG_FORMAT", "json", {"json", "console"}),
+        access_log=boolean(env, "JOTC_ACCESS_LOG", True),
+        port=integer(env, "PORT", 4000, 1, 65535),
+        host=env.get("JOTC_HOST", "").strip() or "0.0.0.0",  # noqa: S104
+        workers=integer(env, "JOTC_WORKERS", 1, 1, 256) if workers_raw else None,
+        db_pool_size=integer(env, "JOTC_DB_POOL_SIZE", 4, 1, 100),
+        recorder_max_batch=integer(env, "JOTC_RECORDER_MAX_BATCH", 128, 1, 10_000),
+        recorder_writers=integer(env, "JOTC_RECORDER_WRITERS", 1, 1, 32),
+        offload_from=integer(env, "JOTC_SOLVER_OFFLOAD_FROM", 50_000, 2, 100_000_000),
+        shutdown_timeout=float(integer(env, "JOTC_SHUTDOWN_TIMEOUT", 25, 1, 3600)),
+        version=__version__,
+    )
