@@ -24,6 +24,7 @@ import uuid_utils
 from litestar import Litestar, Request, Response, get, post
 from litestar.enums import ScopeType
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath
 from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -285,7 +286,7 @@ async def post_jotc(request: Request[Any, Any, Any]) -> Response[bytes]:
     },
     tags=["jumps"],
 )
-async def get_jump(request: Request[Any, Any, Any], request_id: str) -> Response[bytes]:
+async def get_jump(request: Request[Any, Any, Any], request_id: FromPath[str]) -> Response[bytes]:
     try:
         wanted = uuid.UUID(request_id)
     except ValueError:

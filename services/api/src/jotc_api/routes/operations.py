@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath
 from sqlalchemy import text
 
 from jotc_api.problems import KINDS, Problem
@@ -40,13 +41,12 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     try:
         async with asyncio.timeout(READY_CHECK_TIMEOUT):
             async with request.app.state.engine.connect() as connection:
-                result = await connection.execute(
-                    text(
-                        "SELECT CASE WHEN to_regclass('alembic_version') IS NULL THEN NULL"
-                        " ELSE (SELECT string_agg(version_num, ',') FROM alembic_version) END"
-                    )
+                migrated = await connection.scalar(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
+                revision = (
+                    await connection.scalar(text("SELECT string_agg(version_num, ',') FROM alembic_version"))
+                    if migrated
+                    else None
                 )
-                revision = result.scalar()
         checks["database"] = {"status": "ok"}
         if revision == SCHEMA_REVISION:
             checks["schema"] = {"status": "ok", "revision": SCHEMA_REVISION}
@@ -72,7 +72,7 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     tags=["operations"],
     include_in_schema=False,
 )
-async def problem_kind(kind: str) -> Response[str]:
+async def problem_kind(kind: FromPath[str]) -> Response[str]:
     if kind not in KINDS:
         raise Problem(404, "not-found", f"no problem type {kind[:64]!r}")
     title, explanation = KINDS[kind]

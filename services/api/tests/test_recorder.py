@@ -1,0 +1,123 @@
+"""The write path under concurrency, database outages and shutdown, through the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import psycopg
+from conftest import fresh_database, proxied, start_api
+
+Connection = psycopg.Connection[tuple[object, ...]]
+
+
+async def burst(
+    base_url: str, bodies: list[dict[str, object]], timeout: float = 60
+) -> list[httpx.Response | Exception]:
+    limits = httpx.Limits(max_connections=len(bodies))
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits) as client:
+        return await asyncio.gather(
+            *(client.post("/jumps", json=body) for body in bodies), return_exceptions=True
+        )
+
+
+def rows_for(db: Connection, ids: list[str]) -> set[str]:
+    found = db.execute("SELECT id::text FROM jump_requests WHERE id = ANY(%s::uuid[])", (ids,)).fetchall()
+    return {str(row[0]) for row in found}
+
+
+def test_hundreds_of_simultaneous_requests_make_exactly_that_many_rows(tmp_root: Path) -> None:
+    users = [f"burst-{i % 7}@example.com" for i in range(400)]
+    with fresh_database() as database_url:
+        server = start_api(database_url, tmp_root)
+        try:
+            answers = asyncio.run(
+                burst(server.base_url, [{"clouds": [0, 0, 1, 0, 0, 1, 0], "user": u} for u in users])
+            )
+        finally:
+            server.stop()
+        assert all(isinstance(a, httpx.Response) and a.status_code == 201 for a in answers), answers[:3]
+        with psycopg.connect(database_url, autocommit=True) as db:
+            assert db.execute("SELECT count(*) FROM jump_requests").fetchone() == (400,)
+            stats = dict(db.execute("SELECT user_name, requests FROM user_stats").fetchall())
+            assert stats == dict(Counter(users))
+            ids = [a.json()["id"] for a in answers if isinstance(a, httpx.Response)]
+            assert len(rows_for(db, ids)) == 400
+            batches = db.execute("SELECT count(DISTINCT created_at) FROM jump_requests").fetchone()
+            assert batches is not None
+            assert int(str(batches[0])) < 400
+
+
+def test_database_outage_gives_503_never_an_unrecorded_201_and_recovers(
+    database_url: str, tmp_root: Path, db: Connection
+) -> None:
+    with proxied(database_url) as (proxy, through_proxy):
+        server = start_api(through_proxy, tmp_root)
+        try:
+            base = server.base_url
+            healthy = asyncio.run(burst(base, [{"clouds": [0, 0], "user": "outage"}] * 20))
+            assert all(isinstance(a, httpx.Response) and a.status_code == 201 for a in healthy)
+
+            proxy.cut()
+            down = asyncio.run(burst(base, [{"clouds": [0, 0], "user": "outage"}] * 30, timeout=30))
+            statuses = Counter(a.status_code for a in down if isinstance(a, httpx.Response))
+            assert set(statuses) <= {201, 503}, statuses
+            assert statuses[503] >= 1
+            for answer in down:
+                assert isinstance(answer, httpx.Response)
+                if answer.status_code == 503:
+                    assert answer.headers["retry-after"]
+                    assert answer.headers["content-type"].startswith("application/problem+json")
+            assert httpx.get(f"{base}/readyz", timeout=10).status_code == 503
+            assert httpx.get(f"{base}/healthz").status_code == 200
+
+            proxy.restore()
+            deadline = time.monotonic() + 30
+            recovered = None
+            while time.monotonic() < deadline:
+                recovered = httpx.post(f"{base}/jumps", json={"clouds": [0, 0], "user": "outage"}, timeout=10)
+                if recovered.status_code == 201:
+                    break
+                time.sleep(0.2)
+            assert recovered is not None
+            assert recovered.status_code == 201
+            after = asyncio.run(burst(base, [{"clouds": [0, 0], "user": "outage"}] * 20))
+            assert all(isinstance(a, httpx.Response) and a.status_code == 201 for a in after)
+        finally:
+            server.stop()
+
+    acknowledged = [
+        a.json()["id"]
+        for a in [*healthy, *down, *after]
+        if isinstance(a, httpx.Response) and a.status_code == 201
+    ]
+    assert rows_for(db, acknowledged) == set(acknowledged)  # every 201 has its row
+
+
+def test_sigterm_finishes_in_flight_requests_and_drains_the_recorder(tmp_root: Path) -> None:
+    with fresh_database() as database_url, proxied(database_url, delay=0.3) as (_, slow):
+        server = start_api(slow, tmp_root, JOTC_SHUTDOWN_TIMEOUT="20")
+
+        async def scenario() -> list[httpx.Response | Exception]:
+            requests = asyncio.create_task(
+                burst(server.base_url, [{"clouds": [0, 0], "user": "drain"}] * 40, timeout=60)
+            )
+            await asyncio.sleep(0.4)  # accepted and waiting on the slow database
+            server.process.send_signal(signal.SIGTERM)
+            return await requests
+
+        answers = asyncio.run(scenario())
+        started = time.monotonic()
+        code = server.process.wait(timeout=40)
+        assert time.monotonic() - started < 25
+        assert code == 0, server.log()
+        responses = [a for a in answers if isinstance(a, httpx.Response)]
+        assert len(responses) == 40, answers  # every request sent before the signal is answered
+        assert all(r.status_code == 201 for r in responses), Counter(r.status_code for r in responses)
+        assert "recorder drained" in server.log()
+        with psycopg.connect(database_url, autocommit=True) as db:
+            assert rows_for(db, [r.json()["id"] for r in responses]) == {r.json()["id"] for r in responses}

@@ -1,0 +1,98 @@
+"""Start-up: a bad setting stops jotc-api with one line naming the variable; worker sizing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jotc_api import server
+from jotc_api.settings import SettingsError, load_settings
+
+JOTC_API = str(Path(sys.executable).with_name("jotc-api"))
+GOOD = {"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/jotc"}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DATABASE_URL", ""),
+        ("DATABASE_URL", "mysql://root@localhost/jotc"),
+        ("DATABASE_URL", "::not a url::"),
+        ("REDIS_URL", "localhost:6379"),
+        ("JOTC_MAX_CLOUDS", "many"),
+        ("JOTC_MAX_CLOUDS", "1"),
+        ("JOTC_MAX_BODY_BYTES", "-5"),
+        ("JOTC_RATE_LIMIT", "lots"),
+        ("JOTC_RATE_LIMIT", "10/fortnight"),
+        ("JOTC_TRUSTED_PROXIES", "10.0.0.0/8 not-an-ip"),
+        ("JOTC_CORS_ORIGINS", "example.com"),
+        ("LOG_LEVEL", "LOUD"),
+        ("LOG_FORMAT", "xml"),
+        ("PORT", "70000"),
+        ("PORT", "http"),
+        ("JOTC_WORKERS", "0"),
+        ("JOTC_ACCESS_LOG", "maybe"),
+        ("JOTC_DB_POOL_SIZE", "0"),
+        ("JOTC_SHUTDOWN_TIMEOUT", "forever"),
+    ],
+)
+def test_bad_setting_stops_start_up_with_one_line_naming_it(variable: str, value: str) -> None:
+    env = {**os.environ, **GOOD, "PORT": "4999", variable: value}
+    result = subprocess.run([JOTC_API], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("jotc-api: ")
+    assert variable in lines[0]
+
+
+def test_missing_database_url_is_named() -> None:
+    with pytest.raises(SettingsError, match="DATABASE_URL is not set"):
+        load_settings({})
+
+
+def test_good_settings_are_parsed() -> None:
+    settings = load_settings(
+        {
+            **GOOD,
+            "JOTC_RATE_LIMIT": "600/minute",
+            "JOTC_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1",
+            "JOTC_CORS_ORIGINS": "https://app.example.com",
+            "LOG_LEVEL": "debug",
+            "JOTC_ADMIN_TOKEN": "  ",
+        }
+    )
+    assert settings.database_url.drivername == "postgresql+psycopg"
+    assert settings.rate_limit is not None
+    assert (settings.rate_limit.requests, settings.rate_limit.per_seconds) == (600, 60)
+    assert len(settings.trusted_proxies) == 2
+    assert settings.log_level == "DEBUG"
+    assert settings.admin_token is None  # blank means not configured: every admin request is 401
+    assert load_settings({**GOOD, "JOTC_RATE_LIMIT": "0"}).rate_limit is None
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("max 100000", None), ("150000 100000", 1.5), ("50000 100000", 0.5), ("garbage", None)],
+)
+def test_cgroup_v2_quota(tmp_path: Path, cpu_max: str, expected: float | None) -> None:
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max + "\n")
+    if expected is None:
+        assert server.cpu_quota(path) in (None, server.cpu_quota(tmp_path / "missing"))
+    else:
+        assert server.cpu_quota(path) == expected
+
+
+def test_workers_follow_the_quota_rounded_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server, "cpu_quota", lambda: 1.5)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1, 2, 3, 4, 5, 6, 7})
+    assert server.available_cpus() == 2
+    monkeypatch.setattr(server, "cpu_quota", lambda: 0.25)
+    assert server.available_cpus() == 1
+    monkeypatch.setattr(server, "cpu_quota", lambda: None)
+    assert server.available_cpus() == 8
