@@ -24,6 +24,23 @@ from sqlalchemy.engine import URL, make_url
 
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 BIN = Path(sys.executable).parent
+SIBLING_MIGRATE = Path(__file__).resolve().parents[2] / "db-migrations" / ".venv" / "bin" / "jotc-migrate"
+
+
+def migrate_command() -> str:
+    """The schema's owner, jotc-migrate from services/db-migrations: the tests build the schema
+    exactly as production does. JOTC_MIGRATE names it (scripts/test sets it); otherwise the
+    sibling checkout's environment is used."""
+    command = os.environ.get("JOTC_MIGRATE") or str(SIBLING_MIGRATE)
+    if not Path(command).exists():
+        pytest.exit(
+            f"jotc-migrate not found at {command}: run `uv sync` in services/db-migrations, "
+            "or set JOTC_MIGRATE to its path",
+            returncode=2,
+        )
+    return command
+
+
 ADMIN_TOKEN = "test-admin-token"
 
 
@@ -52,7 +69,7 @@ def fresh_database(*, migrate: bool = True) -> Iterator[str]:
     try:
         if migrate:
             result = subprocess.run(
-                [str(BIN / "jotc-migrate"), "upgrade"],
+                [migrate_command(), "upgrade"],
                 env={**os.environ, "DATABASE_URL": url},
                 capture_output=True,
                 text=True,
@@ -103,6 +120,7 @@ def start_api(database_url: str, tmp: Path, **env: str) -> ApiServer:
         "JOTC_MAX_BODY_BYTES": "65536",
         "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"metrics-{port}"),
         "LOG_FORMAT": "json",
+        "JOTC_ACCESS_LOG": "true",
         **env,
     }
     with log_path.open("wb") as log_file:

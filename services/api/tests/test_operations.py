@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import time
 from pathlib import Path
 
 import httpx
 import psycopg
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from conftest import ApiServer, fresh_database, start_api
-from jotc_migrations.cli import head_revision
+from conftest import ApiServer, fresh_database, migrate_command, start_api
 from openapi_spec_validator import validate
 from sqlalchemy import create_engine
 
@@ -39,7 +40,8 @@ def test_readyz_when_database_and_schema_are_right(client: httpx.Client) -> None
 
 
 def test_build_expects_the_migrations_head() -> None:
-    assert head_revision() == SCHEMA_REVISION
+    head = subprocess.run([migrate_command(), "head"], capture_output=True, text=True, check=True)
+    assert head.stdout.strip() == SCHEMA_REVISION
 
 
 def test_api_tables_match_the_migrated_schema(database_url: str) -> None:
@@ -90,6 +92,12 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def settled_metrics(api: ApiServer) -> str:
+    """/metrics once each worker has handed its last second of request counts over (1 s)."""
+    time.sleep(1.5)
+    return httpx.get(f"{api.base_url}/metrics").text
+
+
 def test_metrics_count_every_request_across_both_workers(api: ApiServer) -> None:
     before = httpx.get(f"{api.base_url}/metrics").text
     # New connections each time, so Granian spreads them over its two workers.
@@ -97,7 +105,7 @@ def test_metrics_count_every_request_across_both_workers(api: ApiServer) -> None
         assert httpx.post(f"{api.base_url}/jumps", json={"clouds": [0, 0]}).status_code == 201
     for _ in range(5):
         httpx.post(f"{api.base_url}/jumps", json={"clouds": [0, 2]})
-    after = httpx.get(f"{api.base_url}/metrics").text
+    after = settled_metrics(api)
     counted = metric(after, "jotc_http_requests_total", route="/jumps", status="201") - metric(
         before, "jotc_http_requests_total", route="/jumps", status="201"
     )
@@ -115,7 +123,7 @@ def test_metrics_count_every_request_across_both_workers(api: ApiServer) -> None
 def test_metrics_label_by_route_template_not_raw_path(api: ApiServer) -> None:
     for _ in range(3):
         httpx.get(f"{api.base_url}/jumps/00000000-0000-7000-8000-000000000000")
-    text = httpx.get(f"{api.base_url}/metrics").text
+    text = settled_metrics(api)
     assert "00000000-0000-7000" not in text
     assert metric(text, "jotc_http_requests_total", route="/jumps/{request_id}", status="404") >= 3
 
@@ -149,6 +157,7 @@ def test_problem_types_are_explained(client: httpx.Client) -> None:
 
 def test_access_log_lines_are_json_with_the_request_id(api: ApiServer, client: httpx.Client) -> None:
     client.get("/healthz", headers={"x-request-id": "log-check-42"})
+    time.sleep(0.5)  # access lines are written in batches every 0.2 s
     lines = [line for line in api.log().splitlines() if "log-check-42" in line]
     assert lines
     assert '"request_id":"log-check-42"' in lines[0]

@@ -55,13 +55,13 @@ FAILED_ROWS = Counter(
     "Rows not recorded because PostgreSQL failed (each answered 503)",
 )
 
-# psycopg placeholders: the writers run it on the driver connection (see Writer).
+# psycopg placeholders, binary (%b): arrays go over the wire without text quoting.
 RECORD_BATCH: Final = """
     WITH new_rows AS (
         INSERT INTO jump_requests (id, user_name, n, max_jump, clouds, jumps)
         SELECT * FROM unnest(
-            %(ids)s::uuid[], %(users)s::text[], %(ns)s::integer[],
-            %(max_jumps)s::smallint[], %(clouds)s::bytea[], %(jumps)s::integer[]
+            %(ids)b::uuid[], %(users)b::text[], %(ns)b::integer[],
+            %(max_jumps)b::smallint[], %(clouds)b::bytea[], %(jumps)b::integer[]
         )
         RETURNING user_name, created_at
     )

@@ -62,19 +62,22 @@ def _greedy_walk(clouds: bytes, max_jump: int) -> Solution:
     path = [0]
     here = 0
     probe = CLEAR_PROBE_STRIDES * max_jump
+    strides = 0
     while here < last:
         # Never -1: no run of max_jump thunderheads exists (checked by the caller).
         landing = clouds.rfind(b"\x00", here + 1, min(here + max_jump, last) + 1)
         path.append(landing)
         full_stride = landing - here == max_jump
         here = landing
-        if full_stride and clouds.find(b"\x01", here, here + probe) < 0:
+        strides = strides + 1 if full_stride else 0
+        # Two full strides in a row hint at a clear stretch; only then look ahead for one.
+        if strides >= 2 and clouds.find(b"\x01", here, here + probe) < 0:
             # A long stretch of cumuli: land every max_jump clouds up to its end, in C.
             next_thunder = clouds.find(b"\x01", here)
             clear_until = last if next_thunder < 0 else next_thunder - 1
-            strides = (clear_until - here) // max_jump
-            path.extend(range(here + max_jump, here + strides * max_jump + 1, max_jump))
-            here += strides * max_jump
+            bulk = (clear_until - here) // max_jump
+            path.extend(range(here + max_jump, here + bulk * max_jump + 1, max_jump))
+            here += bulk * max_jump
     return Solution(len(path) - 1, path)
 
 
