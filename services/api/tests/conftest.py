@@ -124,9 +124,7 @@ def start_api(database_url: str, tmp: Path, **env: str) -> ApiServer:
         **env,
     }
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [str(BIN / "jotc-api")], env=full_env, stdout=log_file, stderr=subprocess.STDOUT
-        )
+        process = subprocess.Popen([str(BIN / "jotc-api")], env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
     server = ApiServer(process, f"http://127.0.0.1:{port}", log_path, full_env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

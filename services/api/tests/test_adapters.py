@@ -45,9 +45,7 @@ def comparable(response: Any) -> tuple[int, str, Any]:
 
 @pytest.fixture(scope="module")
 def litestar_client(database_url: str) -> Any:
-    settings = load_settings(
-        {"DATABASE_URL": database_url, "JOTC_MAX_CLOUDS": "5000", "JOTC_MAX_BODY_BYTES": "65536"}
-    )
+    settings = load_settings({"DATABASE_URL": database_url, "JOTC_MAX_CLOUDS": "5000", "JOTC_MAX_BODY_BYTES": "65536"})
     with TestClient(app=create_app(settings, configure_logs=False)) as client:
         yield client
 
@@ -56,6 +54,4 @@ def litestar_client(database_url: str) -> Any:
 def test_hot_path_and_litestar_handler_answer_alike(
     client: httpx.Client, litestar_client: Any, path: str, request_args: dict[str, Any]
 ) -> None:
-    assert comparable(client.post(path, **request_args)) == comparable(
-        litestar_client.post(path, **request_args)
-    )
+    assert comparable(client.post(path, **request_args)) == comparable(litestar_client.post(path, **request_args))

@@ -202,9 +202,7 @@ def test_malformed_json_is_400(client: httpx.Client, body: bytes) -> None:
         ({"clouds": [0, 0], "cloud": [0, 0]}, "cloud"),
     ],
 )
-def test_validation_errors_are_422_naming_the_field(
-    client: httpx.Client, body: dict[str, Any], field: str
-) -> None:
+def test_validation_errors_are_422_naming_the_field(client: httpx.Client, body: dict[str, Any], field: str) -> None:
     errors = field_errors(post(client, body))
     assert field in errors, errors
     assert errors[field]
@@ -257,9 +255,7 @@ def test_body_over_the_limit_without_content_length_is_413(client: httpx.Client)
     assert_problem(response, 413, "body-too-large")
 
 
-@pytest.mark.parametrize(
-    "content_type", ["application/x-www-form-urlencoded", "application/xml", "text/html", None]
-)
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "application/xml", "text/html", None])
 def test_other_content_types_are_415(client: httpx.Client, content_type: str | None) -> None:
     headers = {"content-type": content_type} if content_type else {}
     response = client.post("/jumps", content=b"clouds=0,0", headers=headers)

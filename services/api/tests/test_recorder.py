@@ -20,9 +20,7 @@ async def burst(
 ) -> list[httpx.Response | Exception]:
     limits = httpx.Limits(max_connections=len(bodies))
     async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits) as client:
-        return await asyncio.gather(
-            *(client.post("/jumps", json=body) for body in bodies), return_exceptions=True
-        )
+        return await asyncio.gather(*(client.post("/jumps", json=body) for body in bodies), return_exceptions=True)
 
 
 def rows_for(db: Connection, ids: list[str]) -> set[str]:
@@ -35,9 +33,7 @@ def test_hundreds_of_simultaneous_requests_make_exactly_that_many_rows(tmp_root:
     with fresh_database() as database_url:
         server = start_api(database_url, tmp_root)
         try:
-            answers = asyncio.run(
-                burst(server.base_url, [{"clouds": [0, 0, 1, 0, 0, 1, 0], "user": u} for u in users])
-            )
+            answers = asyncio.run(burst(server.base_url, [{"clouds": [0, 0, 1, 0, 0, 1, 0], "user": u} for u in users]))
         finally:
             server.stop()
         assert all(isinstance(a, httpx.Response) and a.status_code == 201 for a in answers), answers[:3]
@@ -91,9 +87,7 @@ def test_database_outage_gives_503_never_an_unrecorded_201_and_recovers(
             server.stop()
 
     acknowledged = [
-        a.json()["id"]
-        for a in [*healthy, *down, *after]
-        if isinstance(a, httpx.Response) and a.status_code == 201
+        a.json()["id"] for a in [*healthy, *down, *after] if isinstance(a, httpx.Response) and a.status_code == 201
     ]
     assert rows_for(db, acknowledged) == set(acknowledged)  # every 201 has its row
 

@@ -103,9 +103,7 @@ def test_solver_matches_the_oracles(game: tuple[bytes, int]) -> None:
 @given(games(max_n=400).filter(lambda game: first_blocking_run(game[0], 2) is None))
 def test_vectorised_classic_game_matches_the_walk(game: tuple[bytes, int]) -> None:
     c, _ = game
-    assert solver._classic_vectorised(c) == Solution(
-        len(naive_greedy_path(c, 2)) - 1, naive_greedy_path(c, 2)
-    )
+    assert solver._classic_vectorised(c) == Solution(len(naive_greedy_path(c, 2)) - 1, naive_greedy_path(c, 2))
 
 
 @settings(max_examples=200, deadline=None)

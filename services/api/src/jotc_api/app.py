@@ -12,6 +12,7 @@ from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusController
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy import text
@@ -21,6 +22,8 @@ from jotc_api import __version__
 from jotc_api.logs import configure_logging
 from jotc_api.problems import PROBLEM_JSON, Problem
 from jotc_api.recorder import Recorder
+from jotc_api.redis_features import IdempotencyStore, RedisLink
+from jotc_api.routes.admin import admin_router
 from jotc_api.routes.jumps import get_jump, post_jotc, post_jumps
 from jotc_api.routes.operations import healthz, index, problem_kind, readyz
 from jotc_api.settings import Settings
@@ -39,9 +42,7 @@ DB_WRITE_TIMEOUT_SECONDS = 10.0
 
 
 def problem_response(problem: Problem) -> Response[bytes]:
-    return Response(
-        problem.body(), status_code=problem.status, media_type=PROBLEM_JSON, headers=problem.headers
-    )
+    return Response(problem.body(), status_code=problem.status, media_type=PROBLEM_JSON, headers=problem.headers)
 
 
 def on_problem(_: Request[Any, Any, Any], exc: Problem) -> Response[bytes]:
@@ -63,9 +64,7 @@ def on_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response
 
 def on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.error("unhandled error", exc_info=exc)
-    return problem_response(
-        Problem(HTTP_500_INTERNAL_SERVER_ERROR, "internal", "unexpected error; see the server log")
-    )
+    return problem_response(Problem(HTTP_500_INTERNAL_SERVER_ERROR, "internal", "unexpected error; see the server log"))
 
 
 def make_engine(settings: Settings) -> AsyncEngine:
@@ -90,7 +89,7 @@ async def warm_up(engine: AsyncEngine, pool_size: int) -> None:
             await connection.close()
 
 
-def create_app(settings: Settings, *, configure_logs: bool = True) -> Litestar:
+def create_app(settings: Settings, *, redis: RedisLink | None = None, configure_logs: bool = True) -> Litestar:
     if configure_logs:
         configure_logging(settings.log_level, settings.log_format)
 
@@ -108,13 +107,21 @@ def create_app(settings: Settings, *, configure_logs: bool = True) -> Litestar:
             max_pending=settings.recorder_max_batch * settings.db_pool_size * 4,
             write_timeout=DB_WRITE_TIMEOUT_SECONDS,
         )
-        app.state.update(settings=settings, engine=engine, recorder=recorder)
+        link = redis if redis is not None else RedisLink(settings.redis_url)
+        app.state.update(
+            settings=settings,
+            engine=engine,
+            recorder=recorder,
+            redis=link,
+            idempotency=IdempotencyStore(link),
+        )
         log.info("ready to serve", version=__version__)
         try:
             yield
         finally:
             await recorder.close(timeout=settings.shutdown_timeout)
             await engine.dispose()
+            await link.close()
             log.info("stopped")
 
     cors = (
@@ -132,6 +139,7 @@ def create_app(settings: Settings, *, configure_logs: bool = True) -> Litestar:
             readyz,
             problem_kind,
             PrometheusController,
+            admin_router,
         ],
         lifespan=[lifespan],
         exception_handlers={
@@ -147,6 +155,11 @@ def create_app(settings: Settings, *, configure_logs: bool = True) -> Litestar:
             description="Jumping on the Clouds, solved and durably recorded.",
             path="/schema",
             render_plugins=[ScalarRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(type="http", scheme="bearer", description="JOTC_ADMIN_TOKEN")
+                }
+            ),
         ),
         logging_config=None,
         debug=False,

@@ -84,8 +84,7 @@ CLOUDS_SCHEMA = Schema(
         Schema(
             type=OpenAPIType.STRING,
             pattern=r"^\s*[01]([ ,]?[01])+\s*$",
-            description='0/1 digits, optionally separated by single spaces or commas: "0010", '
-            '"0 0 1 0", "0,0,1,0"',
+            description='0/1 digits, optionally separated by single spaces or commas: "0010", "0 0 1 0", "0,0,1,0"',
         ),
     ]
 )

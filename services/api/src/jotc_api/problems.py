@@ -51,6 +51,24 @@ KINDS: dict[str, tuple[str, str]] = {
         "Too many requests are waiting for the database; retry after Retry-After seconds.",
     ),
     "unauthorized": ("Unauthorized", "Send Authorization: Bearer <JOTC_ADMIN_TOKEN>."),
+    "rate-limited": (
+        "Too many requests",
+        "This client address spent its budget for the current window (JOTC_RATE_LIMIT); retry after "
+        "Retry-After seconds.",
+    ),
+    "idempotency-key-reused": (
+        "Idempotency-Key reused with a different request",
+        "The key was first used with another body (or route, query or content type); use a new key for a new request.",
+    ),
+    "idempotency-in-flight": (
+        "Request with this Idempotency-Key still in flight",
+        "The first request with this key has not finished; retry shortly to get its answer.",
+    ),
+    "idempotency-unavailable": (
+        "Idempotency keys unavailable",
+        "Redis, which keeps idempotency keys, cannot be reached, so the promise cannot be kept. "
+        "Retry later, or send the request without the key.",
+    ),
     "bad-request": ("Bad request", "The request could not be understood."),
     "internal": (
         "Internal server error",

@@ -1,15 +1,16 @@
-"""Reads of recorded requests."""
+"""Reads of recorded requests and statistics, and the erasure of a user's records."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jotc_api.tables import jump_requests
+from jotc_api.tables import jump_requests, user_stats
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +41,102 @@ async def find_request(engine: AsyncEngine, request_id: uuid.UUID) -> RecordedRe
     if row is None:
         return None
     return RecordedRequest(*row)
+
+
+@dataclass(frozen=True, slots=True)
+class UserStats:
+    user: str
+    requests: int
+    last_request_at: datetime
+
+
+STATS_ORDER = {
+    "requests": user_stats.c.requests,
+    "user": user_stats.c.user_name,
+    "last_request_at": user_stats.c.last_request_at,
+}
+
+
+async def stats_totals(engine: AsyncEngine) -> tuple[int, int]:
+    async with engine.connect() as connection:
+        row = (await connection.execute(select(func.coalesce(func.sum(user_stats.c.requests), 0), func.count()))).one()
+    return int(row[0]), int(row[1])
+
+
+async def stats_page(
+    engine: AsyncEngine, sort: str, descending: bool, limit: int, after: tuple[Any, str] | None
+) -> list[UserStats]:
+    """One keyset page of user_stats ordered by (sort column, user_name)."""
+    column = STATS_ORDER[sort]
+    key = tuple_(column, user_stats.c.user_name)
+    query = select(user_stats.c.user_name, user_stats.c.requests, user_stats.c.last_request_at)
+    if sort == "user":
+        key = tuple_(user_stats.c.user_name)
+        order = [user_stats.c.user_name.desc() if descending else user_stats.c.user_name.asc()]
+        if after is not None:
+            bound = tuple_(literal(after[1]))
+            query = query.where(key < bound if descending else key > bound)
+    else:
+        order = (
+            [column.desc(), user_stats.c.user_name.desc()]
+            if descending
+            else [column.asc(), user_stats.c.user_name.asc()]
+        )
+        if after is not None:
+            bound = tuple_(literal(after[0], column.type), literal(after[1]))
+            query = query.where(key < bound if descending else key > bound)
+    async with engine.connect() as connection:
+        rows = (await connection.execute(query.order_by(*order).limit(limit))).all()
+    return [UserStats(*row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class ListedRequest:
+    id: uuid.UUID
+    user: str
+    n: int
+    max_jump: int
+    clouds: bytes
+    jumps: int
+    created_at: datetime
+
+
+async def requests_page(
+    engine: AsyncEngine,
+    *,
+    user: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None,
+) -> list[ListedRequest]:
+    """Newest first; (created_at, id) is the keyset, so pages neither skip nor repeat rows."""
+    t = jump_requests.c
+    query = select(t.id, t.user_name, t.n, t.max_jump, t.clouds, t.jumps, t.created_at)
+    if user is not None:
+        query = query.where(t.user_name == user)
+    if since is not None:
+        query = query.where(t.created_at >= since)
+    if until is not None:
+        query = query.where(t.created_at < until)
+    if after is not None:
+        query = query.where(
+            tuple_(t.created_at, t.id) < tuple_(literal(after[0], t.created_at.type), literal(after[1], t.id.type))
+        )
+    query = query.order_by(t.created_at.desc(), t.id.desc()).limit(limit)
+    async with engine.connect() as connection:
+        rows = (await connection.execute(query)).all()
+    return [ListedRequest(*row) for row in rows]
+
+
+async def erase_user(engine: AsyncEngine, user: str) -> int:
+    """Delete a user's requests and statistics in one transaction; return how many requests.
+
+    The user's statistics row is locked first: a recorder batch for this user that is
+    committing at the same moment either finishes before (and its rows are deleted too) or
+    waits and then starts the user's statistics afresh, so rows and statistics always agree."""
+    async with engine.begin() as connection:
+        await connection.execute(select(user_stats.c.user_name).where(user_stats.c.user_name == user).with_for_update())
+        deleted = await connection.execute(delete(jump_requests).where(jump_requests.c.user_name == user))
+        await connection.execute(delete(user_stats).where(user_stats.c.user_name == user))
+    return int(deleted.rowcount or 0)

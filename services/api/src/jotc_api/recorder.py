@@ -110,9 +110,7 @@ class Recorder:
         self._write_timeout = write_timeout
         self._queue: asyncio.Queue[Waiting | _Stop] = asyncio.Queue(maxsize=max_pending)
         self._closing = False
-        self._tasks = [
-            asyncio.create_task(self._write_loop(), name=f"recorder-writer-{i}") for i in range(writers)
-        ]
+        self._tasks = [asyncio.create_task(self._write_loop(), name=f"recorder-writer-{i}") for i in range(writers)]
 
     async def record(self, row: Row) -> None:
         """Return once the row is committed; raise DatabaseUnavailable if it was not."""
@@ -164,9 +162,7 @@ class Recorder:
             if connection is not None:
                 await connection.close()
 
-    async def _write(
-        self, connection: AsyncConnection | None, batch: list[Waiting]
-    ) -> AsyncConnection | None:
+    async def _write(self, connection: AsyncConnection | None, batch: list[Waiting]) -> AsyncConnection | None:
         """Write one batch; answer its requests; return the connection to use next time."""
         started = time.perf_counter()
         try:

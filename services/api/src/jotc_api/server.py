@@ -79,9 +79,7 @@ def run(settings: Settings) -> None:
         backpressure=settings.recorder_max_batch * settings.db_pool_size,
         respawn_failed_workers=True,
         workers_kill_timeout=int(settings.shutdown_timeout) + 2,
-        log_level=LogLevels(settings.log_level.lower())
-        if settings.log_level != "CRITICAL"
-        else LogLevels.critical,
+        log_level=LogLevels(settings.log_level.lower()) if settings.log_level != "CRITICAL" else LogLevels.critical,
         log_access=False,
     )
     print(

@@ -118,9 +118,7 @@ def trusted_proxies(
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
-            raise SettingsError(
-                f"JOTC_TRUSTED_PROXIES has {item!r}, which is not an IP address or network"
-            ) from None
+            raise SettingsError(f"JOTC_TRUSTED_PROXIES has {item!r}, which is not an IP address or network") from None
     return tuple(networks)
 
 
@@ -128,9 +126,7 @@ def cors_origins(env: Mapping[str, str]) -> tuple[str, ...]:
     origins = tuple(env.get("JOTC_CORS_ORIGINS", "").replace(",", " ").split())
     for origin in origins:
         if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
-            raise SettingsError(
-                f"JOTC_CORS_ORIGINS has {origin!r}; expected origins like https://app.example.com"
-            )
+            raise SettingsError(f"JOTC_CORS_ORIGINS has {origin!r}; expected origins like https://app.example.com")
     return origins
 
 

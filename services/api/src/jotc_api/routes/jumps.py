@@ -42,6 +42,12 @@ from jotc_api.parsing import JumpInput, parse_json, parse_text
 from jotc_api.problems import PROBLEM_JSON, FieldError, Problem, validation_problem
 from jotc_api.queries import find_request
 from jotc_api.recorder import DatabaseUnavailable, Recorder, Row
+from jotc_api.redis_features import (
+    IdempotencyStore,
+    IdempotencyUnavailable,
+    StoredReply,
+    valid_idempotency_key,
+)
 from jotc_api.settings import Settings
 from jotc_api.solver import Solution, Unreachable, solve
 from jotc_api.tables import pack_clouds, unpack_clouds
@@ -91,9 +97,7 @@ async def solve_without_stalling(clouds: bytes, max_jump: int, offload_from: int
     return await anyio.to_thread.run_sync(solve, clouds, max_jump)
 
 
-async def solve_and_record(
-    settings: Settings, recorder: Recorder, data: JumpInput
-) -> tuple[uuid.UUID, Solution]:
+async def solve_and_record(settings: Settings, recorder: Recorder, data: JumpInput) -> tuple[uuid.UUID, Solution]:
     answer = await solve_without_stalling(data.clouds, data.max_jump, settings.offload_from)
     if isinstance(answer, Unreachable):
         raise Problem(
@@ -146,9 +150,7 @@ async def answer_jotc(
 ) -> Reply:
     data = parse_json(body, query, settings.max_clouds)
     if data.max_jump_given:
-        raise validation_problem(
-            [FieldError("max_jump", "unknown field; /jotc plays the classic game (use /jumps)")]
-        )
+        raise validation_problem([FieldError("max_jump", "unknown field; /jotc plays the classic game (use /jumps)")])
     _, answer = await solve_and_record(settings, recorder, data)
     encoded = msgspec.json.encode(
         {
@@ -162,6 +164,54 @@ async def answer_jotc(
 HOT_ROUTES = {"/jumps": (answer_jumps, True), "/jotc": (answer_jotc, False)}
 
 
+async def answer_once(
+    state: Any, route: str, kind: str, raw_query: bytes, body: bytes, key: bytes | None
+) -> tuple[Reply, bool]:
+    """Answer a POST, honouring an Idempotency-Key; True when the answer is a replay."""
+    answer, _ = HOT_ROUTES[route]
+    settings: Settings = state.settings
+    if key is None:
+        return await answer(settings, state.recorder, kind, parse_query(raw_query), body), False
+    if not valid_idempotency_key(key):
+        raise validation_problem([FieldError("Idempotency-Key", "must be 1 to 255 visible ASCII characters")])
+    store: IdempotencyStore = state.idempotency
+    name = key.decode("ascii")
+    fingerprint = store.fingerprint(route, kind, raw_query, body)
+    try:
+        stored = await store.claim(name, fingerprint)
+    except IdempotencyUnavailable as exc:
+        raise Problem(
+            503,
+            "idempotency-unavailable",
+            f"idempotency keys are kept in Redis, which is unavailable ({exc}); nothing was recorded",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+        ) from None
+    if stored is not None:
+        if stored.fingerprint != fingerprint:
+            raise Problem(422, "idempotency-key-reused", "this Idempotency-Key was used with a different request")
+        if not stored.done:
+            raise Problem(
+                409,
+                "idempotency-in-flight",
+                "the first request with this Idempotency-Key is still being processed",
+                headers={"Retry-After": "1"},
+            )
+        return Reply(stored.status, stored.media_type, stored.body, stored.location), True
+    try:
+        reply = await answer(settings, state.recorder, kind, parse_query(raw_query), body)
+    except Problem as problem:
+        if problem.status >= 500:
+            await store.release(name)  # nothing was recorded: let the client retry with the key
+        else:
+            await store.keep(name, StoredReply(fingerprint, True, problem.status, PROBLEM_JSON, problem.body()))
+        raise
+    except BaseException:
+        await store.release(name)
+        raise
+    await store.keep(name, StoredReply(fingerprint, True, reply.status, reply.media_type, reply.body, reply.location))
+    return reply, False
+
+
 def hot_path(app: Litestar, asgi: ASGIApp) -> ASGIApp:
     """Answer POST /jumps and POST /jotc directly; pass everything else to ``asgi``."""
 
@@ -170,15 +220,18 @@ def hot_path(app: Litestar, asgi: ASGIApp) -> ASGIApp:
             await asgi(scope, receive, send)
             return
         scope["path_template"] = scope["path"]  # for the metrics layer, as Litestar's router does
-        answer, text_allowed = HOT_ROUTES[scope["path"]]
+        _, text_allowed = HOT_ROUTES[scope["path"]]
         settings: Settings = app.state.settings
         content_type = ""
         content_length = -1
+        key: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"content-type":
                 content_type = value.decode("latin-1")
             elif name == b"content-length":
                 content_length = int(value) if value.isdigit() else -1
+            elif name == b"idempotency-key":
+                key = value
         try:
             kind = body_kind(content_type, text_allowed=text_allowed)
             if content_length > settings.max_body_bytes:
@@ -186,11 +239,13 @@ def hot_path(app: Litestar, asgi: ASGIApp) -> ASGIApp:
             body = await read_body(receive, settings.max_body_bytes)
             if body is None:
                 return  # the client hung up
-            reply = await answer(settings, app.state.recorder, kind, parse_query(scope["query_string"]), body)
+            reply, replayed = await answer_once(app.state, scope["path"], kind, scope["query_string"], body, key)
         except Problem as exc:
             await respond(send, exc.status, PROBLEM_JSON, exc.body(), exc.headers)
             return
         headers = {"location": reply.location} if reply.location else {}
+        if replayed:
+            headers["idempotent-replayed"] = "true"
         await respond(send, reply.status, reply.media_type, reply.body, headers)
 
     return serve
@@ -231,12 +286,20 @@ async def respond(send: Send, status: int, media_type: str, body: bytes, headers
 
 async def through_litestar(request: Request[Any, Any, Any], route: str) -> Response[bytes]:
     """The same answer as the hot path gives, for a mount without it."""
-    answer, text_allowed = HOT_ROUTES[route]
+    _, text_allowed = HOT_ROUTES[route]
     kind = body_kind(request.headers.get("content-type", ""), text_allowed=text_allowed)
-    query = parse_query(request.scope["query_string"])
-    state = request.app.state
-    reply = await answer(state.settings, state.recorder, kind, query, await request.body())
-    headers = {"Location": reply.location} if reply.location else None
+    key = request.headers.get("idempotency-key")
+    reply, replayed = await answer_once(
+        request.app.state,
+        route,
+        kind,
+        request.scope["query_string"],
+        await request.body(),
+        key.encode("latin-1") if key is not None else None,
+    )
+    headers = {"Location": reply.location} if reply.location else {}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
     return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=headers)
 
 

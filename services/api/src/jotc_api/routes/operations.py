@@ -60,7 +60,10 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
         reason = "timed out" if isinstance(exc, TimeoutError) else str(exc).strip().splitlines()[0]
         checks["database"] = {"status": "failing", "detail": f"PostgreSQL: {reason}"}
         checks["schema"] = {"status": "unknown", "detail": "database unreachable"}
-    checks["redis"] = {"status": "not configured"}
+    redis_status = await request.app.state.redis.ping()
+    checks["redis"] = {"status": redis_status}
+    if redis_status == "degraded":
+        checks["redis"]["detail"] = "Redis unreachable: rate limits per worker, Idempotency-Key refused"
     ready = all(check["status"] in {"ok", "not configured", "degraded"} for check in checks.values())
     body = {"status": "ready" if ready else "not ready", "checks": checks}
     return Response(msgspec.json.encode(body), status_code=200 if ready else 503, media_type=JSON)
