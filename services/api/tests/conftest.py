@@ -4,6 +4,7 @@ port, an HTTP client, and a TCP proxy that can cut the API off from PostgreSQL."
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 from sqlalchemy.engine import URL, make_url
 
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 BIN = Path(sys.executable).parent
 SIBLING_MIGRATE = Path(__file__).resolve().parents[2] / "db-migrations" / ".venv" / "bin" / "jotc-migrate"
 
@@ -121,6 +123,7 @@ def start_api(database_url: str, tmp: Path, **env: str) -> ApiServer:
         "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"metrics-{port}"),
         "LOG_FORMAT": "json",
         "JOTC_ACCESS_LOG": "true",
+        "REDIS_URL": os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
         **env,
     }
     with log_path.open("wb") as log_file:
@@ -259,3 +262,61 @@ def proxied(database_url: str, delay: float = 0.0) -> Iterator[tuple[CuttablePro
         yield proxy, libpq(url.set(host="127.0.0.1", port=proxy.port))
     finally:
         proxy.close()
+
+
+class RedisServer:
+    """A private redis-server on a free port that a test may stop and start again."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is needed for this test (Debian: apt-get install redis-server)")
+        self.binary = binary
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()

@@ -194,6 +194,7 @@ def test_malformed_json_is_400(client: httpx.Client, body: bytes) -> None:
         ({"clouds": [0, 0], "user": "x" * 321}, "user"),
         ({"clouds": [0, 0], "user": 5}, "user"),
         ({"clouds": [0, 0], "user": None}, "user"),
+        ({"clouds": [0, 0], "user": "nul\u0000byte"}, "user"),
         ({"clouds": [0, 0], "max_jump": 0}, "max_jump"),
         ({"clouds": [0, 0], "max_jump": 1001}, "max_jump"),
         ({"clouds": [0, 0], "max_jump": True}, "max_jump"),

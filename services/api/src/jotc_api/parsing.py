@@ -183,7 +183,9 @@ def check_user(user: str | None, errors: list[FieldError]) -> str:
     if user is None:
         return DEFAULT_USER
     trimmed = user.strip()
-    if not 1 <= len(trimmed) <= USER_MAX_LENGTH:
+    if "\x00" in trimmed:
+        errors.append(FieldError("user", "must not contain NUL characters"))
+    elif not 1 <= len(trimmed) <= USER_MAX_LENGTH:
         errors.append(
             FieldError(
                 "user",

@@ -35,7 +35,7 @@ from typing import Any, Final
 import psycopg
 import structlog
 from prometheus_client import Counter, Histogram
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 log = structlog.get_logger("jotc.recorder")
@@ -170,9 +170,10 @@ class Recorder:
                 if connection is None:
                     connection = await self._engine.connect()
                 await insert_rows(connection, [row for row, _ in batch])
-        except IntegrityError:
-            # Validation mirrors every CHECK, so this is a bug; keep the good rows anyway.
-            log.exception("batch rejected by a constraint; writing its rows one by one")
+        except (IntegrityError, DataError):
+            # Validation mirrors every CHECK and type, so this is a bug; one bad row must not cost
+            # the others in its batch their answer: write them one by one.
+            log.exception("batch rejected by the database; writing its rows one by one")
             if len(batch) > 1:
                 for waiting in batch:
                     connection = await self._write(connection, [waiting])
@@ -230,6 +231,8 @@ async def insert_rows(connection: AsyncConnection, rows: list[Row]) -> None:
         )
     except psycopg.IntegrityError as exc:
         raise IntegrityError(RECORD_BATCH, None, exc) from exc
+    except psycopg.DataError as exc:
+        raise DataError(RECORD_BATCH, None, exc) from exc
 
 
 async def discard(connection: AsyncConnection) -> None:

@@ -255,8 +255,8 @@ async def admin_requests(request: Request[Any, Any, Any]) -> Response[bytes]:
     since = parse_time(query, "since", errors)
     until = parse_time(query, "until", errors)
     user = query.get("user")
-    if user is not None and not 1 <= len(user) <= 320:
-        errors.append(FieldError("user", "must be 1 to 320 characters"))
+    if user is not None and (not 1 <= len(user) <= 320 or "\x00" in user):
+        errors.append(FieldError("user", "must be 1 to 320 characters, without NUL"))
     after = read_cursor(query.get("cursor"), "requests", errors)
     key: tuple[datetime, uuid.UUID] | None = None
     if after is not None:
@@ -296,8 +296,8 @@ async def admin_requests(request: Request[Any, Any, Any]) -> Response[bytes]:
     },
 )
 async def admin_erase_user(request: Request[Any, Any, Any], user: FromPath[str]) -> Response[bytes]:
-    if not 1 <= len(user) <= 320:
-        raise validation_problem([FieldError("user", "must be 1 to 320 characters")])
+    if not 1 <= len(user) <= 320 or "\x00" in user:
+        raise validation_problem([FieldError("user", "must be 1 to 320 characters, without NUL")])
     try:
         deleted = await erase_user(request.app.state.engine, user)
     except SQLAlchemyError:

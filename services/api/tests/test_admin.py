@@ -1,0 +1,250 @@
+"""The admin API through the real server: auth, statistics, listing, erasure, hostile parameters."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from conftest import ADMIN_TOKEN, ApiServer, fresh_database, start_api
+
+Connection = psycopg.Connection[tuple[object, ...]]
+AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}@example.com"
+
+
+def record(client: httpx.Client, user: str, times: int = 1) -> list[str]:
+    ids = []
+    for _ in range(times):
+        response = client.post("/jumps", json={"clouds": [0, 0, 1, 0], "user": user})
+        assert response.status_code == 201
+        ids.append(response.json()["id"])
+    return ids
+
+
+@pytest.mark.parametrize("path", ["/admin/stats", "/admin/requests"])
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        ({}, "send Authorization"),
+        ({"authorization": f"Basic {ADMIN_TOKEN}"}, "Bearer scheme"),
+        ({"authorization": "Bearer"}, "Bearer scheme"),
+        ({"authorization": "Bearer wrong-token"}, "not valid"),
+        ({"authorization": f"Bearer {ADMIN_TOKEN}x"}, "not valid"),
+    ],
+)
+def test_admin_needs_the_right_bearer_token(client: httpx.Client, path: str, headers: dict[str, str], why: str) -> None:
+    response = client.get(path, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert why in response.json()["detail"]
+
+
+def test_delete_needs_the_token_too(client: httpx.Client) -> None:
+    assert client.delete("/admin/users/anyone/requests").status_code == 401
+
+
+@pytest.mark.parametrize("token", ["", "   "])
+def test_no_configured_token_refuses_every_admin_request(tmp_root: Path, database_url: str, token: str) -> None:
+    server = start_api(database_url, tmp_root, JOTC_WORKERS="1", JOTC_ADMIN_TOKEN=token)
+    try:
+        for headers in ({}, {"authorization": "Bearer"}, {"authorization": "Bearer anything"}, AUTH):
+            response = httpx.get(f"{server.base_url}/admin/stats", headers=headers)
+            assert response.status_code == 401
+            assert response.headers["www-authenticate"].startswith("Bearer")
+    finally:
+        server.stop()
+
+
+def test_stats_count_requests_per_user(client: httpx.Client) -> None:
+    user = unique("stats")
+    record(client, user, 3)
+    body = client.get("/admin/stats", params={"sort": "user", "order": "asc", "limit": 1000}, headers=AUTH).json()
+    assert body["total_requests"] >= 3
+    assert body["total_users"] >= 1
+    mine = [entry for entry in body["users"] if entry["user"] == user]
+    assert len(mine) == 1
+    assert mine[0]["requests"] == 3
+    assert datetime.fromisoformat(mine[0]["last_request_at"]).tzinfo is not None
+
+
+def walk(client: httpx.Client, path: str, params: dict[str, Any], field: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor = None
+    for _ in range(1000):
+        page_params = {**params, **({"cursor": cursor} if cursor else {})}
+        response = client.get(path, params=page_params, headers=AUTH)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        items.extend(body[field])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return items
+    raise AssertionError("pagination did not end")
+
+
+@pytest.mark.parametrize("sort", ["requests", "user", "last_request_at"])
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_stats_keyset_pages_cover_every_user_once_in_order(tmp_root: Path, sort: str, order: str) -> None:
+    with fresh_database() as url:
+        server = start_api(url, tmp_root, JOTC_WORKERS="1")
+        try:
+            with httpx.Client(base_url=server.base_url) as http:
+                for i in range(7):
+                    record(http, f"user-{i}", times=1 + i % 3)
+                users = walk(http, "/admin/stats", {"sort": sort, "order": order, "limit": 2}, "users")
+        finally:
+            server.stop()
+    assert sorted(u["user"] for u in users) == [f"user-{i}" for i in range(7)]
+    key = {
+        "requests": lambda u: (u["requests"], u["user"]),
+        "user": lambda u: u["user"],
+        "last_request_at": lambda u: (u["last_request_at"], u["user"]),
+    }[sort]
+    assert users == sorted(users, key=key, reverse=order == "desc")
+
+
+def test_requests_listing_newest_first_filtered_and_without_clouds(client: httpx.Client) -> None:
+    user = unique("listing")
+    ids = record(client, user, 5)
+    body = client.get("/admin/requests", params={"user": user}, headers=AUTH).json()
+    assert [item["id"] for item in body["items"]] == list(reversed(ids))
+    assert body["next_cursor"] is None
+    item = body["items"][0]
+    assert set(item) == {"id", "user", "n", "max_jump", "jumps", "path", "created_at"}
+    assert (item["user"], item["n"], item["jumps"], item["path"]) == (user, 4, 2, [0, 1, 3])
+
+
+def test_requests_since_and_until(client: httpx.Client) -> None:
+    user = unique("window")
+    record(client, user, 2)
+    now = datetime.now(UTC)
+    future = (now + timedelta(hours=1)).isoformat()
+    past = (now - timedelta(hours=1)).isoformat()
+    assert len(client.get("/admin/requests", params={"user": user, "since": past}, headers=AUTH).json()["items"]) == 2
+    assert client.get("/admin/requests", params={"user": user, "since": future}, headers=AUTH).json()["items"] == []
+    assert client.get("/admin/requests", params={"user": user, "until": past}, headers=AUTH).json()["items"] == []
+    zulu = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert client.get("/admin/requests", params={"until": zulu, "limit": 1}, headers=AUTH).status_code == 200
+
+
+def test_requests_pages_neither_skip_nor_repeat_while_requests_arrive(client: httpx.Client) -> None:
+    user = unique("paging")
+    before = record(client, user, 9)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"user": user, "limit": 2, **({"cursor": cursor} if cursor else {})}
+        body = client.get("/admin/requests", params=params, headers=AUTH).json()
+        seen.extend(item["id"] for item in body["items"])
+        record(client, user, 1)  # new arrivals between pages
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(before))
+
+
+def test_erasure_removes_requests_and_statistics_and_is_idempotent(client: httpx.Client, db: Connection) -> None:
+    user = unique("erase")
+    ids = record(client, user, 4)
+    response = client.delete(f"/admin/users/{user}/requests", headers=AUTH)
+    assert (response.status_code, response.json()) == (200, {"user": user, "deleted": 4})
+    assert db.execute("SELECT count(*) FROM jump_requests WHERE user_name = %s", (user,)).fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM user_stats WHERE user_name = %s", (user,)).fetchone() == (0,)
+    assert client.get(f"/jumps/{ids[0]}").status_code == 404
+    again = client.delete(f"/admin/users/{user}/requests", headers=AUTH)
+    assert (again.status_code, again.json()) == (200, {"user": user, "deleted": 0})
+
+
+def test_erasure_racing_new_requests_leaves_stats_that_agree(api: ApiServer, db: Connection) -> None:
+    user = unique("race")
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=api.base_url, timeout=30) as http:
+
+            async def posts() -> None:
+                for _ in range(15):
+                    await asyncio.gather(
+                        *(http.post("/jumps", json={"clouds": [0, 0], "user": user}) for _ in range(8))
+                    )
+
+            async def deletes() -> None:
+                for _ in range(15):
+                    response = await http.delete(f"/admin/users/{user}/requests", headers=AUTH)
+                    assert response.status_code == 200
+                    await asyncio.sleep(0.01)
+
+            await asyncio.gather(posts(), deletes())
+
+    asyncio.run(scenario())
+    rows = db.execute("SELECT count(*) FROM jump_requests WHERE user_name = %s", (user,)).fetchone()
+    stats = db.execute("SELECT requests FROM user_stats WHERE user_name = %s", (user,)).fetchone()
+    assert rows is not None
+    assert (stats[0] if stats else 0) == rows[0]
+
+
+def test_user_names_with_reserved_characters_are_erased(client: httpx.Client) -> None:
+    user = "o'brien; DROP TABLE jump_requests;--@example.com"
+    record(client, user, 2)
+    response = client.delete(f"/admin/users/{httpx.URL(path=user).raw_path.decode()}/requests", headers=AUTH)
+    assert response.json()["deleted"] == 2
+
+
+HOSTILE = ["' OR 1=1 --", "1; DROP TABLE user_stats", "x" * 5000, "-1", "0", "1001", "1e3", "", "\u0000"]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/admin/stats", "limit"),
+        ("/admin/stats", "cursor"),
+        ("/admin/stats", "sort"),
+        ("/admin/stats", "order"),
+        ("/admin/requests", "limit"),
+        ("/admin/requests", "cursor"),
+        ("/admin/requests", "since"),
+        ("/admin/requests", "until"),
+        ("/admin/requests", "user"),
+    ],
+)
+def test_hostile_admin_parameters_are_4xx_never_500(client: httpx.Client, path: str, name: str, value: str) -> None:
+    response = client.get(path, params={name: value}, headers=AUTH)
+    if name == "user" and 1 <= len(value) <= 320 and "\x00" not in value:
+        assert response.status_code == 200  # a strange name is still just a name
+        assert response.json()["items"] == []
+    else:
+        assert response.status_code == 422, (name, value, response.text)
+        assert name in {error["field"] for error in response.json()["errors"]}
+
+
+@pytest.mark.parametrize("path", ["/admin/stats", "/admin/requests"])
+def test_unknown_admin_parameters_are_named(client: httpx.Client, path: str) -> None:
+    response = client.get(path, params={"sortt": "user"}, headers=AUTH)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "sortt"
+
+
+def test_a_cursor_from_another_sort_is_refused(client: httpx.Client) -> None:
+    record(client, unique("cursor-a"), 1)
+    record(client, unique("cursor-b"), 1)
+    page = client.get("/admin/stats", params={"sort": "user", "limit": 1}, headers=AUTH).json()
+    assert page["next_cursor"]
+    response = client.get("/admin/stats", params={"sort": "requests", "cursor": page["next_cursor"]}, headers=AUTH)
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize("user", ["x" * 5000, "' OR '1'='1"])
+def test_hostile_user_on_erasure(client: httpx.Client, user: str) -> None:
+    response = client.delete(f"/admin/users/{user}/requests", headers=AUTH)
+    assert response.status_code in {200, 404, 414, 422}
+    assert response.status_code < 500
