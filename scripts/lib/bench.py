@@ -48,6 +48,9 @@ def wait_for_port(port: int, timeout: float = 60) -> None:
     raise SystemExit(f"bench: nothing listened on port {port} within {timeout} s")
 
 
+RATE_LIMIT: str | None = None  # --rate-limit: JOTC_RATE_LIMIT for the API, with REDIS_URL kept
+
+
 def start_api(port: int, database_url: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -58,7 +61,11 @@ def start_api(port: int, database_url: str) -> subprocess.Popen[bytes]:
         "LOG_FORMAT": "json",
         "PROMETHEUS_MULTIPROC_DIR": f"/tmp/jotc-bench-metrics-{port}",
     }
-    env.pop("REDIS_URL", None)
+    if RATE_LIMIT:
+        env["JOTC_RATE_LIMIT"] = RATE_LIMIT
+    else:
+        env.pop("REDIS_URL", None)
+        env.pop("JOTC_RATE_LIMIT", None)
     return subprocess.Popen([str(API_BIN / "jotc-api")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -161,7 +168,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--results", type=Path, default=ROOT / "results")
     parser.add_argument("--label", default="")
+    parser.add_argument("--rate-limit", help="run the API with this JOTC_RATE_LIMIT and REDIS_URL")
     args = parser.parse_args()
+    global RATE_LIMIT  # noqa: PLW0603 - one setting for the whole run
+    RATE_LIMIT = args.rate_limit
     lua = Path(f"/tmp/jotc-bench-{os.getpid()}.lua")
     lua.write_text(LUA)
     api_port, bare_port = free_port(), free_port()
@@ -217,7 +227,8 @@ def write_report(args: argparse.Namespace, runs: dict[str, list[dict[str, float]
         "",
         f"Machine: {os.cpu_count()} CPUs; Granian {WORKERS} workers, uvloop, backpressure {BACKPRESSURE}, "
         f"both servers. wrk POST /jumps, {args.connections} connections, {args.seconds} s per run, "
-        f"{args.rounds} alternating rounds; medians.",
+        f"{args.rounds} alternating rounds; medians. Rate limiting: "
+        f"{args.rate_limit + ' (Redis)' if args.rate_limit else 'off'}.",
         "",
         "| measure | value |",
         "|---|---|",
