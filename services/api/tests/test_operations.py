@@ -133,7 +133,20 @@ def test_openapi_document_is_valid_and_lists_every_route(client: httpx.Client) -
     validate(document)
     assert document["openapi"].startswith("3.1")
     paths = document["paths"]
-    assert {"/jumps", "/jumps/{request_id}", "/jotc", "/", "/healthz", "/readyz", "/metrics"} <= set(paths)
+    assert {
+        "/jumps",
+        "/jumps/{request_id}",
+        "/jotc",
+        "/",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/admin/stats",
+        "/admin/requests",
+        "/admin/users/{user}/requests",
+    } <= set(paths)
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert {"200", "401", "422"} <= set(paths["/admin/stats"]["get"]["responses"])
     jumps = paths["/jumps"]["post"]
     assert set(jumps["requestBody"]["content"]) == {"application/json", "text/plain"}
     assert {"201", "400", "413", "415", "422", "503"} <= set(jumps["responses"])

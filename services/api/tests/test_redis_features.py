@@ -62,8 +62,14 @@ def test_rate_limit_answers_429_with_headers_after_the_budget(database_url: str,
 
 
 def test_forwarded_for_is_ignored_from_untrusted_peers(database_url: str, tmp_root: Path) -> None:
-    server = start_api(database_url, tmp_root, JOTC_WORKERS="1", JOTC_RATE_LIMIT="5/hour",
-                       JOTC_TRUSTED_PROXIES="10.0.0.0/8", REDIS_URL="")
+    server = start_api(
+        database_url,
+        tmp_root,
+        JOTC_WORKERS="1",
+        JOTC_RATE_LIMIT="5/hour",
+        JOTC_TRUSTED_PROXIES="10.0.0.0/8",
+        REDIS_URL="",
+    )
     try:
         clear_of_window_edge()
         with httpx.Client(base_url=server.base_url) as http:
@@ -77,8 +83,14 @@ def test_forwarded_for_is_ignored_from_untrusted_peers(database_url: str, tmp_ro
 
 
 def test_without_redis_limits_hold_per_worker(database_url: str, tmp_root: Path) -> None:
-    server = start_api(database_url, tmp_root, JOTC_WORKERS="1", JOTC_RATE_LIMIT="10/hour",
-                       JOTC_TRUSTED_PROXIES="127.0.0.1", REDIS_URL="")
+    server = start_api(
+        database_url,
+        tmp_root,
+        JOTC_WORKERS="1",
+        JOTC_RATE_LIMIT="10/hour",
+        JOTC_TRUSTED_PROXIES="127.0.0.1",
+        REDIS_URL="",
+    )
     try:
         clear_of_window_edge()
         client = fake_client()
@@ -95,8 +107,9 @@ def test_without_redis_limits_hold_per_worker(database_url: str, tmp_root: Path)
 def test_limits_hold_across_two_api_processes_sharing_redis(database_url: str, tmp_root: Path) -> None:
     limit = 30
     servers = [
-        start_api(database_url, tmp_root, JOTC_WORKERS="1", JOTC_RATE_LIMIT=f"{limit}/hour",
-                  JOTC_TRUSTED_PROXIES="127.0.0.1")
+        start_api(
+            database_url, tmp_root, JOTC_WORKERS="1", JOTC_RATE_LIMIT=f"{limit}/hour", JOTC_TRUSTED_PROXIES="127.0.0.1"
+        )
         for _ in range(2)
     ]
     try:
@@ -130,9 +143,7 @@ def test_idempotent_repeat_replays_the_same_answer_and_records_once(client: http
     assert "idempotent-replayed" not in first.headers
     rows = db.execute("SELECT count(*) FROM jump_requests WHERE id = %s", (first.json()["id"],)).fetchone()
     assert rows == (1,)
-    also_text = client.post(
-        "/jumps", content=b"2\n0 0\n", headers={**key, "content-type": "text/plain"}
-    )
+    also_text = client.post("/jumps", content=b"2\n0 0\n", headers={**key, "content-type": "text/plain"})
     assert also_text.json()["type"].endswith("/idempotency-key-reused")
 
 
@@ -196,8 +207,13 @@ def test_repeat_while_the_first_is_in_flight_is_409(database_url: str, tmp_root:
 def test_redis_outage_never_stops_jumps_and_everything_resumes(
     database_url: str, tmp_root: Path, private_redis: RedisServer
 ) -> None:
-    server = start_api(database_url, tmp_root, REDIS_URL=private_redis.url, JOTC_RATE_LIMIT="100000/minute",
-                       JOTC_TRUSTED_PROXIES="127.0.0.1")
+    server = start_api(
+        database_url,
+        tmp_root,
+        REDIS_URL=private_redis.url,
+        JOTC_RATE_LIMIT="100000/minute",
+        JOTC_TRUSTED_PROXIES="127.0.0.1",
+    )
     try:
         base = server.base_url
 
@@ -244,8 +260,13 @@ def test_redis_outage_never_stops_jumps_and_everything_resumes(
 
 
 def test_unreachable_redis_from_the_start(database_url: str, tmp_root: Path) -> None:
-    server = start_api(database_url, tmp_root, JOTC_WORKERS="1", REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
-                       JOTC_RATE_LIMIT="1000/minute")
+    server = start_api(
+        database_url,
+        tmp_root,
+        JOTC_WORKERS="1",
+        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        JOTC_RATE_LIMIT="1000/minute",
+    )
     try:
         assert httpx.post(f"{server.base_url}/jumps", json={"clouds": [0, 0]}).status_code == 201
         assert httpx.get(f"{server.base_url}/readyz").status_code == 200

@@ -64,6 +64,10 @@ class JotcAnswer(msgspec.Struct):
     total: int
 
 
+def answer_spec(container: type, description: str) -> ResponseSpec:
+    return ResponseSpec(data_container=container, description=description, generate_examples=False)
+
+
 def problem(description: str) -> ResponseSpec:
     return ResponseSpec(
         data_container=ProblemDoc,

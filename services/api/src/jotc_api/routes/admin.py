@@ -21,11 +21,10 @@ import msgspec
 from litestar import Request, Response, Router, delete, get
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 from sqlalchemy.exc import SQLAlchemyError
 
-from jotc_api.openapi import NoValidationOperation, problem
+from jotc_api.openapi import NoValidationOperation, answer_spec, problem
 from jotc_api.problems import FieldError, Problem, validation_problem
 from jotc_api.queries import erase_user, requests_page, stats_page, stats_totals
 from jotc_api.settings import Settings
@@ -40,10 +39,6 @@ DEFAULT_LIMIT = 100
 BAD_CURSOR = (
     "is not a cursor this listing made; pass next_cursor from the previous page unchanged, with the same sort and order"
 )
-
-
-def spec(container: type, description: str) -> ResponseSpec:
-    return ResponseSpec(data_container=container, description=description, generate_examples=False)
 
 
 def require_admin(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
@@ -187,7 +182,7 @@ AUTH_ERRORS = {
     summary="Requests per user",
     operation_class=NoValidationOperation,
     responses={
-        200: ResponseSpec(StatsPage, description="One page of users", generate_examples=False),
+        200: answer_spec(StatsPage, "One page of users"),
         **AUTH_ERRORS,
     },
 )
@@ -244,7 +239,7 @@ async def admin_stats(request: Request[Any, Any, Any]) -> Response[bytes]:
     summary="Recorded requests, newest first",
     operation_class=NoValidationOperation,
     responses={
-        200: ResponseSpec(RequestsPage, description="One page of requests", generate_examples=False),
+        200: answer_spec(RequestsPage, "One page of requests"),
         **AUTH_ERRORS,
     },
 )
@@ -291,7 +286,7 @@ async def admin_requests(request: Request[Any, Any, Any]) -> Response[bytes]:
     operation_class=NoValidationOperation,
     status_code=200,
     responses={
-        200: ResponseSpec(Erased, description="How many requests were erased", generate_examples=False),
+        200: answer_spec(Erased, "How many requests were erased"),
         **AUTH_ERRORS,
     },
 )

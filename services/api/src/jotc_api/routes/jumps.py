@@ -23,7 +23,6 @@ import msgspec
 import uuid_utils
 from litestar import Litestar, Request, Response, get, post
 from litestar.enums import ScopeType
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 from sqlalchemy.exc import SQLAlchemyError
@@ -36,6 +35,7 @@ from jotc_api.openapi import (
     JumpRecord,
     JumpsOperation,
     NoValidationOperation,
+    answer_spec,
     problem,
 )
 from jotc_api.parsing import JumpInput, parse_json, parse_text
@@ -301,10 +301,6 @@ async def through_litestar(request: Request[Any, Any, Any], route: str) -> Respo
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=headers)
-
-
-def answer_spec(container: type, description: str) -> ResponseSpec:
-    return ResponseSpec(data_container=container, description=description, generate_examples=False)
 
 
 @post(
