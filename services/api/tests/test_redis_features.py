@@ -14,7 +14,7 @@ import httpx
 import psycopg
 import pytest
 import redis
-from conftest import ApiServer, RedisServer, free_port, proxied, start_api
+from conftest import RedisServer, free_port, proxied, start_api
 
 Connection = psycopg.Connection[tuple[object, ...]]
 BODY = {"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "idem@example.com"}
