@@ -1,0 +1,1 @@
+"""JOTC load test: Locust scenarios that check every answer, and gates on service objectives."""

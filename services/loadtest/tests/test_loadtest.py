@@ -1,0 +1,130 @@
+"""jotc-loadtest headless: clean against the real API, failing its gates against a bad target."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from conftest import ADMIN_TOKEN, run_loadtest
+
+from jotc_loadtest.entrypoint import locust_arguments
+from jotc_loadtest.gates import Objectives, verdicts
+from jotc_loadtest.reference import min_jumps
+
+
+def test_a_short_run_against_the_real_api_is_clean(api_url: str, tmp_path: Path) -> None:
+    result = run_loadtest(api_url, tmp_path, 15, JOTC_ADMIN_TOKEN=ADMIN_TOKEN)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "all service objectives met" in result.stdout + result.stderr
+    reports = tmp_path / "reports"
+    assert (reports / "report.html").stat().st_size > 0
+    with (reports / "report_stats.csv").open() as handle:
+        rows = {row["Name"]: row for row in csv.DictReader(handle)}
+    aggregated = rows.pop("Aggregated")
+    assert int(aggregated["Request Count"]) > 100
+    assert aggregated["Failure Count"] == "0"
+    names = set(rows)
+    for expected in (
+        "POST /jumps [json array]",
+        "POST /jumps [digit string]",
+        "POST /jumps [text/plain]",
+        "GET /jumps/{id}",
+        "POST /jumps [idempotent retry]",
+        "GET /admin/stats",
+    ):
+        assert expected in names, names
+    assert any(name.startswith("POST /jumps [invalid:") for name in names)
+
+
+class FakeApi(BaseHTTPRequestHandler):
+    """Answers POST /jumps like the API would, but wrong (or slowly), for the gates to catch."""
+
+    wrong = False
+    delay = 0.0
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        time.sleep(self.delay)
+        jumps = min_jumps(body["clouds"], body.get("max_jump", 2)) or 0
+        answer = json.dumps({"id": str(uuid.uuid4()), "jumps": jumps + (1 if self.wrong else 0)}).encode()
+        self.send_response(201)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@contextmanager
+def fake_api(*, wrong: bool = False, delay: float = 0.0) -> Iterator[str]:
+    handler = type("Handler", (FakeApi,), {"wrong": wrong, "delay": delay})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+ONLY_JSON = {
+    f"JOTC_LT_WEIGHT_{task}": "0"
+    for task in ("CLASSIC_DIGITS", "CLASSIC_TEXT", "LARGE", "INVALID", "READ_BACK", "IDEMPOTENT_RETRY", "ADMIN")
+}
+
+
+def test_wrong_answers_fail_the_run(tmp_path: Path) -> None:
+    with fake_api(wrong=True) as target:
+        result = run_loadtest(target, tmp_path, 5, **ONLY_JSON)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "wrong answer" in output
+    assert "SERVICE OBJECTIVE MISSED: failure ratio" in output
+
+
+def test_slow_answers_fail_the_latency_gates(tmp_path: Path) -> None:
+    with fake_api(delay=0.3) as target:
+        result = run_loadtest(target, tmp_path, 5, JOTC_SLO_P95_MS="100", JOTC_SLO_P99_MS="150", **ONLY_JSON)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "SERVICE OBJECTIVE MISSED: p95" in output
+    assert "SERVICE OBJECTIVE MISSED: p99" in output
+    assert "failure ratio" not in output.split("SERVICE OBJECTIVE MISSED")[-1]
+
+
+def test_verdicts() -> None:
+    objectives = Objectives(max_failure_ratio=0.01, p95_ms=100, p99_ms=200)
+    assert verdicts(objectives, 1000, 10, 100, 200) == []
+    assert len(verdicts(objectives, 1000, 11, 101, 201)) == 3
+    assert verdicts(objectives, 0, 0, 0, 0) == ["no request was made: is the target reachable?"]
+
+
+@pytest.mark.parametrize(
+    ("role", "expected"),
+    [
+        ("worker", ["--worker"]),
+        ("master", ["--master"]),
+        ("headless", ["--headless", "--csv", "--html"]),
+        ("headless-master", ["--master", "--headless"]),
+    ],
+)
+def test_roles(role: str, expected: list[str], tmp_path: Path) -> None:
+    arguments = locust_arguments({"LOCUST_ROLE": role, "JOTC_REPORT_DIR": str(tmp_path)})
+    for flag in expected:
+        assert flag in arguments
+    assert "--host" in arguments
+
+
+def test_unknown_role_is_refused() -> None:
+    with pytest.raises(SystemExit, match="LOCUST_ROLE must be one of"):
+        locust_arguments({"LOCUST_ROLE": "boss"})
