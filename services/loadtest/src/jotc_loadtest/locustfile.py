@@ -158,5 +158,7 @@ JotcUser.tasks = {  # type: ignore[assignment]
 
 @events.quitting.add_listener  # type: ignore[untyped-decorator]
 def service_objectives(environment: Any, **_: Any) -> None:
-    if not isinstance(environment.runner, WorkerRunner):
+    # Gates judge bounded headless runs; a web-UI session that is closed is not a verdict.
+    headless = bool(getattr(environment.parsed_options, "headless", False))
+    if headless and not isinstance(environment.runner, WorkerRunner):
         apply_gates(environment)
