@@ -146,7 +146,8 @@ def test_evaluation_migration_is_a_plain_job_and_data_services_run() -> None:
     assert "annotations" not in one(docs, "Job", "-migrate-")["metadata"]
     postgres = one(docs, "StatefulSet", "-postgresql")
     assert postgres["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
-    one(docs, "StatefulSet", "-redis")
+    redis = one(docs, "StatefulSet", "-redis")
+    assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     env = {e["name"]: e for e in api_pod(docs)["containers"][0]["env"]}
     assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"] == "redis-url"
 

@@ -128,3 +128,9 @@ def test_roles(role: str, expected: list[str], tmp_path: Path) -> None:
 def test_unknown_role_is_refused() -> None:
     with pytest.raises(SystemExit, match="LOCUST_ROLE must be one of"):
         locust_arguments({"LOCUST_ROLE": "boss"})
+
+
+def test_a_mounted_locustfile_replaces_the_built_in_one(tmp_path: Path) -> None:
+    arguments = locust_arguments({"LOCUST_LOCUSTFILE": "/locustfile/locustfile.py", "JOTC_REPORT_DIR": str(tmp_path)})
+    assert arguments[:2] == ["-f", "/locustfile/locustfile.py"]
+    assert locust_arguments({})[1].endswith("jotc_loadtest/locustfile.py")

@@ -7,7 +7,8 @@
                      and service-objective gates: exits 1 when one is missed
     headless-master  the same, spread over LOCUST_EXPECT_WORKERS workers
 
-The target is LOCUST_HOST (or JOTC_TARGET), default http://api:4000. Any other LOCUST_* variable
+The target is LOCUST_HOST (or JOTC_TARGET), default http://api:4000. LOCUST_LOCUSTFILE replaces
+the built-in scenarios with another file. Any other LOCUST_* variable
 is read by Locust itself. Reports go to JOTC_REPORT_DIR (default ./reports): report_stats.csv and
 friends, and report.html.
 """
@@ -25,7 +26,9 @@ def locust_arguments(env: dict[str, str]) -> list[str]:
     role = env.get("LOCUST_ROLE", "ui").strip() or "ui"
     if role not in ROLES:
         raise SystemExit(f"jotc-loadtest: LOCUST_ROLE must be one of {', '.join(sorted(ROLES))}, got {role!r}")
-    arguments = ["-f", str(Path(__file__).with_name("locustfile.py"))]
+    # LOCUST_LOCUSTFILE (e.g. a ConfigMap mounted by the Helm chart) wins over the built-in scenarios.
+    locustfile = env.get("LOCUST_LOCUSTFILE") or str(Path(__file__).with_name("locustfile.py"))
+    arguments = ["-f", locustfile]
     if "LOCUST_HOST" not in env:
         arguments += ["--host", env.get("JOTC_TARGET", "http://api:4000")]
     if role == "worker":
