@@ -44,6 +44,20 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def wait_for(process: subprocess.Popen[bytes], url: str, failure: str, timeout: float = 120) -> None:
+    """Poll url until it answers 200; fail early if scripts/dev exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.2)
+
+
 def test_scripts_dev_runs_the_stack_and_ctrl_c_stops_everything(tmp_path: object) -> None:
     api_port, locust_port = free_port(), free_port()
     with fresh_database() as database_url:
@@ -65,29 +79,12 @@ def test_scripts_dev_runs_the_stack_and_ctrl_c_stops_everything(tmp_path: object
         pgid = process.pid
         try:
             base = f"http://127.0.0.1:{api_port}"
-            deadline = time.monotonic() + 120
-            while True:
-                assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "scripts/dev did not become ready"
-                time.sleep(0.2)
+            wait_for(process, f"{base}/readyz", "scripts/dev did not become ready")
             created = httpx.post(f"{base}/jumps", json={"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "dev"})
             assert created.status_code == 201
             record = httpx.get(f"{base}/jumps/{created.json()['id']}").json()
             assert (record["jumps"], record["clouds"], record["user"]) == (4, [0, 0, 1, 0, 0, 1, 0], "dev")
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{locust_port}/", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "Locust's UI did not come up"
-                time.sleep(0.2)
+            wait_for(process, f"http://127.0.0.1:{locust_port}/", "Locust's UI did not come up")
         finally:
             os.killpg(pgid, signal.SIGINT)  # what Ctrl-C in a terminal does
             try:
