@@ -1,0 +1,202 @@
+"""Faults under load, loopback only and bounded: PostgreSQL stopped hard and restarted, a Granian
+worker killed. Each test prints its figures (requests, acknowledged, recorded, time to recover)."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from conftest import free_port, migrate_command, start_api
+
+
+def pg_tool(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), "")
+    if not found:
+        pytest.fail(f"{name} is needed for this test (Debian: apt-get install postgresql)")
+    return found
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of this test's own, which it may stop with -m immediate."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.as_postgres: list[str] = []
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            self.as_postgres = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(directory, "postgres")
+        subprocess.run(
+            [
+                *self.as_postgres,
+                pg_tool("initdb"),
+                "-D",
+                str(directory / "db"),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def ctl(self, *args: str) -> None:
+        subprocess.run(
+            [
+                *self.as_postgres,
+                pg_tool("pg_ctl"),
+                "-D",
+                str(self.directory / "db"),
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(self.directory / "server.log"),
+                "-o",
+                f"-h 127.0.0.1 -p {self.port} -k {self.directory}",
+                *args,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=90,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    # Not pytest's tmp_path: its root is private to root, and PostgreSQL runs as postgres.
+    directory = Path(tempfile.mkdtemp(prefix="jotc-pg-"))
+    directory.chmod(0o755)
+    server = PrivatePostgres(directory)
+    server.ctl("start")
+    yield server
+    subprocess.run(
+        [*server.as_postgres, pg_tool("pg_ctl"), "-D", str(directory / "db"), "-m", "immediate", "stop"],
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+async def load_until(base: str, stop: asyncio.Event, record: list[tuple[str, int, str | None]]) -> None:
+    """Ten concurrent clients posting until told to stop; every outcome is recorded."""
+    async with httpx.AsyncClient(base_url=base, timeout=15) as client:
+
+        async def one_client() -> None:
+            while not stop.is_set():
+                try:
+                    response = await client.post("/jumps", json={"clouds": [0, 0, 1, 0], "user": "fault"})
+                    request_id = response.json().get("id") if response.status_code == 201 else None
+                    record.append(("answer", response.status_code, request_id))
+                except httpx.HTTPError as exc:
+                    record.append(("cut", 0, type(exc).__name__))
+                await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(one_client() for _ in range(10)))
+
+
+def test_postgres_stopped_hard_under_load_then_restarted(private_postgres: PrivatePostgres, tmp_path: Path) -> None:
+    subprocess.run(
+        [migrate_command(), "upgrade"],
+        env={**os.environ, "DATABASE_URL": private_postgres.url},
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    server = start_api(private_postgres.url, tmp_path)
+    outcomes: list[tuple[str, int, str | None]] = []
+    try:
+
+        async def scenario() -> float:
+            stop = asyncio.Event()
+            load = asyncio.create_task(load_until(server.base_url, stop, outcomes))
+            await asyncio.sleep(2)
+            await asyncio.to_thread(private_postgres.ctl, "-m", "immediate", "stop")
+            await asyncio.sleep(2)
+            await asyncio.to_thread(private_postgres.ctl, "start")
+            restarted = time.monotonic()
+            seen = len(outcomes)
+            recovered_at = None
+            while time.monotonic() - restarted < 30:
+                if any(kind == "answer" and status == 201 for kind, status, _ in outcomes[seen:]):
+                    recovered_at = time.monotonic()
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1)
+            stop.set()
+            await load
+            assert recovered_at is not None, "no 201 within 30 s of PostgreSQL's restart"
+            return recovered_at - restarted
+
+        recovery = asyncio.run(scenario())
+    finally:
+        server.stop()
+    statuses = Counter(status for kind, status, _ in outcomes if kind == "answer")
+    cut = sum(1 for kind, _, _ in outcomes if kind == "cut")
+    acknowledged = {request_id for kind, status, request_id in outcomes if status == 201 and request_id}
+    with psycopg.connect(private_postgres.url, autocommit=True) as db:
+        recorded = {str(row[0]) for row in db.execute("SELECT id FROM jump_requests").fetchall()}
+        stats = db.execute("SELECT requests FROM user_stats WHERE user_name = 'fault'").fetchone()
+    print(
+        f"\nfault: PostgreSQL immediate stop: {len(outcomes)} requests, {len(acknowledged)} acknowledged, "
+        f"{len(recorded)} recorded, {statuses[503]} answered 503, {cut} cut, recovered {recovery:.2f} s after restart"
+    )
+    assert set(statuses) <= {201, 503}, statuses
+    assert statuses[503] >= 1
+    assert acknowledged <= recorded  # every 201 the client saw has its row
+    unacknowledged = len(recorded - acknowledged)
+    assert unacknowledged <= statuses[503] + cut  # an extra row belongs to a request that was not told 201
+    assert stats == (len(recorded),)
+
+
+def worker_pids(main_pid: int) -> set[int]:
+    out = subprocess.run(["pgrep", "-P", str(main_pid)], capture_output=True, text=True, check=False).stdout
+    return {int(pid) for pid in out.split()}
+
+
+def test_a_killed_worker_is_respawned_and_the_other_keeps_serving(database_url: str, tmp_path: Path) -> None:
+    server = start_api(database_url, tmp_path)
+    try:
+        before = worker_pids(server.process.pid)
+        assert len(before) == 2, before
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        statuses: Counter[int] = Counter()
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            try:
+                statuses[httpx.post(f"{server.base_url}/jumps", json={"clouds": [0, 0]}, timeout=5).status_code] += 1
+            except httpx.TransportError:
+                statuses[0] += 1
+            time.sleep(0.02)
+        after = worker_pids(server.process.pid)
+        print(
+            f"\nfault: worker SIGKILL: {sum(statuses.values())} requests after the kill: {dict(statuses)}; "
+            f"workers {sorted(before)} -> {sorted(after)}"
+        )
+        assert statuses[201] >= 0.95 * sum(statuses.values())
+        assert set(statuses) <= {0, 201}
+        assert victim not in after
+        assert len(after) == 2, "the killed worker was not respawned"
+        assert httpx.get(f"{server.base_url}/readyz").status_code == 200
+    finally:
+        server.stop()
