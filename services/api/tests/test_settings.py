@@ -38,6 +38,8 @@ GOOD = {"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/jotc"}
         ("JOTC_ACCESS_LOG", "maybe"),
         ("JOTC_DB_POOL_SIZE", "0"),
         ("JOTC_SHUTDOWN_TIMEOUT", "forever"),
+        ("JOTC_HEADER_READ_TIMEOUT", "0"),
+        ("JOTC_MAX_HEADER_BYTES", "100"),
     ],
 )
 def test_bad_setting_stops_start_up_with_one_line_naming_it(variable: str, value: str) -> None:

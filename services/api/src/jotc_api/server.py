@@ -61,6 +61,7 @@ def prepare_metrics_dir() -> None:
 
 def run(settings: Settings) -> None:
     from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
     from granian.log import LogLevels
     from granian.server import Server
 
@@ -78,6 +79,12 @@ def run(settings: Settings) -> None:
         # recorder, whose writers commit up to max_batch rows per pooled connection.
         backpressure=settings.recorder_max_batch * settings.db_pool_size,
         respawn_failed_workers=True,
+        # Slow clients: a connection that has not sent its headers in time is closed; headers past
+        # the buffer are refused. Bodies are streamed and bounded by JOTC_MAX_BODY_BYTES.
+        http1_settings=HTTP1Settings(
+            header_read_timeout=int(settings.header_read_timeout * 1000),
+            max_buffer_size=settings.max_header_bytes,
+        ),
         workers_kill_timeout=int(settings.shutdown_timeout) + 2,
         log_level=LogLevels(settings.log_level.lower()) if settings.log_level != "CRITICAL" else LogLevels.critical,
         log_access=False,

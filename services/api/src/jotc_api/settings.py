@@ -47,6 +47,8 @@ class Settings:
     recorder_writers: int = 1
     offload_from: int = 50_000
     shutdown_timeout: float = 25.0
+    header_read_timeout: float = 10.0
+    max_header_bytes: int = 64 * 1024
     version: str = field(default="")
 
 
@@ -167,5 +169,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         recorder_writers=integer(env, "JOTC_RECORDER_WRITERS", 1, 1, 32),
         offload_from=integer(env, "JOTC_SOLVER_OFFLOAD_FROM", 50_000, 2, 100_000_000),
         shutdown_timeout=float(integer(env, "JOTC_SHUTDOWN_TIMEOUT", 25, 1, 3600)),
+        header_read_timeout=float(integer(env, "JOTC_HEADER_READ_TIMEOUT", 10, 1, 300)),
+        max_header_bytes=integer(env, "JOTC_MAX_HEADER_BYTES", 64 * 1024, 8192, 1024 * 1024),
         version=__version__,
     )
