@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
+from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 
 from jotc_api.problems import PROBLEM_JSON
@@ -52,6 +52,19 @@ class JumpRecord(msgspec.Struct):
     jumps: int
     path: list[int]
     created_at: str
+
+
+class Check(msgspec.Struct, kw_only=True):
+    status: str
+    detail: str | None = None
+    revision: str | None = None
+
+
+class Readiness(msgspec.Struct):
+    """GET /readyz: `ready` or `not ready`, and each check (database, schema, redis)."""
+
+    status: str
+    checks: dict[str, Check]
 
 
 class Move(msgspec.Struct):
@@ -151,6 +164,12 @@ JOTC_BODY = RequestBody(
 class JumpsOperation(Operation):
     def __post_init__(self) -> None:
         self.request_body = JUMPS_BODY
+        # A text/plain request is answered in text/plain: the number of jumps and a newline.
+        created = self.responses.get("201") if self.responses else None
+        if created is not None and not isinstance(created, Reference) and created.content is not None:
+            created.content["text/plain"] = OpenAPIMediaType(
+                schema=Schema(type=OpenAPIType.STRING, pattern=r"^[0-9]+\n$", examples=["4\n"])
+            )
 
 
 @dataclass

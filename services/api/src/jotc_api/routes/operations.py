@@ -7,10 +7,10 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 from sqlalchemy import text
 
+from jotc_api.openapi import Readiness, answer_spec
 from jotc_api.problems import KINDS, Problem
 from jotc_api.settings import Settings
 from jotc_api.tables import SCHEMA_REVISION
@@ -34,7 +34,10 @@ async def healthz() -> dict[str, str]:
     "/readyz",
     summary="Readiness: PostgreSQL answers and its schema is the one this build expects",
     tags=["operations"],
-    responses={503: ResponseSpec(data_container=dict[str, Any], description="Not ready")},
+    responses={
+        200: answer_spec(Readiness, "Ready; redis may be `degraded`"),
+        503: answer_spec(Readiness, "Not ready: database unreachable or schema not at this build's revision"),
+    },
 )
 async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     checks: dict[str, dict[str, str]] = {}
