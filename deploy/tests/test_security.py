@@ -89,3 +89,57 @@ def test_a_finding_outside_the_list_would_fail(framework: str) -> None:
     """The check can fail: without its skip list, checkov does report findings here."""
     fake = {"results": {"failed_checks": [{"check_id": "CKV_FAKE_1", "check_name": "x", "resource": "r"}]}}
     assert failures([fake], SKIPS[framework]) != []
+
+
+def detect_secrets_spec() -> str:
+    match = re.search(r"^detect-secrets==\S+$", (ROOT / "scripts/tools-requirements.txt").read_text(), re.M)
+    assert match, "detect-secrets is pinned in scripts/tools-requirements.txt"
+    return match.group(0)
+
+
+def test_no_secret_beyond_the_audited_baseline() -> None:
+    """Every tracked file (image contents included: each image is built from its service folder)
+    is scanned; the baseline holds only audited placeholders (example URLs, key names, test tokens)."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    files = [name for name in files if not name.endswith("uv.lock") and name != ".secrets.baseline"]
+    result = subprocess.run(
+        [
+            "uv",
+            "tool",
+            "run",
+            "--quiet",
+            "--from",
+            detect_secrets_spec(),
+            "detect-secrets-hook",
+            "--baseline",
+            ".secrets.baseline",
+            *files,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_the_secret_scan_can_fail(tmp_path: Path) -> None:
+    leaked = tmp_path / "leak.py"
+    # Assembled at run time, so this file itself holds nothing a scanner would flag.
+    key = "AKIA" + "IOSFODNN7" + "EXAMPLE"
+    leaked.write_text(f'aws_access_key_id = "{key}"\n')
+    result = subprocess.run(
+        ["uv", "tool", "run", "--quiet", "--from", detect_secrets_spec(), "detect-secrets-hook", str(leaked)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode != 0
