@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -35,3 +36,22 @@ def compose_config(*args: str) -> dict[str, Any]:
     assert result.returncode == 0, result.stderr
     config: dict[str, Any] = json.loads(result.stdout)
     return config
+
+
+def committed_files() -> list[str]:
+    """What a commit would hold: tracked files and untracked ones git does not ignore."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.split()
+
+
+def pinned(tool: str) -> str:
+    """`tool==version` as pinned in scripts/tools-requirements.txt."""
+    match = re.search(rf"^{re.escape(tool)}==\S+$", (ROOT / "scripts/tools-requirements.txt").read_text(), re.M)
+    assert match, f"{tool} is pinned in scripts/tools-requirements.txt"
+    return match.group(0)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
 from typing import Any
 
 import pytest
-from conftest import ROOT, compose, compose_config
+from conftest import ROOT, committed_files, compose, compose_config
 
 VARIANTS = {
     "default": (),
@@ -138,18 +137,6 @@ def test_env_example_settings_reach_the_services() -> None:
 
 
 def test_no_env_file_or_secret_is_committed() -> None:
-    tracked = compose_tracked_files()
+    tracked = set(committed_files())
     assert ".env" not in tracked
     assert ".env.example" in tracked
-
-
-def compose_tracked_files() -> set[str]:
-    """What a commit would hold: tracked files and untracked ones git does not ignore."""
-    out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return set(out.split())

@@ -11,17 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, committed_files, pinned
 from test_helm import CHART, VALUES, run_helm, values_args
 
 SKIPS: dict[str, dict[str, str]] = yaml.safe_load((ROOT / "deploy/checkov-skips.yaml").read_text())
-
-
-def checkov_spec() -> str:
-    text = (ROOT / "scripts/tools-requirements.txt").read_text()
-    match = re.search(r"^checkov==\S+$", text, re.M)
-    assert match, "checkov is pinned in scripts/tools-requirements.txt"
-    return match.group(0)
 
 
 def checkov(*args: str) -> list[dict[str, Any]]:
@@ -32,7 +25,7 @@ def checkov(*args: str) -> list[dict[str, Any]]:
             "run",
             "--quiet",
             "--from",
-            checkov_spec(),
+            pinned("checkov"),
             "checkov",
             "--quiet",
             "--compact",
@@ -91,23 +84,12 @@ def test_a_finding_outside_the_list_would_fail(framework: str) -> None:
     assert failures([fake], SKIPS[framework]) != []
 
 
-def detect_secrets_spec() -> str:
-    match = re.search(r"^detect-secrets==\S+$", (ROOT / "scripts/tools-requirements.txt").read_text(), re.M)
-    assert match, "detect-secrets is pinned in scripts/tools-requirements.txt"
-    return match.group(0)
-
-
 def test_no_secret_beyond_the_audited_baseline() -> None:
     """Every tracked file (image contents included: each image is built from its service folder)
-    is scanned; the baseline holds only audited placeholders (example URLs, key names, test tokens)."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    files = [name for name in files if not name.endswith("uv.lock") and name != ".secrets.baseline"]
+    is scanned; the baseline holds only audited placeholders (example URLs, key names, test tokens).
+    When edits move a baselined line, the hook rewrites the line numbers in .secrets.baseline and
+    asks for it to be staged: `git add .secrets.baseline` and commit it with the edit."""
+    files = [name for name in committed_files() if not name.endswith("uv.lock") and name != ".secrets.baseline"]
     result = subprocess.run(
         [
             "uv",
@@ -115,7 +97,7 @@ def test_no_secret_beyond_the_audited_baseline() -> None:
             "run",
             "--quiet",
             "--from",
-            detect_secrets_spec(),
+            pinned("detect-secrets"),
             "detect-secrets-hook",
             "--baseline",
             ".secrets.baseline",
@@ -136,7 +118,7 @@ def test_the_secret_scan_can_fail(tmp_path: Path) -> None:
     key = "AKIA" + "IOSFODNN7" + "EXAMPLE"
     leaked.write_text(f'aws_access_key_id = "{key}"\n')
     result = subprocess.run(
-        ["uv", "tool", "run", "--quiet", "--from", detect_secrets_spec(), "detect-secrets-hook", str(leaked)],
+        ["uv", "tool", "run", "--quiet", "--from", pinned("detect-secrets"), "detect-secrets-hook", str(leaked)],
         capture_output=True,
         text=True,
         check=False,
