@@ -156,12 +156,6 @@ def test_openapi_document_is_valid_and_lists_every_route(client: httpx.Client) -
     assert "400" not in get_one["responses"]
 
 
-def test_docs_ui_is_served(client: httpx.Client) -> None:
-    response = client.get("/schema")
-    assert response.status_code == 200
-    assert "text/html" in response.headers["content-type"]
-
-
 def test_problem_types_are_explained(client: httpx.Client) -> None:
     response = client.get("/problems/unreachable")
     assert response.status_code == 200

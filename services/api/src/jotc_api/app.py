@@ -11,7 +11,6 @@ from litestar import Litestar, Request, Response
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.plugins.prometheus import PrometheusController
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -20,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from jotc_api import __version__
 from jotc_api.logs import configure_logging
+from jotc_api.openapi import SCHEMA_PATH, SelfHostedSwaggerUI
 from jotc_api.problems import PROBLEM_JSON, Problem
 from jotc_api.recorder import Recorder
 from jotc_api.redis_features import IdempotencyStore, RedisLink
@@ -153,8 +153,8 @@ def create_app(settings: Settings, *, redis: RedisLink | None = None, configure_
             title="JOTC API",
             version=__version__,
             description="Jumping on the Clouds, solved and durably recorded.",
-            path="/schema",
-            render_plugins=[ScalarRenderPlugin()],
+            path=SCHEMA_PATH,
+            render_plugins=[SelfHostedSwaggerUI()],
             components=Components(
                 security_schemes={
                     "bearer": SecurityScheme(type="http", scheme="bearer", description="JOTC_ADMIN_TOKEN")

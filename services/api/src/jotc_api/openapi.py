@@ -1,19 +1,26 @@
-"""What the OpenAPI document says beyond what Litestar infers from the handlers.
+"""What the OpenAPI document says beyond what Litestar infers from the handlers, and the docs UI.
 
 POST /jumps and POST /jotc read their bodies themselves (two media types, our
 own error messages), so their request bodies are declared here; every error
-response is declared as problem+json.
+response is declared as problem+json. The docs UI at /schema is Swagger UI,
+whose files the API serves itself, so the page works without internet access.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
+from litestar import Router
+from litestar.datastructures import CacheControlHeader
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIType
+from litestar.static_files import create_static_files_router
 
 from jotc_api.problems import PROBLEM_JSON
 
@@ -197,3 +204,42 @@ WRITE_ERRORS = {
     ),
     503: problem("PostgreSQL unavailable; nothing was recorded; see Retry-After"),
 }
+
+
+SCHEMA_PATH = "/schema"
+DOCS_ASSETS = "/swagger-ui"  # under SCHEMA_PATH
+
+
+def swagger_ui_files() -> Path:
+    """Swagger UI's distribution as drf-spectacular-sidecar ships it. Found without importing the
+    package: its __init__ imports Django, which this service leaves out (see pyproject.toml)."""
+    spec = importlib.util.find_spec("drf_spectacular_sidecar")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("drf-spectacular-sidecar is not installed; it carries the docs UI's files")
+    return Path(spec.submodule_search_locations[0], "static", "drf_spectacular_sidecar", "swagger-ui-dist")
+
+
+class SelfHostedSwaggerUI(SwaggerRenderPlugin):
+    """Swagger UI whose page references only this API's own URLs: script, styles and icon come
+    from SCHEMA_PATH + DOCS_ASSETS, which this plugin adds to the OpenAPI router."""
+
+    def __init__(self) -> None:
+        assets = SCHEMA_PATH + DOCS_ASSETS
+        super().__init__(
+            js_url=f"{assets}/swagger-ui-bundle.js",
+            css_url=f"{assets}/swagger-ui.css",
+            standalone_preset_js_url=f"{assets}/swagger-ui-standalone-preset.js",
+            favicon=f"<link rel='icon' type='image/png' href='{assets}/favicon-32x32.png'>",
+        )
+
+    def receive_router(self, router: Router) -> None:
+        super().receive_router(router)
+        router.register(
+            create_static_files_router(
+                path=DOCS_ASSETS,
+                directories=[swagger_ui_files()],
+                name="docs-ui-assets",
+                cache_control=CacheControlHeader(max_age=86400, public=True),
+                include_in_schema=False,
+            )
+        )
