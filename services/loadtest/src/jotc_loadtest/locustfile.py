@@ -9,6 +9,7 @@ import os
 import random
 import uuid
 from collections import deque
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from locust import FastHttpUser, between, events
@@ -31,15 +32,18 @@ DEFAULT_WEIGHTS = {
 }
 
 
-def weight(task: str) -> int:
-    raw = os.environ.get(f"JOTC_LT_WEIGHT_{task.upper()}", "").strip()
+def weight(task: str, env: Mapping[str, str]) -> int:
+    raw = env.get(f"JOTC_LT_WEIGHT_{task.upper()}", "").strip()
     value = int(raw) if raw else DEFAULT_WEIGHTS[task]
-    if task == "admin" and not ADMIN_TOKEN:
+    if task == "admin" and not env.get("JOTC_ADMIN_TOKEN", ""):
         return 0
     return max(0, value)
 
 
-class JotcUser(FastHttpUser):
+class JotcScenarios(FastHttpUser):
+    """Every scenario, unweighted; Locust runs JotcUser below, which adds the weights."""
+
+    abstract = True
     wait_time = between(
         float(os.environ.get("JOTC_LT_WAIT_MIN", "0.05")), float(os.environ.get("JOTC_LT_WAIT_MAX", "0.5"))
     )
@@ -150,10 +154,22 @@ class JotcUser(FastHttpUser):
         self.client.get(f"/admin/requests?limit=20&user={self.user}", headers=headers, name="GET /admin/requests")
 
 
-# Locust takes {task: weight}; weights come from the environment, 0 leaves a task out.
-JotcUser.tasks = {  # type: ignore[assignment]
-    getattr(JotcUser, name): weight(name) for name in DEFAULT_WEIGHTS if weight(name) > 0
-}
+def user_class(env: Mapping[str, str]) -> type[JotcScenarios]:
+    """The scenarios with their weights from env (0 leaves a task out). Locust reads a {task: weight}
+    mapping only while it builds the class (its metaclass turns it into a list holding each task
+    weight times), so the weights go into the class statement; set on the class afterwards, the
+    mapping would stay a dict that Locust picks from by key, every task equally often."""
+    weights: dict[Callable[[JotcScenarios], None], int] = {
+        getattr(JotcScenarios, name): share for name in DEFAULT_WEIGHTS if (share := weight(name, env)) > 0
+    }
+
+    class JotcUser(JotcScenarios):
+        tasks = weights  # type: ignore[assignment]  # Locust documents the mapping; its stub says list
+
+    return JotcUser
+
+
+JotcUser = user_class(os.environ)
 
 
 @events.quitting.add_listener  # type: ignore[untyped-decorator]
