@@ -27,7 +27,7 @@ def schemathesis_spec() -> str:
 
 
 @pytest.mark.parametrize("token", [True, False], ids=["with token", "without token"])
-def test_schemathesis_finds_nothing(api: ApiServer, token: bool) -> None:
+def test_schemathesis_finds_nothing(api: ApiServer, token: bool, tmp_path: Path) -> None:
     command = [
         "uv",
         "tool",
@@ -54,6 +54,8 @@ def test_schemathesis_finds_nothing(api: ApiServer, token: bool) -> None:
         # (the erasure is linked from POST /jumps' `user`), so a 404 there is the right answer;
         # the stateful phase runs in the tokenless pass, where erasure is 401.
         command += ["-H", f"Authorization: Bearer {ADMIN_TOKEN}", "--phases", "examples,coverage,fuzzing"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    # schemathesis keeps its cache (.schemathesis/) and reports in its working directory: a temporary
+    # one, so a run leaves the tree as it was.
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout[-6000:]
     assert "passed" in result.stdout
