@@ -1,8 +1,10 @@
-"""scripts/dev end to end: the stack without Docker comes up, answers, and leaves nothing behind."""
+"""scripts/dev end to end: the stack without Docker comes up from .env on 127.0.0.1, answers, says how
+to use it, and leaves nothing behind."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -10,12 +12,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import psycopg
 from conftest import ROOT
 
 SERVER = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
+# What scripts/dev reads from the environment before .env: unset, so the test's .env decides.
+DEV_SETTINGS = {"JOTC_HOST", "PUBLISH_ADDRESS", "PORT", "API_PORT", "LOCUST_WEB_PORT", "LOCUST_PORT", "LOCUST_WEB_HOST"}
+DEV_SETTINGS |= {"JOTC_ADMIN_TOKEN", "JOTC_ENV_FILE", "PROMETHEUS_MULTIPROC_DIR"}
 
 
 def free_port() -> int:
@@ -44,11 +50,11 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def wait_for(process: subprocess.Popen[bytes], url: str, failure: str, timeout: float = 120) -> None:
+def wait_for(process: subprocess.Popen[bytes], log: Path, url: str, failure: str, timeout: float = 120) -> None:
     """Poll url until it answers 200; fail early if scripts/dev exits."""
     deadline = time.monotonic() + timeout
     while True:
-        assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+        assert process.poll() is None, log.read_text()
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -58,33 +64,80 @@ def wait_for(process: subprocess.Popen[bytes], url: str, failure: str, timeout: 
         time.sleep(0.2)
 
 
-def test_scripts_dev_runs_the_stack_and_ctrl_c_stops_everything(tmp_path: object) -> None:
+def wait_for_banner(process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> str:
+    """What scripts/dev prints once everything answers: from "JOTC is running." on."""
+    deadline = time.monotonic() + timeout
+    while "JOTC is running." not in log.read_text() or "Ctrl-C" not in log.read_text().split("JOTC is running.")[1]:
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "scripts/dev printed no banner"
+        time.sleep(0.2)
+    return log.read_text().split("JOTC is running.")[1]
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The IPv4 addresses something listens on at this TCP port (Linux: /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, local_port = local.split(":")
+        if state == "0A" and int(local_port, 16) == port:
+            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+def test_scripts_dev_runs_the_stack_from_env_on_loopback_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     api_port, locust_port = free_port(), free_port()
+    # .env as a newcomer would copy it from .env.example: it moves the ports and sets the token,
+    # but a variable the environment sets (JOTC_MAX_CLOUDS) wins over it.
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        f"API_PORT={api_port}\nLOCUST_PORT={locust_port}  # the web UI\n"
+        'JOTC_ADMIN_TOKEN="token-from-dotenv"\nJOTC_MAX_CLOUDS=5\n'
+    )
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    log = tmp_path / "dev.log"
     with fresh_database() as database_url:
         env = {
-            **os.environ,
+            **{name: value for name, value in os.environ.items() if name not in DEV_SETTINGS},
             "DATABASE_URL": database_url,
-            "PORT": str(api_port),
-            "LOCUST_WEB_PORT": str(locust_port),
+            "JOTC_ENV_FILE": str(dotenv),
+            "JOTC_MAX_CLOUDS": "100",
             "JOTC_WORKERS": "2",
+            "TMPDIR": str(scratch),
         }
-        process = subprocess.Popen(
-            [str(ROOT / "scripts/dev")],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [str(ROOT / "scripts/dev")],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         pgid = process.pid
         try:
             base = f"http://127.0.0.1:{api_port}"
-            wait_for(process, f"{base}/readyz", "scripts/dev did not become ready")
+            wait_for(process, log, f"{base}/readyz", "scripts/dev did not become ready")
             created = httpx.post(f"{base}/jumps", json={"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "dev"})
-            assert created.status_code == 201
+            assert created.status_code == 201, created.text
             record = httpx.get(f"{base}/jumps/{created.json()['id']}").json()
             assert (record["jumps"], record["clouds"], record["user"]) == (4, [0, 0, 1, 0, 0, 1, 0], "dev")
-            wait_for(process, f"http://127.0.0.1:{locust_port}/", "Locust's UI did not come up")
+            stats = httpx.get(f"{base}/admin/stats", headers={"Authorization": "Bearer token-from-dotenv"})
+            assert stats.status_code == 200, stats.text
+            wait_for(process, log, f"http://127.0.0.1:{locust_port}/", "Locust's UI did not come up")
+            assert listening_addresses(api_port) == {"127.0.0.1"}
+            assert listening_addresses(locust_port) == {"127.0.0.1"}
+            banner = wait_for_banner(process, log)
+            for expected in (
+                f"{base}/schema",
+                f"curl -s {base}/jumps",
+                f"curl -s {base}/admin/stats -H 'Authorization: Bearer token-from-dotenv'",
+                f"JOTC_ADMIN_TOKEN in {dotenv}",
+                f"http://127.0.0.1:{locust_port}",
+                "Ctrl-C",
+            ):
+                assert expected in banner, banner
         finally:
             os.killpg(pgid, signal.SIGINT)  # what Ctrl-C in a terminal does
             try:
@@ -99,3 +152,6 @@ def test_scripts_dev_runs_the_stack_and_ctrl_c_stops_everything(tmp_path: object
         for port in (api_port, locust_port):
             with socket.socket() as probe:
                 assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
+        # uv keeps a lock file per interpreter in the temp directory, by design, and reuses it.
+        left = [path.name for path in scratch.iterdir() if not re.fullmatch(r"uv-[0-9a-f]+\.lock", path.name)]
+        assert left == [], "scripts/dev left files in its TMPDIR"

