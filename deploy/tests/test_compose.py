@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, committed_files, compose, compose_config
+from conftest import ROOT, committed_files, compose, compose_binary, compose_config
 
 VARIANTS = {
     "default": (),
@@ -57,6 +62,41 @@ def test_every_service_of_the_original_is_there(stack: dict[str, Any]) -> None:
 )
 def test_ports(stack: dict[str, Any], service: str, ports: dict[int, int]) -> None:
     assert published(stack["services"][service]) == ports
+
+
+def host_addresses(config: dict[str, Any]) -> set[str]:
+    return {port.get("host_ip", "") for service in config["services"].values() for port in service.get("ports", [])}
+
+
+def test_published_ports_bind_loopback_by_default(stack: dict[str, Any]) -> None:
+    # PostgreSQL with a well-known password and Redis without one must not face the network.
+    assert host_addresses(stack) == {"127.0.0.1"}
+
+
+def test_publish_address_moves_every_port(tmp_path: Path) -> None:
+    everywhere = "0.0.0.0"  # noqa: S104 - the opt-in this test checks
+    (tmp_path / "bind.env").write_text(f"PUBLISH_ADDRESS={everywhere}\n")
+    assert host_addresses(compose_config("--env-file", str(tmp_path / "bind.env"))) == {everywhere}
+
+
+def test_core_only_command_honours_the_root_env_file(tmp_path: Path) -> None:
+    """`docker compose -f deploy/compose/core.yml up` reads the .env beside core.yml: a link to the root one."""
+    link = ROOT / "deploy/compose/.env"
+    assert link.is_symlink()
+    assert os.readlink(link) == "../../.env"
+    shutil.copytree(ROOT / "deploy/compose", tmp_path / "deploy/compose", symlinks=True)
+    shutil.copytree(ROOT / "services", tmp_path / "services", ignore=shutil.ignore_patterns(".venv", "__pycache__"))
+    (tmp_path / ".env").write_text("API_PORT=14000\nJOTC_ADMIN_TOKEN=from-the-root-env\n")
+    result = subprocess.run(
+        [compose_binary(), "-f", "deploy/compose/core.yml", "config", "--format", "json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    api = json.loads(result.stdout)["services"]["api"]
+    assert api["environment"]["JOTC_ADMIN_TOKEN"] == "from-the-root-env"
+    assert published(api) == {14000: 4000}
 
 
 @pytest.mark.parametrize("service", ["postgres", "redis", "api"])
