@@ -59,13 +59,16 @@ def staging(name: str) -> Iterator[Path]:
         yield stage
         TOOLS.mkdir(exist_ok=True)
         target = TOOLS / name
-        if target.exists():
-            old = stage.with_name(stage.name + ".old")
-            target.rename(old)
+        old = stage.with_name(stage.name + ".old")
+        try:
+            if target.exists():
+                target.rename(old)
             stage.rename(target)
-            shutil.rmtree(old)
-        else:
-            stage.rename(target)
+        except OSError:
+            # Another run published the same tool meanwhile: keep its copy, drop ours.
+            if not target.exists():
+                raise
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
