@@ -44,10 +44,10 @@ class Migrate:
             check=False,
         )
 
-    def popen(self, *args: str) -> subprocess.Popen[str]:
+    def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [JOTC_MIGRATE, *args],
-            env={**os.environ, "DATABASE_URL": self.database_url},
+            env={**os.environ, "DATABASE_URL": self.database_url, **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

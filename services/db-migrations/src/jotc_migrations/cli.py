@@ -1,12 +1,12 @@
 """The jotc-migrate command: bring the database to the schema this build expects, or check it.
 
     jotc-migrate upgrade [--wait SECONDS]   wait for PostgreSQL, then upgrade to head (default)
-    jotc-migrate check   [--wait SECONDS]   exit 0 when the database is at head, 1 when not
+    jotc-migrate check   [--wait SECONDS]   exit 0 when this build may serve the database
     jotc-migrate downgrade REVISION         e.g. ``base`` to remove every table
 
-Exit codes: 0 done / at head; 1 not at head (check); 2 the database could not
-be reached in time, or the configuration is wrong. Every failure is one line on
-stderr saying what to do.
+Exit codes are in ``errors.py`` (and the README); every failure is one line on
+stderr saying what to do. How long it may wait and run, and how it stops, is
+``bounds.py``; which databases a build may serve, ``compat.py``.
 
 Several pods may run ``upgrade`` at once: each takes a PostgreSQL advisory lock
 before looking at the schema, so they run one after another and the later ones
@@ -19,8 +19,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from importlib.resources import files
 from typing import TypeVar
 
@@ -28,36 +27,56 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, create_engine, pool, text
+from alembic.util import CommandError
+from sqlalchemy import Connection, create_engine, pool
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
+from jotc_migrations import compat
+from jotc_migrations.bounds import (
+    KEEPALIVES,
+    Bounds,
+    Stopper,
+    configure_session,
+    first_line,
+    migration_lock,
+    stop_on_signals,
+    with_lock_retries,
+)
 from jotc_migrations.database import DatabaseURLError, describe, sqlalchemy_url
+from jotc_migrations.errors import (
+    EXIT_NOT_AT_HEAD,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    MigrateError,
+)
 
-# pg_advisory_lock key shared by every jotc-migrate process: "JOTC" in ASCII.
-MIGRATION_LOCK_KEY = 0x4A4F5443
 DEFAULT_WAIT_SECONDS = 60.0
 CONNECT_TIMEOUT_SECONDS = 5
-
-EXIT_OK = 0
-EXIT_NOT_AT_HEAD = 1
-EXIT_UNAVAILABLE = 2
+# Extra Alembic version directories (os.pathsep-separated), searched after the product's own:
+# for tests and for rehearsing a migration against a copy; never set in production.
+EXTRA_VERSIONS = "JOTC_MIGRATE_EXTRA_VERSIONS"
 
 T = TypeVar("T")
-
-
-class MigrateError(Exception):
-    """A failure that ends the command with a one-line message and an exit code."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(files("jotc_migrations") / "alembic"))
+    extra = [path for path in os.environ.get(EXTRA_VERSIONS, "").split(os.pathsep) if path]
+    if extra:
+        config.set_main_option("path_separator", "os")
+        own = str(files("jotc_migrations") / "alembic" / "versions")
+        config.set_main_option("version_locations", os.pathsep.join([own, *extra]))
     return config
+
+
+def product_head() -> str:
+    """The head of this build's own migrations, whatever JOTC_MIGRATE_EXTRA_VERSIONS adds: where
+    a test-only revision attaches."""
+    head = ScriptDirectory(str(files("jotc_migrations") / "alembic")).get_current_head()
+    assert head is not None
+    return head
 
 
 def head_revision() -> str:
@@ -67,10 +86,15 @@ def head_revision() -> str:
     return heads[0]
 
 
-def with_connection(url: URL, wait_seconds: float, work: Callable[[Connection], T]) -> T:
-    """Connect, retrying until wait_seconds have passed, then run work on the connection."""
+def with_connection(
+    url: URL, wait_seconds: float, work: Callable[[Connection], T], stopper: Stopper | None = None
+) -> T:
+    """Connect, retrying until wait_seconds have passed, then run work on the connection. With a
+    stopper, SIGTERM/SIGINT cancel whatever the connection is running on the server."""
     engine = create_engine(
-        url, poolclass=pool.NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+        url,
+        poolclass=pool.NullPool,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS, **KEEPALIVES},
     )
     deadline = time.monotonic() + wait_seconds
     delay = 0.5
@@ -94,7 +118,13 @@ def with_connection(url: URL, wait_seconds: float, work: Callable[[Connection], 
                 attempt += 1
                 continue
             with connection:
-                return work(connection)
+                if stopper is not None:
+                    stopper.connection = connection.connection.driver_connection
+                try:
+                    return work(connection)
+                finally:
+                    if stopper is not None:
+                        stopper.connection = None
     finally:
         engine.dispose()
 
@@ -105,33 +135,52 @@ def current_revision(connection: Connection) -> str | None:
     return heads[0] if heads else None
 
 
-@contextmanager
-def migration_lock(connection: Connection) -> Iterator[None]:
-    """Hold the cluster-wide migration lock; other jotc-migrate processes wait for it."""
-    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-    connection.commit()
-    try:
-        yield
-    finally:
-        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
-        connection.commit()
-
-
-def migrate(connection: Connection, run: Callable[[Config], None]) -> tuple[str | None, str | None]:
-    """Run an Alembic command under the lock; return the revisions before and after."""
-    with migration_lock(connection):
+def migrate(
+    connection: Connection, stopper: Stopper, run: Callable[[Config], None]
+) -> tuple[str | None, str | None]:
+    """Run an Alembic command under the lock and the session's bounds; return the revisions
+    before and after."""
+    bounds = Bounds.from_env()
+    configure_session(connection, bounds)
+    with migration_lock(connection, bounds, stopper, log):
         before = current_revision(connection)
+        if before is not None and before not in known_revisions():
+            newer_database(connection, before)
+            return before, before
         config = alembic_config()
         config.attributes["connection"] = connection
-        run(config)
-        connection.commit()
+
+        def attempt() -> None:
+            run(config)
+            connection.commit()
+
+        with_lock_retries(connection, bounds, stopper, log, attempt)
         return before, current_revision(connection)
 
 
-def upgrade(url: URL, wait_seconds: float) -> None:
-    before, after = with_connection(
-        url, wait_seconds, lambda c: migrate(c, lambda cfg: command.upgrade(cfg, "head"))
+def newer_database(connection: Connection, revision: str) -> None:
+    """The database is ahead of this build (a rolled-back release, an old image re-run): nothing
+    to upgrade. Fine when it is still compatible with this build, an error when not."""
+    problem = compat.problem(compat.read_state(connection, head_revision()))
+    connection.commit()
+    if problem is not None:
+        raise MigrateError(f"database {problem}", EXIT_NOT_AT_HEAD)
+    log(
+        f"database is at {revision}, newer than this build's {head_revision()} "
+        "and compatible with it"
     )
+
+
+def run_migration(
+    url: URL, wait_seconds: float, run: Callable[[Config], None]
+) -> tuple[str | None, str | None]:
+    stopper = Stopper()
+    with stop_on_signals(stopper):
+        return with_connection(url, wait_seconds, lambda c: migrate(c, stopper, run), stopper)
+
+
+def upgrade(url: URL, wait_seconds: float) -> None:
+    before, after = run_migration(url, wait_seconds, lambda cfg: command.upgrade(cfg, "head"))
     if before == after:
         log(f"database {describe(url)} already at revision {after}; nothing to do")
     else:
@@ -139,45 +188,40 @@ def upgrade(url: URL, wait_seconds: float) -> None:
 
 
 def downgrade(url: URL, revision: str) -> None:
-    before, after = with_connection(
-        url, 0, lambda c: migrate(c, lambda cfg: command.downgrade(cfg, revision))
-    )
+    before, after = run_migration(url, 0, lambda cfg: command.downgrade(cfg, revision))
     log(f"database {describe(url)} downgraded from {before or 'empty'} to {after or 'empty'}")
 
 
 def schema_problem(url: URL, wait_seconds: float) -> str | None:
-    """None when the database is at head, else why not; polls until wait_seconds pass."""
+    """None when this build may serve the database (at head, or newer and compatible), else why
+    not; polls until wait_seconds pass."""
     head = head_revision()
     deadline = time.monotonic() + wait_seconds
     while True:
-        current = with_connection(url, max(0.0, deadline - time.monotonic()), current_revision)
-        if current == head:
+        state = with_connection(url, max(0.0, deadline - time.monotonic()), lambda c: read(c, head))
+        problem = compat.problem(state)
+        if problem is None:
+            if state.revision != head:
+                log(
+                    f"database {describe(url)} is at {state.revision}, "
+                    f"newer than {head} and compatible with it"
+                )
             return None
-        if current is None:
-            problem = "has no JOTC schema yet; run `jotc-migrate upgrade`"
-        elif current in known_revisions():
-            problem = (
-                f"is at revision {current}, this build expects {head}; run jotc-migrate upgrade"
-            )
-        else:
-            problem = (
-                f"is at revision {current}, which this build does not know "
-                f"(expects {head}); was it migrated by a newer release?"
-            )
         if time.monotonic() >= deadline:
             return f"database {describe(url)} {problem}"
         time.sleep(1.0)
+
+
+def read(connection: Connection, own: str) -> compat.SchemaState:
+    state = compat.read_state(connection, own)
+    connection.commit()
+    return state
 
 
 def known_revisions() -> set[str]:
     return {
         script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()
     }
-
-
-def first_line(exc: BaseException) -> str:
-    message = str(getattr(exc, "orig", None) or exc).strip()
-    return message.splitlines()[0] if message else type(exc).__name__
 
 
 def log(message: str) -> None:
@@ -245,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if problem is not None:
                 log(problem)
                 return EXIT_NOT_AT_HEAD
-            log(f"database {describe(url)} is at head {head_revision()}")
+            log(f"database {describe(url)} can be served by this build ({head_revision()})")
         return EXIT_OK
     except DatabaseURLError as exc:
         log(str(exc))
@@ -253,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MigrateError as exc:
         log(str(exc))
         return exc.exit_code
+    except CommandError as exc:
+        log(first_line(exc))
+        return EXIT_UNAVAILABLE
 
 
 if __name__ == "__main__":

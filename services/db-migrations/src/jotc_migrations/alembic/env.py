@@ -1,8 +1,11 @@
 """Alembic environment: runs migrations on the connection the jotc-migrate command hands over.
 
-The command owns connecting, waiting for the database and the advisory lock;
-this file only runs the scripts. Run through plain ``alembic`` (development),
-it connects to DATABASE_URL itself.
+The command owns connecting, waiting for the database, the advisory lock and the
+session's timeouts; this file runs the scripts, each in its own transaction (so
+a migration that gives up on a lock is retried alone, after the ones before it
+committed), and records each revision's compatibility window in that same
+transaction (``compat.py``). Run through plain ``alembic`` (development), it
+connects to DATABASE_URL itself.
 """
 
 from __future__ import annotations
@@ -12,11 +15,26 @@ import os
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
+from jotc_migrations import compat
 from jotc_migrations.database import sqlalchemy_url
 
 
 def run_on(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=None, compare_type=True)
+    context.configure(
+        connection=connection,
+        target_metadata=None,
+        compare_type=True,
+        transaction_per_migration=True,
+        on_version_apply=compat.on_version_apply,
+    )
+    current = context.get_context().get_current_revision()
+    revisions = context.script.revision_map
+    known = current is None or current in {
+        script.revision for script in context.script.walk_revisions()
+    }
+    if known:
+        compat.ensure_table(connection, current, revisions)
+    connection.commit()
     with context.begin_transaction():
         context.run_migrations()
 

@@ -20,6 +20,9 @@ revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | None = None
 depends_on: str | None = None
+# The oldest application schema revision that works once this migration has run (README: the
+# compatibility window). The first revision has nothing older to stay compatible with.
+compatible_back_to: str = "0001"
 
 USER_NAME_LENGTH = "char_length(user_name) BETWEEN 1 AND 320"
 
