@@ -8,10 +8,10 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get
 from litestar.params import FromPath
-from sqlalchemy import text
 
 from jotc_api.openapi import Readiness, answer_spec
 from jotc_api.problems import KINDS, Problem
+from jotc_api.schema_compat import schema_verdict
 from jotc_api.settings import Settings
 from jotc_api.tables import SCHEMA_REVISION
 
@@ -32,11 +32,13 @@ async def healthz() -> dict[str, str]:
 
 @get(
     "/readyz",
-    summary="Readiness: PostgreSQL answers and its schema is the one this build expects",
+    summary="Readiness: PostgreSQL answers and its schema is this build's, or a newer compatible one",
     tags=["operations"],
     responses={
         200: answer_spec(Readiness, "Ready; redis may be `degraded`"),
-        503: answer_spec(Readiness, "Not ready: database unreachable or schema not at this build's revision"),
+        503: answer_spec(
+            Readiness, "Not ready: database unreachable, or schema older than or incompatible with this build"
+        ),
     },
 )
 async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -44,21 +46,14 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     try:
         async with asyncio.timeout(READY_CHECK_TIMEOUT):
             async with request.app.state.engine.connect() as connection:
-                migrated = await connection.scalar(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
-                revision = (
-                    await connection.scalar(text("SELECT string_agg(version_num, ',') FROM alembic_version"))
-                    if migrated
-                    else None
-                )
+                verdict = await schema_verdict(connection)
         checks["database"] = {"status": "ok"}
-        if revision == SCHEMA_REVISION:
+        if verdict.serves:
             checks["schema"] = {"status": "ok", "revision": SCHEMA_REVISION}
+            if verdict.database_revision != SCHEMA_REVISION:
+                checks["schema"] |= {"database_revision": str(verdict.database_revision), "detail": verdict.detail}
         else:
-            checks["schema"] = {
-                "status": "failing",
-                "detail": f"database is at revision {revision or 'none (never migrated)'}, "
-                f"this build expects {SCHEMA_REVISION}; run jotc-migrate upgrade",
-            }
+            checks["schema"] = {"status": "failing", "detail": verdict.detail}
     except Exception as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else str(exc).strip().splitlines()[0]
         checks["database"] = {"status": "failing", "detail": f"PostgreSQL: {reason}"}

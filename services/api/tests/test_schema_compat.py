@@ -1,0 +1,171 @@
+"""The compatibility window, end to end: the running build keeps serving (ready, recording) while
+the database moves one revision ahead, a rolled-back build comes up ready on it, an incompatible
+or older database is refused, and a migration stuck behind a long reader never stalls POST /jumps.
+
+"One revision ahead" is a test-only migration from services/db-migrations/tests/revisions, passed
+to jotc-migrate as an extra version location: this build has no file for it, exactly like an old
+image after a newer release migrated."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from conftest import ApiServer, fresh_database, migrate_command, start_api
+
+from jotc_api.schema_compat import judge
+from jotc_api.tables import SCHEMA_REVISION
+
+REVISIONS = Path(__file__).resolve().parents[2] / "db-migrations" / "tests" / "revisions"
+BODY = {"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "compat@example.com"}
+
+
+def jotc_migrate(database_url: str, *args: str, scenario: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    extra = {"JOTC_MIGRATE_EXTRA_VERSIONS": str(REVISIONS / scenario)} if scenario else {}
+    return subprocess.run(
+        [migrate_command(), *args],
+        env={**os.environ, "DATABASE_URL": database_url, **extra, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+@contextmanager
+def api_on(database_url: str, tmp: Path) -> Iterator[ApiServer]:
+    server = start_api(database_url, tmp, JOTC_WORKERS="1")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def wait_ready(server: ApiServer) -> httpx.Response:
+    deadline = time.monotonic() + 15
+    while True:
+        response = httpx.get(f"{server.base_url}/readyz", timeout=5)
+        if response.status_code == 200 or time.monotonic() > deadline:
+            return response
+        time.sleep(0.1)
+
+
+class Traffic:
+    """A client that keeps asking /readyz and posting /jumps until stopped; records every status."""
+
+    def __init__(self, server: ApiServer) -> None:
+        self.server = server
+        self.ready: list[int] = []
+        self.posted: list[int] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.server.base_url, timeout=15) as http:
+            while not self.stop.is_set():
+                self.ready.append(http.get("/readyz").status_code)
+                self.posted.append(http.post("/jumps", json=BODY).status_code)
+
+    def __enter__(self) -> Traffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+
+def test_a_running_build_stays_ready_and_records_while_the_schema_moves_one_revision_ahead(tmp_root: Path) -> None:
+    with fresh_database() as url, api_on(url, tmp_root) as api:
+        assert wait_ready(api).status_code == 200
+        with Traffic(api) as traffic:
+            time.sleep(0.5)
+            upgraded = jotc_migrate(url, "upgrade", scenario="expand")
+            before = len(traffic.ready)
+            while len(traffic.ready) < before + 20:
+                time.sleep(0.05)
+        assert upgraded.returncode == 0, upgraded.stderr
+        assert "to t_expand" in upgraded.stderr
+        assert set(traffic.ready) == {200}, traffic.ready
+        assert set(traffic.posted) == {201}, traffic.posted
+        schema = httpx.get(f"{api.base_url}/readyz").json()["checks"]["schema"]
+        assert schema["status"] == "ok"
+        assert schema["revision"] == SCHEMA_REVISION
+        assert schema["database_revision"] == "t_expand"
+
+
+def test_a_rolled_back_build_comes_up_ready_on_a_newer_compatible_schema(tmp_root: Path) -> None:
+    with fresh_database() as url:
+        assert jotc_migrate(url, "upgrade", scenario="expand").returncode == 0
+        # The rolled-back pod: its init container (this build's jotc-migrate, no t_expand file) ...
+        init = jotc_migrate(url, "check", "--wait", "5")
+        assert init.returncode == 0, init.stderr
+        # ... then the API itself, which serves and records.
+        with api_on(url, tmp_root) as api:
+            ready = wait_ready(api)
+            assert ready.status_code == 200, ready.text
+            created = httpx.post(f"{api.base_url}/jumps", json=BODY)
+            assert created.status_code == 201, created.text
+            read = httpx.get(f"{api.base_url}/jumps/{created.json()['id']}")
+            assert read.status_code == 200
+
+
+def test_an_incompatible_newer_schema_is_refused_with_both_revisions_named(tmp_root: Path) -> None:
+    with fresh_database() as url:
+        assert jotc_migrate(url, "upgrade", scenario="contract").returncode == 0
+        assert jotc_migrate(url, "check").returncode == 1
+        with api_on(url, tmp_root) as api:
+            response = httpx.get(f"{api.base_url}/readyz")
+            assert response.status_code == 503
+            schema = response.json()["checks"]["schema"]
+            assert schema["status"] == "failing"
+            assert "t_contract" in schema["detail"]
+            assert SCHEMA_REVISION in schema["detail"]
+
+
+def test_posts_keep_answering_201_while_a_migration_waits_behind_a_long_reader(tmp_root: Path) -> None:
+    with fresh_database() as url, api_on(url, tmp_root) as api:
+        assert wait_ready(api).status_code == 200
+        with psycopg.connect(url) as reader, Traffic(api) as traffic:
+            reader.execute("SELECT count(*) FROM jump_requests")  # ACCESS SHARE until rollback
+            started = time.monotonic()
+            stuck = jotc_migrate(
+                url,
+                "upgrade",
+                scenario="expand",
+                JOTC_MIGRATE_LOCK_TIMEOUT="1",
+                JOTC_MIGRATE_LOCK_RETRIES="2",
+            )
+            elapsed = time.monotonic() - started
+            reader.rollback()
+        assert stuck.returncode == 3, stuck.stderr
+        assert "gave up after 3 attempts" in stuck.stderr
+        assert elapsed < 3 * 1 + 1 + 2 + 10  # attempts x lock_timeout + back-off + start-up
+        assert len(traffic.posted) > 10
+        assert set(traffic.posted) == {201}, traffic.posted
+        assert set(traffic.ready) == {200}
+
+
+@pytest.mark.parametrize(
+    ("args", "serves", "said"),
+    [
+        (("0002", "0002"), True, ""),
+        (("0002", None), False, "never migrated"),
+        (("0002", "0001", 1, "0001", 1, None), False, "older than 0002"),
+        (("0002", "0003", 3, "0002", 2, 2), True, "compatible back to 0002"),
+        (("0002", "0004", 4, "0003", 3, 2), False, "compatible back to 0003 only"),
+        (("0002", "0003"), False, "no compatibility record"),
+    ],
+)
+def test_the_rule(args: tuple[str, ...], serves: bool, said: str) -> None:
+    verdict = judge(*args)  # type: ignore[arg-type]
+    assert verdict.serves is serves
+    assert said in verdict.detail
