@@ -109,8 +109,10 @@ def test_grace_period_shorter_than_the_drain_is_refused() -> None:
     assert "terminationGracePeriodSeconds" in result.stderr
 
 
-@pytest.mark.parametrize(("cpu", "workers"), [("1", "1"), ("2", "2"), ("1500m", "2"), ("500m", "1"), ("2.5", "3")])
-def test_granian_workers_follow_the_cpu_limit(cpu: str, workers: str) -> None:
+@pytest.mark.parametrize(
+    ("cpu", "workers"), [("1", "1"), ("2", "2"), ("1500m", "1"), ("500m", "1"), ("2.5", "2"), ("3999m", "3")]
+)
+def test_granian_workers_follow_the_cpu_limit_rounded_down(cpu: str, workers: str) -> None:
     docs = render("default", "--set-string", f"api.resources.limits.cpu={cpu}")
     assert one(docs, "ConfigMap", "-api")["data"]["JOTC_WORKERS"] == workers
 
@@ -182,9 +184,10 @@ def test_pdb_only_when_more_than_one_replica_is_possible() -> None:
 
 def test_network_policy_and_service_monitor() -> None:
     docs = render("production-values")
-    policy = one(docs, "NetworkPolicy")
+    policy = one(docs, "NetworkPolicy", "-api")
     assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "api"
     assert policy["spec"]["ingress"][0]["ports"] == [{"port": 4000, "protocol": "TCP"}]
+    assert monitor_labels(docs).items() >= {"release": "kube-prometheus-stack"}.items()
     egress_ports = [p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]]
     assert {53, 5432, 6379} <= set(egress_ports)
     monitor = one(docs, "ServiceMonitor")
@@ -243,3 +246,315 @@ def test_wrong_values_are_rejected_by_the_schema(bad: str) -> None:
     result = run_helm("template", "rel", str(CHART), "--set", bad)
     assert result.returncode != 0
     assert "schema" in result.stderr.lower() or "values don't meet" in result.stderr.lower(), result.stderr
+
+
+def monitor_labels(docs: list[dict[str, Any]]) -> dict[str, str]:
+    labels: dict[str, str] = one(docs, "ServiceMonitor")["metadata"]["labels"]
+    return labels
+
+
+def fails(*args: str) -> str:
+    """Render with these arguments; it must fail. Returns helm's message."""
+    result = run_helm("template", "rel", str(CHART), *args)
+    assert result.returncode != 0, "rendered, but should have been refused"
+    return result.stderr
+
+
+def pods(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """Every pod spec the chart renders, by object name."""
+    found = [(d["metadata"]["name"], d["spec"]) for d in docs if d["kind"] == "Pod"]
+    for d in docs:
+        if d["kind"] in {"Deployment", "StatefulSet", "Job"}:
+            found.append((d["metadata"]["name"], d["spec"]["template"]["spec"]))
+    return found
+
+
+def admits(rule: dict[str, Any], labels: dict[str, str], port: int) -> bool:
+    """Does this ingress rule admit a pod of this namespace with these labels on this port?"""
+    if port not in [p["port"] for p in rule.get("ports", [])]:
+        return False
+    peers = rule.get("from")
+    if not peers:
+        return True
+    for peer in peers:
+        selector = peer.get("podSelector")
+        if selector is None or "namespaceSelector" in peer:
+            continue
+        wanted = selector.get("matchLabels", {})
+        expressions = selector.get("matchExpressions", [])
+        if all(labels.get(k) == v for k, v in wanted.items()) and all(
+            labels.get(e["key"]) in e["values"] for e in expressions
+        ):
+            return True
+    return False
+
+
+def pod_labels(docs: list[dict[str, Any]], kind: str, name_part: str) -> dict[str, str]:
+    obj = one(docs, kind, name_part)
+    labels: dict[str, str] = (
+        obj["metadata"]["labels"] if kind == "Pod" else obj["spec"]["template"]["metadata"]["labels"]
+    )
+    return labels
+
+
+# --- NetworkPolicy ------------------------------------------------------------------------------
+
+
+def test_restricting_api_ingress_keeps_the_releases_own_pods_and_prometheus() -> None:
+    docs = render("production-values", "--set", "locust.enabled=true")
+    policy = one(docs, "NetworkPolicy", "-api")["spec"]
+    rules = policy["ingress"]
+    for kind, name in [("Pod", "test-jumps"), ("Deployment", "locust-worker"), ("Deployment", "locust-master")]:
+        assert any(admits(rule, pod_labels(docs, kind, name), 4000) for rule in rules), name
+    assert not any(admits(rule, {"app": "stranger"}, 4000) for rule in rules)
+    metrics_rule = next(rule for rule in rules if rule["ports"][0]["port"] == 9464)
+    assert metrics_rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+
+
+def test_metrics_from_without_a_metrics_port_admits_prometheus_to_4000() -> None:
+    docs = render("default", "--set", "api.networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=monitoring")
+    rules = one(docs, "NetworkPolicy", "-api")["spec"]["ingress"]
+    assert rules[1]["ports"] == [{"port": 4000, "protocol": "TCP"}]
+    assert rules[1]["from"][0]["namespaceSelector"]["matchLabels"] == {"team": "monitoring"}
+
+
+def test_every_pod_of_the_chart_has_a_network_policy() -> None:
+    docs = render("evaluation-values", "--set", "locust.enabled=true")
+    policies = find(docs, "NetworkPolicy")
+    for kind, name in [
+        ("Deployment", "-api"),
+        ("Job", "-migrate-"),
+        ("Deployment", "locust-master"),
+        ("Deployment", "locust-worker"),
+        ("StatefulSet", "-postgresql"),
+        ("StatefulSet", "-redis"),
+    ]:
+        labels = pod_labels(docs, kind, name)
+        selecting = [
+            p
+            for p in policies
+            if all(labels.get(k) == v for k, v in p["spec"]["podSelector"].get("matchLabels", {}).items())
+            and all(labels.get(e["key"]) in e["values"] for e in p["spec"]["podSelector"].get("matchExpressions", []))
+        ]
+        assert selecting, f"no NetworkPolicy selects {name}"
+    migrations = one(docs, "NetworkPolicy", "-migrations")["spec"]
+    assert migrations["ingress"] == []
+    postgres = one(docs, "NetworkPolicy", "-postgresql")["spec"]
+    assert postgres["egress"] == []
+    api, job = pod_labels(docs, "Deployment", "-api"), pod_labels(docs, "Job", "-migrate-")
+    assert admits(postgres["ingress"][0], api, 5432)
+    assert admits(postgres["ingress"][0], job, 5432)
+    assert not admits(postgres["ingress"][0], pod_labels(docs, "Deployment", "locust-worker"), 5432)
+    redis = one(docs, "NetworkPolicy", "-redis")["spec"]
+    assert not admits(redis["ingress"][0], job, 6379)
+
+
+def test_evaluation_redis_has_a_password_memory_cap_and_probes() -> None:
+    docs = render("evaluation-values")
+    redis = one(docs, "StatefulSet", "-redis")["spec"]["template"]["spec"]["containers"][0]
+    args = redis["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert args[args.index("--maxmemory") + 1] == "192mb"
+    assert args[args.index("--maxmemory-policy") + 1] == "volatile-ttl"
+    assert {"readinessProbe", "livenessProbe", "startupProbe"} <= set(redis)
+    env = {e["name"] for e in redis["env"]}
+    assert {"REDIS_PASSWORD", "REDISCLI_AUTH"} <= env
+
+
+def test_evaluation_passwords_survive_uninstall_and_postgres_has_a_startup_probe() -> None:
+    docs = render("evaluation-values")
+    kept = one(docs, "Secret", "-evaluation")
+    assert kept["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert set(kept["data"]) == {"postgres-password", "redis-password"}
+    postgres = one(docs, "StatefulSet", "-postgresql")["spec"]["template"]["spec"]["containers"][0]
+    password = next(e for e in postgres["env"] if e["name"] == "POSTGRES_PASSWORD")
+    assert password["valueFrom"]["secretKeyRef"]["name"] == kept["metadata"]["name"]
+    startup = postgres["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+
+
+# --- Workers and the connection budget ------------------------------------------------------------
+
+
+def test_without_a_cpu_limit_workers_come_from_the_request_and_notes_warn() -> None:
+    docs = render("default", "--set", "api.resources.limits.cpu=null", "--set-string", "api.resources.requests.cpu=2")
+    assert one(docs, "ConfigMap", "-api")["data"]["JOTC_WORKERS"] == "2"
+    notes = run_helm("install", "--dry-run", "rel", str(CHART), "--set", "api.resources.limits.cpu=null")
+    assert notes.returncode == 0, notes.stderr
+    assert "WARNING: api.resources.limits.cpu is not set" in notes.stdout
+
+
+def test_explicit_workers_win() -> None:
+    docs = render("default", "--set", "api.workers=3")
+    assert one(docs, "ConfigMap", "-api")["data"]["JOTC_WORKERS"] == "3"
+
+
+def test_connections_beyond_the_databases_budget_are_refused() -> None:
+    # 11 pods (10 + surge) x 2 workers x 4 = 88, + 1 migration: fits 90; the pool of 5 does not.
+    ok = ["--set", "api.replicaCount=10", "--set-string", "api.resources.limits.cpu=2"]
+    render("default", *ok)
+    message = fails(*ok, "--set-string", "api.settings.JOTC_DB_POOL_SIZE=5")
+    assert "database.connectionBudget is 90" in message
+    assert "111 PostgreSQL connections" in message
+
+
+# --- Rate limiting needs trusted proxies ------------------------------------------------------------
+
+
+def test_rate_limit_without_trusted_proxies_is_refused() -> None:
+    assert "JOTC_TRUSTED_PROXIES" in fails("--set-string", "api.settings.JOTC_RATE_LIMIT=600/minute")
+    render(
+        "default",
+        "--set-string",
+        "api.settings.JOTC_RATE_LIMIT=600/minute",
+        "--set-string",
+        "api.settings.JOTC_TRUSTED_PROXIES=10.244.0.0/16",
+    )
+    assert "JOTC_TRUSTED_PROXIES" not in one(render("default"), "ConfigMap", "-api")["data"]
+
+
+# --- Ingress and /metrics --------------------------------------------------------------------------
+
+
+def ingress_paths(*extra: str) -> set[str]:
+    docs = render("default", "--set", "api.ingress.enabled=true", *extra)
+    return {p["path"] for p in one(docs, "Ingress")["spec"]["rules"][0]["http"]["paths"]}
+
+
+def test_ingress_exposes_the_public_api_only_unless_asked() -> None:
+    assert ingress_paths() == {"/jumps", "/jotc", "/problems"}
+    assert "/admin" in ingress_paths("--set", "api.ingress.exposeAdmin=true")
+    assert "/schema" in ingress_paths("--set", "api.ingress.exposeDocs=true")
+    assert "/metrics" in ingress_paths("--set", "api.ingress.exposeMetrics=true")
+    assert ingress_paths("--set", "api.ingress.exposeAdmin=true") & {"/metrics", "/schema"} == set()
+
+
+def test_metrics_on_their_own_port() -> None:
+    docs = render("production-values")
+    pod = api_pod(docs)
+    sidecar = next(c for c in pod["containers"] if c["name"] == "metrics")
+    assert sidecar["ports"][0]["containerPort"] == 9464
+    assert {"name": "tmp", "mountPath": "/tmp"} in sidecar["volumeMounts"]
+    service_ports = {p["name"]: p["port"] for p in one(docs, "Service", "-api")["spec"]["ports"]}
+    assert service_ports["metrics"] == 9464
+    assert one(docs, "ServiceMonitor")["spec"]["endpoints"][0]["port"] == "metrics"
+    assert [c["name"] for c in api_pod(render("default"))["containers"]] == ["api"]
+
+
+# --- One image tag ---------------------------------------------------------------------------------
+
+
+def images(docs: list[dict[str, Any]]) -> set[str]:
+    return {c["image"] for _, pod in pods(docs) for c in pod["containers"] + pod.get("initContainers", [])}
+
+
+def test_one_tag_for_every_jotc_image() -> None:
+    docs = render("loadtest-values", "--set", "imageTag=2.3.4")
+    jotc = {i for i in images(docs) if "jotc-" in i}
+    assert {i.rsplit(":", 1)[1] for i in jotc} == {"2.3.4"}
+    assert {i.rsplit(":", 1)[0] for i in jotc} == {"jotc-api", "jotc-db-migrations", "jotc-loadtest"}
+    assert "tag" in fails("--set", "api.image.tag=9.9.9")  # no per-image tag to drift
+
+
+def test_digests_are_set_together() -> None:
+    digest = "sha256:" + "a" * 64
+    assert "together" in fails("--set", f"api.image.digest={digest}")
+    docs = render("default", "--set", f"api.image.digest={digest}", "--set", f"migrations.image.digest={digest}")
+    assert {i.split("@")[1] for i in images(docs)} == {digest}
+
+
+# --- Smaller hardening ----------------------------------------------------------------------------
+
+
+def test_every_pod_gets_the_image_pull_secrets() -> None:
+    docs = render("evaluation-values", "--set", "locust.enabled=true", "--set", "imagePullSecrets[0].name=regcred")
+    for name, pod in pods(docs):
+        assert pod.get("imagePullSecrets") == [{"name": "regcred"}], name
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a mapping with the same key twice (yaml.safe_load keeps the last)."""
+
+
+def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    keys = [loader.construct_object(key) for key, _ in node.value]
+    duplicated = {k for k in keys if keys.count(k) > 1}
+    assert not duplicated, f"duplicate keys {duplicated} at line {node.start_mark.line}"
+    return loader.construct_mapping(node)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+@pytest.mark.parametrize("name", VALUES)
+def test_no_duplicate_keys_in_any_manifest(name: str) -> None:
+    result = run_helm(
+        "template", "rel", str(CHART), *values_args(name), "--set", "api.podLabels.app\\.kubernetes\\.io/name=x"
+    )
+    assert result.returncode == 0, result.stderr
+    list(yaml.load_all(result.stdout, Loader=UniqueKeyLoader))
+
+
+def test_rollout_and_disruption_settings() -> None:
+    docs = render("default")
+    deployment = one(docs, "Deployment", "-api")["spec"]
+    assert deployment["minReadySeconds"] > 0
+    for constraint in deployment["template"]["spec"]["topologySpreadConstraints"]:
+        assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+    assert one(docs, "PodDisruptionBudget")["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+def test_locust_gets_the_admin_token_only_with_the_admin_scenario() -> None:
+    def token_in(*extra: str) -> bool:
+        docs = render("locust-ui-values", *extra)
+        envs = [c["env"] for name, pod in pods(docs) if "locust" in name for c in pod["containers"]]
+        return any(e["name"] == "JOTC_ADMIN_TOKEN" for env in envs for e in env)
+
+    assert not token_in()
+    assert token_in("--set", "locust.adminScenario=true")
+
+
+@pytest.mark.parametrize(
+    ("bad", "said"),
+    [
+        (
+            [
+                "--set",
+                "api.autoscaling.enabled=true",
+                "--set",
+                "api.autoscaling.minReplicas=5",
+                "--set",
+                "api.autoscaling.maxReplicas=3",
+            ],
+            "minReplicas (5) exceeds maxReplicas (3)",
+        ),
+        (["--set", "api.podDisruptionBudget.maxUnavailable=0"], "maxUnavailable"),
+        (["--set-string", "api.podDisruptionBudget.maxUnavailable=0%"], "maxUnavailable"),
+        (["--set", "api.resources.limits=null"], "limits"),
+        (["--set", "api.resources.limits.memory=null"], "memory"),
+        (["--set", "migrations.activeDeadlineSeconds=600"], "helmTimeoutSeconds"),
+        (["--set", "migrations.lockWaitSeconds=300"], "worst-case"),
+    ],
+)
+def test_values_that_would_hurt_are_refused(bad: list[str], said: str) -> None:
+    assert said in fails(*bad)
+
+
+# --- Migrations: the Job fits helm's timeout and knows which failures to retry ---------------------
+
+
+def test_migration_job_bounds_fit_inside_the_helm_timeout() -> None:
+    job = one(render("production-values"), "Job", "-migrate-")
+    spec = job["spec"]
+    assert spec["activeDeadlineSeconds"] + 30 <= 600  # migrations.helmTimeoutSeconds, the README's --timeout 10m
+    env = {e["name"]: e.get("value") for e in spec["template"]["spec"]["containers"][0]["env"]}
+    assert env["JOTC_MIGRATE_LOCK_TIMEOUT"] == "5"
+    assert env["JOTC_MIGRATE_LOCK_WAIT_SECONDS"] == "60"
+    assert env["JOTC_MIGRATE_STATEMENT_TIMEOUT"] == "60"
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "migrate", "operator": "In", "values": [1, 4, 5]},
+    }

@@ -31,21 +31,108 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/* One tag for every image (imageTag, else appVersion); a digest pins one image's content. */}}
 {{- define "jotc.image" -}}
 {{- $image := .image -}}
 {{- $repository := $image.repository -}}
 {{- if .ctx.Values.imageRegistry }}{{- $repository = printf "%s/%s" .ctx.Values.imageRegistry $image.repository -}}{{- end -}}
-{{- printf "%s:%s" $repository (default .ctx.Chart.AppVersion $image.tag) -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository (default .ctx.Chart.AppVersion .ctx.Values.imageTag) -}}
+{{- end -}}
 {{- end }}
 
-{{/* Granian workers per pod: the CPU limit, rounded up (at least 1). */}}
-{{- define "jotc.apiWorkers" -}}
-{{- $cpu := toString .Values.api.resources.limits.cpu -}}
-{{- if hasSuffix "m" $cpu -}}
-{{- max 1 (div (add (trimSuffix "m" $cpu | int) 999) 1000) -}}
-{{- else -}}
-{{- max 1 (ceil (float64 $cpu) | int) -}}
+{{/* CPU quantity in millicores ("1500m", "2", 2.5); 0 when unset. */}}
+{{- define "jotc.millicores" -}}
+{{- $cpu := toString (default "" .) -}}
+{{- if not $cpu -}}0
+{{- else if hasSuffix "m" $cpu -}}{{ trimSuffix "m" $cpu | int }}
+{{- else -}}{{ mulf (float64 $cpu) 1000 | int }}
 {{- end -}}
+{{- end }}
+
+{{/* Granian workers per pod: api.workers, else the CPU limit rounded down (a fractional limit
+must not oversubscribe: Granian workers each want a whole core), else the CPU request rounded
+down, else 1 (NOTES warns). At least 1. */}}
+{{- define "jotc.apiWorkers" -}}
+{{- $resources := .Values.api.resources | default dict -}}
+{{- $limit := include "jotc.millicores" (($resources.limits | default dict).cpu) | int -}}
+{{- $request := include "jotc.millicores" (($resources.requests | default dict).cpu) | int -}}
+{{- if .Values.api.workers -}}{{ .Values.api.workers }}
+{{- else if $limit -}}{{ max 1 (div $limit 1000) }}
+{{- else if $request -}}{{ max 1 (div $request 1000) }}
+{{- else -}}1
+{{- end -}}
+{{- end }}
+
+{{/* Where the API's worker count came from, for NOTES; empty when from api.workers or the limit. */}}
+{{- define "jotc.apiWorkersWarning" -}}
+{{- $resources := .Values.api.resources | default dict -}}
+{{- if and (not .Values.api.workers) (not ((($resources.limits | default dict).cpu))) -}}
+{{- if (($resources.requests | default dict).cpu) -}}
+api.resources.limits.cpu is not set: {{ include "jotc.apiWorkers" . }} Granian worker(s) per pod, from the CPU request. Set api.workers to choose.
+{{- else -}}
+neither a CPU limit nor a CPU request is set: 1 Granian worker per pod. Set api.workers or api.resources.limits.cpu.
+{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/* The most API pods that can run at once: max replicas plus the rolling update's surge. */}}
+{{- define "jotc.apiMaxPods" -}}
+{{- $max := ternary .Values.api.autoscaling.maxReplicas .Values.api.replicaCount .Values.api.autoscaling.enabled -}}
+{{- add (int $max) 1 -}}
+{{- end }}
+
+{{/* Values that the schema cannot compare, checked at render time with a message saying what to do. */}}
+{{- define "jotc.validate" -}}
+{{- $auto := .Values.api.autoscaling -}}
+{{- if and $auto.enabled (gt (int $auto.minReplicas) (int $auto.maxReplicas)) -}}
+{{- fail (printf "api.autoscaling.minReplicas (%d) exceeds maxReplicas (%d)" (int $auto.minReplicas) (int $auto.maxReplicas)) -}}
+{{- end -}}
+{{- $lauto := .Values.locust.workers.autoscaling -}}
+{{- if and $lauto.enabled (gt (int $lauto.minReplicas) (int $lauto.maxReplicas)) -}}
+{{- fail (printf "locust.workers.autoscaling.minReplicas (%d) exceeds maxReplicas (%d)" (int $lauto.minReplicas) (int $lauto.maxReplicas)) -}}
+{{- end -}}
+{{- $settings := .Values.api.settings | default dict -}}
+{{- $rate := toString (default "0" $settings.JOTC_RATE_LIMIT) | trim -}}
+{{- if and (ne $rate "0") (ne $rate "") (not $settings.JOTC_TRUSTED_PROXIES) -}}
+{{- fail "api.settings.JOTC_RATE_LIMIT is on but JOTC_TRUSTED_PROXIES is not set: state the ingress controller's addresses (e.g. its pod CIDR), or every client behind it shares one limit" -}}
+{{- end -}}
+{{- $pool := int (default 4 $settings.JOTC_DB_POOL_SIZE) -}}
+{{- $workers := include "jotc.apiWorkers" . | int -}}
+{{- $pods := include "jotc.apiMaxPods" . | int -}}
+{{- $needed := add (mul $pods $workers $pool) 1 -}}
+{{- if gt $needed (int .Values.database.connectionBudget) -}}
+{{- fail (printf "the API may open %d PostgreSQL connections ((max replicas + surge) %d x workers %d x JOTC_DB_POOL_SIZE %d, + 1 migration) but database.connectionBudget is %d: lower replicas, workers or the pool size, or raise the budget (and the server's max_connections)" $needed $pods $workers $pool (int .Values.database.connectionBudget)) -}}
+{{- end -}}
+{{- $deadline := int .Values.migrations.activeDeadlineSeconds -}}
+{{- if gt (add $deadline 30) (int .Values.migrations.helmTimeoutSeconds) -}}
+{{- fail (printf "migrations.activeDeadlineSeconds (%d) + 30 s must fit inside migrations.helmTimeoutSeconds (%d), the --timeout you give helm upgrade; otherwise Helm fails the release while the migration may still succeed" $deadline (int .Values.migrations.helmTimeoutSeconds)) -}}
+{{- end -}}
+{{- $run := add .Values.migrations.lockWaitSeconds (mul (add .Values.migrations.lockRetries 1) .Values.migrations.lockTimeoutSeconds) 30 -}}
+{{- if gt (int $run) $deadline -}}
+{{- fail (printf "migrations.activeDeadlineSeconds (%d) is shorter than one run's worst-case wait for locks (%d s: lockWaitSeconds + (lockRetries + 1) x lockTimeoutSeconds + back-off)" $deadline (int $run)) -}}
+{{- end -}}
+{{- $api := .Values.api.image.digest -}}
+{{- $migrations := .Values.migrations.image.digest -}}
+{{- if or (and $api (not $migrations)) (and $migrations (not $api)) -}}
+{{- fail "set api.image.digest and migrations.image.digest together (or neither): the migration and the API must come from one build" -}}
+{{- end -}}
+{{- end }}
+
+{{/* Pod template labels: the chart's labels and the component, each key once; podLabels may add
+but not override. */}}
+{{- define "jotc.podLabels" -}}
+{{- $labels := merge (dict) (fromYaml (include "jotc.selectorLabels" (dict "ctx" .ctx "component" .component))) (fromYaml (include "jotc.labels" .ctx)) (.extra | default dict) -}}
+{{- toYaml $labels -}}
+{{- end }}
+
+{{- define "jotc.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
 
 {{- define "jotc.secretName" -}}{{ include "jotc.fullname" . }}-secrets{{- end }}
