@@ -17,11 +17,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
 import pytest
+from litestar.testing import TestClient
 from sqlalchemy.engine import URL, make_url
+
+from jotc_api.app import create_app
+from jotc_api.settings import load_settings
 
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -166,6 +171,14 @@ def api(database_url: str, tmp_root: Path) -> Iterator[ApiServer]:
 def client(api: ApiServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=api.base_url, timeout=30) as http:
         yield http
+
+
+def in_process(database_url: str, **env: str) -> Any:
+    """The application create_app() builds, in this process, through Litestar's test client."""
+    settings = load_settings(
+        {"DATABASE_URL": database_url, "REDIS_URL": os.environ.get("REDIS_URL", DEFAULT_REDIS_URL), **env}
+    )
+    return TestClient(app=create_app(settings, configure_logs=False))
 
 
 @pytest.fixture

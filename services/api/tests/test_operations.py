@@ -141,6 +141,7 @@ def test_openapi_document_is_valid_and_lists_every_route(client: httpx.Client) -
         "/healthz",
         "/readyz",
         "/metrics",
+        "/problems/{kind}",
         "/admin/stats",
         "/admin/requests",
         "/admin/users/{user}/requests",

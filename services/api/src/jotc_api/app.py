@@ -1,4 +1,4 @@
-"""create_app(): the Litestar application, its lifespan (pools, recorder) and error handling."""
+"""create_app(): the application that runs, its layers, its lifespan (pools, recorder) and error handling."""
 
 from __future__ import annotations
 
@@ -8,21 +8,31 @@ from typing import Any
 
 import structlog
 from litestar import Litestar, Request, Response
-from litestar.config.cors import CORSConfig
-from litestar.exceptions import HTTPException, NotFoundException
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins.prometheus import PrometheusController
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ASGIApp
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from jotc_api import __version__
+from jotc_api import __version__, transport
+from jotc_api.idempotency import IdempotencyStore
 from jotc_api.logs import configure_logging
+from jotc_api.metrics import metrics_route
 from jotc_api.openapi import SCHEMA_PATH, SelfHostedSwaggerUI
-from jotc_api.problems import PROBLEM_JSON, Problem
+from jotc_api.pipeline import cors_config, response_pipeline
+from jotc_api.problems import (
+    PROBLEM_JSON,
+    FieldError,
+    Problem,
+    body_too_large,
+    internal_error,
+    validation_problem,
+)
+from jotc_api.ratelimit import RateLimiter, rate_limit_middleware
 from jotc_api.recorder import Recorder
-from jotc_api.redis_features import IdempotencyStore, RedisLink
+from jotc_api.redis_link import RedisLink
 from jotc_api.routes.admin import admin_router
 from jotc_api.routes.jumps import get_jump, post_jotc, post_jumps
 from jotc_api.routes.operations import healthz, index, problem_kind, readyz
@@ -42,7 +52,10 @@ DB_WRITE_TIMEOUT_SECONDS = 10.0
 
 
 def problem_response(problem: Problem) -> Response[bytes]:
-    return Response(problem.body(), status_code=problem.status, media_type=PROBLEM_JSON, headers=problem.headers)
+    status, headers, body = problem.render()
+    return Response(
+        body, status_code=status, media_type=PROBLEM_JSON, headers={k.decode(): v.decode() for k, v in headers[2:]}
+    )
 
 
 def on_problem(_: Request[Any, Any, Any], exc: Problem) -> Response[bytes]:
@@ -53,18 +66,27 @@ def on_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response
     status = exc.status_code
     if status >= 500:
         log.error("server error", detail=exc.detail, exc_info=exc)
-    kind = STATUS_KINDS.get(status, "internal" if status >= 500 else "bad-request")
-    detail = str(exc.detail)
+        return problem_response(internal_error())
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list) and exc.extra:
+        # A declared parameter failed Litestar's validation: the contract says 422, naming it.
+        return problem_response(validation_problem([parameter_error(item) for item in exc.extra]))
     if status == 413:
-        detail = "the request body is larger than JOTC_MAX_BODY_BYTES allows"
-    elif isinstance(exc, NotFoundException):
-        detail = "nothing here; see /schema for the API's routes"
+        return problem_response(body_too_large())
+    kind = STATUS_KINDS.get(status, "bad-request")
+    detail = "nothing here; see /schema for the API's routes" if isinstance(exc, NotFoundException) else str(exc.detail)
     return problem_response(Problem(status, kind, detail, headers=dict(exc.headers or {})))
+
+
+def parameter_error(item: Any) -> FieldError:
+    if isinstance(item, dict):
+        message = str(item.get("message") or "is not valid").replace("`", "")
+        return FieldError(str(item.get("key") or "request"), message[:1].lower() + message[1:])
+    return FieldError("request", str(item))
 
 
 def on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.error("unhandled error", exc_info=exc)
-    return problem_response(Problem(HTTP_500_INTERNAL_SERVER_ERROR, "internal", "unexpected error; see the server log"))
+    return problem_response(internal_error())
 
 
 def make_engine(settings: Settings) -> AsyncEngine:
@@ -89,10 +111,26 @@ async def warm_up(engine: AsyncEngine, pool_size: int) -> None:
             await connection.close()
 
 
-def create_app(settings: Settings, *, redis: RedisLink | None = None, configure_logs: bool = True) -> Litestar:
+def create_app(
+    settings: Settings, *, redis: RedisLink | None = None, configure_logs: bool = True, fast_path: bool = True
+) -> ASGIApp:
+    """The application that runs, outside in: the response pipeline (request id, CORS, headers,
+    metrics, access log, last-resort 500), rate limiting (when JOTC_RATE_LIMIT is set), the fast
+    path for the served routes, then Litestar. Every answer, 404s and crashes included, is counted
+    and leaves through the pipeline. ``fast_path=False`` leaves the served routes to Litestar."""
     if configure_logs:
         configure_logging(settings.log_level, settings.log_format)
+    link = redis if redis is not None else RedisLink(settings.redis_url)
+    litestar = create_litestar(settings, link)
+    app: ASGIApp = transport.fast_path(litestar, litestar) if fast_path else litestar
+    if settings.rate_limit is not None:
+        app = rate_limit_middleware(RateLimiter(settings.rate_limit, link, settings.trusted_proxies), app)
+    return response_pipeline(
+        app, cors=cors_config(settings.cors_origins), access=settings.access_log, fmt=settings.log_format
+    )
 
+
+def create_litestar(settings: Settings, link: RedisLink) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = make_engine(settings)
@@ -107,14 +145,7 @@ def create_app(settings: Settings, *, redis: RedisLink | None = None, configure_
             max_pending=settings.recorder_max_batch * settings.db_pool_size * 4,
             write_timeout=DB_WRITE_TIMEOUT_SECONDS,
         )
-        link = redis if redis is not None else RedisLink(settings.redis_url)
-        app.state.update(
-            settings=settings,
-            engine=engine,
-            recorder=recorder,
-            redis=link,
-            idempotency=IdempotencyStore(link),
-        )
+        app.state.update(engine=engine, recorder=recorder, redis=link, idempotency=IdempotencyStore(link))
         log.info("ready to serve", version=__version__)
         try:
             yield
@@ -124,11 +155,6 @@ def create_app(settings: Settings, *, redis: RedisLink | None = None, configure_
             await link.close()
             log.info("stopped")
 
-    cors = (
-        CORSConfig(allow_origins=list(settings.cors_origins), expose_headers=["Location", "X-Request-ID"])
-        if settings.cors_origins
-        else None
-    )
     return Litestar(
         route_handlers=[
             post_jumps,
@@ -138,9 +164,10 @@ def create_app(settings: Settings, *, redis: RedisLink | None = None, configure_
             healthz,
             readyz,
             problem_kind,
-            PrometheusController,
+            metrics_route,
             admin_router,
         ],
+        state=State({"settings": settings}),
         lifespan=[lifespan],
         exception_handlers={
             Problem: on_problem,
@@ -148,7 +175,6 @@ def create_app(settings: Settings, *, redis: RedisLink | None = None, configure_
             Exception: on_unexpected,
         },
         request_max_body_size=settings.max_body_bytes,
-        cors_config=cors,
         openapi_config=OpenAPIConfig(
             title="JOTC API",
             version=__version__,

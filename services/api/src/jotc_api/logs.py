@@ -1,28 +1,21 @@
-"""Structured logs: JSON lines in containers, readable console output locally; a request id on each.
+"""Structured logs: JSON lines in containers, readable console output locally, and access lines.
 
-The request id comes from an incoming X-Request-ID (when it is a sane token)
-or is made fresh; it is bound for every log line of the request and returned
-in the X-Request-ID response header. One access line per request when
-JOTC_ACCESS_LOG is on; for answers of 500 and above, always.
+The request id bound to every line of a request is set by the response
+pipeline (pipeline.py), which also decides when an access line is written: one
+per request when JOTC_ACCESS_LOG is on; for answers of 500 and above, always.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import secrets
 import sys
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import structlog
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 access_log = structlog.get_logger("jotc.access")
 
 
@@ -99,42 +92,3 @@ class AccessLog:
             lines, self.pending = self.pending, []
             sys.stdout.buffer.write(b"\n".join(lines) + b"\n")
             sys.stdout.buffer.flush()
-
-
-def request_id_middleware(app: ASGIApp, *, access: bool, fmt: str = "json") -> ASGIApp:
-    """Outermost ASGI middleware: request id binding, X-Request-ID header, access line."""
-
-    lines = AccessLog(fmt)
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await app(scope, receive, send)
-            lines.flush()  # after lifespan shutdown: the last lines before exit
-            return
-        request_id = b""
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                request_id = value
-                break
-        if not REQUEST_ID.match(request_id):
-            request_id = secrets.token_hex(8).encode()
-        rid = request_id.decode()
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=rid)
-        started = time.perf_counter()
-        status = 500
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
-            await send(message)
-
-        try:
-            await app(scope, receive, send_with_id)
-        finally:
-            if access or status >= 500:
-                lines.add(scope["method"], scope["path"], status, time.perf_counter() - started, rid)
-
-    return middleware

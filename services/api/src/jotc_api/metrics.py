@@ -9,11 +9,11 @@ template (``/jumps/{request_id}``), not by raw path, so cardinality stays fixed.
 from __future__ import annotations
 
 import asyncio
-import time
+import os
 
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import Counter, Histogram
+from litestar import Response, get
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 HTTP_REQUESTS = Counter(
     "jotc_http_requests",
@@ -28,6 +28,13 @@ HTTP_SECONDS = Histogram(
 )
 UNMATCHED = "unmatched"
 NOT_MEASURED = frozenset({"/metrics"})
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "other"
+
+
 FLUSH_SECONDS = 1.0
 
 
@@ -65,31 +72,16 @@ class RequestTally:
                 histogram.observe(seconds)
 
 
-def metrics_middleware(app: ASGIApp) -> ASGIApp:
-    tally = RequestTally()
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        scope_type: str = scope["type"]
-        if scope_type == "lifespan":
-            await app(scope, receive, send)
-            tally.flush()  # the last second's requests, before the worker exits
-            return
-        if scope["type"] != ScopeType.HTTP or scope["path"] in NOT_MEASURED:
-            await app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_capturing_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await app(scope, receive, send_capturing_status)
-        finally:
-            route = str(scope.get("path_template") or UNMATCHED)  # set by Litestar's router
-            tally.add(scope["method"], route, status, time.perf_counter() - started)
-
-    return middleware
+@get(
+    "/metrics",
+    media_type=CONTENT_TYPE_LATEST,
+    summary="Prometheus metrics, summed over every worker",
+    tags=["operations"],
+    sync_to_thread=False,
+)
+def metrics_route() -> Response[bytes]:
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

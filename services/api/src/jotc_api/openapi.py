@@ -1,14 +1,16 @@
 """What the OpenAPI document says beyond what Litestar infers from the handlers, and the docs UI.
 
-POST /jumps and POST /jotc read their bodies themselves (two media types, our
-own error messages), so their request bodies are declared here; every error
-response is declared as problem+json. The docs UI at /schema is Swagger UI,
-whose files the API serves itself, so the page works without internet access.
+The served POST routes read their bodies themselves (two media types, our own
+error messages), so their request bodies are documented from the msgspec struct
+the parser decodes with (``served_operation``); every error response is
+declared as problem+json. The docs UI at /schema is Swagger UI, whose files the
+API serves itself, so the page works without internet access.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,10 @@ from typing import Any
 import msgspec
 from litestar import Router
 from litestar.datastructures import CacheControlHeader
+from litestar.enums import ParamType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.openapi.spec import OpenAPIMediaType, Operation, Reference, RequestBody, Schema
+from litestar.openapi.spec import OpenAPIMediaType, Operation, Parameter, Reference, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 from litestar.static_files import create_static_files_router
 
@@ -41,26 +44,6 @@ class ProblemDoc(msgspec.Struct, kw_only=True):
     blocked_at: int | None = None
 
 
-class JumpAnswer(msgspec.Struct):
-    id: str
-    jumps: int
-    path: list[int]
-    n: int
-    max_jump: int
-    user: str
-
-
-class JumpRecord(msgspec.Struct):
-    id: str
-    user: str
-    n: int
-    max_jump: int
-    clouds: list[int]
-    jumps: int
-    path: list[int]
-    created_at: str
-
-
 class Check(msgspec.Struct, kw_only=True):
     status: str
     detail: str | None = None
@@ -72,16 +55,6 @@ class Readiness(msgspec.Struct):
 
     status: str
     checks: dict[str, Check]
-
-
-class Move(msgspec.Struct):
-    from_: int = msgspec.field(name="from")
-    to: int = 0
-
-
-class JotcAnswer(msgspec.Struct):
-    moves: list[Move]
-    total: int
 
 
 def answer_spec(container: type, description: str) -> ResponseSpec:
@@ -97,92 +70,80 @@ def problem(description: str) -> ResponseSpec:
     )
 
 
-CLOUDS_SCHEMA = Schema(
-    one_of=[
-        Schema(
-            type=OpenAPIType.ARRAY,
-            items=Schema(type=OpenAPIType.INTEGER, enum=[0, 1]),
-            min_items=2,
-            description="0 = cumulus (safe), 1 = thunderhead; first and last must be 0",
-        ),
-        Schema(
-            type=OpenAPIType.STRING,
-            pattern=r"^\s*[01]([ ,]?[01])+\s*$",
-            description='0/1 digits, optionally separated by single spaces or commas: "0010", "0 0 1 0", "0,0,1,0"',
-        ),
-    ]
-)
-USER_SCHEMA = Schema(
-    type=OpenAPIType.STRING,
-    min_length=1,
-    max_length=320,
-    description='Who asked; trimmed; default "anonymous"',
-)
+def struct_schema(struct: type[msgspec.Struct]) -> Schema:
+    """The JSON Schema msgspec makes of a struct (OpenAPI 3.1 speaks JSON Schema), as Litestar's
+    Schema: the request body is documented from the very struct the parser decodes with."""
+    document = msgspec.json.schema(struct)
+    definitions = document.get("$defs", {})
 
-
-def json_body(properties: dict[str, Schema], example: dict[str, Any]) -> Schema:
-    return Schema(
-        type=OpenAPIType.OBJECT,
-        required=["clouds"],
-        properties=properties,  # type: ignore[arg-type]
-        additional_properties=False,
-        examples=[example],
-    )
-
-
-JUMPS_BODY = RequestBody(
-    required=True,
-    content={
-        "application/json": OpenAPIMediaType(
-            schema=json_body(
-                {
-                    "clouds": CLOUDS_SCHEMA,
-                    "user": USER_SCHEMA,
-                    "max_jump": Schema(type=OpenAPIType.INTEGER, minimum=1, maximum=1000, default=2),
-                },
-                {"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "ada@example.com", "max_jump": 2},
+    def convert(node: Any) -> Any:
+        if isinstance(node, list):
+            return [convert(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            return convert(definitions[node["$ref"].rsplit("/", 1)[1]])
+        fields: dict[str, Any] = {}
+        for key, value in node.items():
+            name = SCHEMA_FIELDS.get(key, re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower())
+            fields[name] = (
+                {prop: convert(child) for prop, child in value.items()} if key == "properties" else convert(value)
             )
-        ),
-        "text/plain": OpenAPIMediaType(
+        if "type" in fields:
+            fields["type"] = OpenAPIType(fields["type"])
+        return Schema(**fields)
+
+    schema: Schema = convert(document)
+    return schema
+
+
+SCHEMA_FIELDS = {"$schema": "schema_", "not": "not_"}
+
+
+def served_operation(body: type[msgspec.Struct], *, text: bool) -> type[Operation]:
+    """The OpenAPI operation of a served POST route: its JSON body from ``body``; with ``text``, the
+    HackerRank text/plain form too, its query parameters and its text/plain answer."""
+    content = {"application/json": OpenAPIMediaType(schema=struct_schema(body))}
+    if text:
+        content["text/plain"] = OpenAPIMediaType(
             schema=Schema(
                 type=OpenAPIType.STRING,
-                description="HackerRank input: first line n, second line n space-separated "
-                "0/1 values. user and max_jump go in the query. Answer: jumps and a newline.",
+                description="HackerRank input: first line n, second line n space-separated 0/1 values. "
+                "user and max_jump go in the query. Answer: the number of jumps and a newline.",
+                pattern=r"^\s*[0-9]+\s*\n\s*[01]( +[01])*\s*$",
                 examples=["7\n0 0 1 0 0 1 0\n"],
             )
-        ),
-    },
-)
-
-JOTC_BODY = RequestBody(
-    required=True,
-    content={
-        "application/json": OpenAPIMediaType(
-            schema=json_body(
-                {"clouds": CLOUDS_SCHEMA, "user": USER_SCHEMA},
-                {"clouds": [0, 0, 1, 0, 0, 1, 0]},
-            )
         )
-    },
-)
-
-
-@dataclass
-class JumpsOperation(Operation):
-    def __post_init__(self) -> None:
-        self.request_body = JUMPS_BODY
-        # A text/plain request is answered in text/plain: the number of jumps and a newline.
-        created = self.responses.get("201") if self.responses else None
-        if created is not None and not isinstance(created, Reference) and created.content is not None:
-            created.content["text/plain"] = OpenAPIMediaType(
-                schema=Schema(type=OpenAPIType.STRING, pattern=r"^[0-9]+\n$", examples=["4\n"])
+    request_body = RequestBody(required=True, content=content)
+    fields = struct_schema(body).properties or {}
+    parameters = (
+        [
+            Parameter(
+                name=name,
+                param_in=ParamType.QUERY,
+                required=False,
+                schema=fields[name],
+                description=f"text/plain requests only (JSON requests put {name} in the body)",
             )
+            for name in ("user", "max_jump")
+        ]
+        if text
+        else None
+    )
 
+    @dataclass
+    class ServedOperation(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = request_body
+            if parameters:
+                self.parameters = [*(self.parameters or []), *parameters]
+            answered = next((r for code, r in (self.responses or {}).items() if code.startswith("2")), None)
+            if text and answered is not None and not isinstance(answered, Reference) and answered.content:
+                answered.content["text/plain"] = OpenAPIMediaType(
+                    schema=Schema(type=OpenAPIType.STRING, pattern=r"^[0-9]+\n$", examples=["4\n"])
+                )
 
-@dataclass
-class JotcOperation(Operation):
-    def __post_init__(self) -> None:
-        self.request_body = JOTC_BODY
+    return ServedOperation
 
 
 @dataclass
@@ -197,12 +158,12 @@ class NoValidationOperation(Operation):
 WRITE_ERRORS = {
     400: problem("Body not parseable: malformed JSON or text, or n not matching the values"),
     413: problem("Body larger than JOTC_MAX_BODY_BYTES"),
-    415: problem("Content-Type other than application/json or text/plain"),
+    415: problem("A Content-Type this route does not accept (see its request body)"),
     422: problem(
         "A validation rule is broken (errors names each field), or the last cloud is "
         "unreachable (type ends in /unreachable, blocked_at set)"
     ),
-    503: problem("PostgreSQL unavailable; nothing was recorded; see Retry-After"),
+    503: problem("PostgreSQL unavailable, or too many requests waiting for it; nothing was recorded; see Retry-After"),
 }
 
 

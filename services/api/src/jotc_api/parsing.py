@@ -11,8 +11,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Annotated
 
 import msgspec
+from msgspec import Meta
 
 from jotc_api.problems import FieldError, Problem, validation_problem
 
@@ -25,33 +27,71 @@ DIGITS_TO_VALUES = bytes.maketrans(b"01", b"\x00\x01")
 NOT_A_VALUE = bytes(range(2, 256))
 
 
+# What the structs below say beyond their types is for the OpenAPI document (extra_json_schema);
+# the checks further down enforce it, with messages that name the field and the rule.
+CLOUDS_PATTERN = r"^\s*(?:0[01]*0|0(?: [01])* 0|0(?:,[01])*,0)\s*$"
+CloudArray = Annotated[
+    list[Annotated[int, Meta(extra_json_schema={"enum": [0, 1]})]],
+    Meta(
+        description="0 = cumulus (safe), 1 = thunderhead; the first and last cloud must be 0; "
+        "at most JOTC_MAX_CLOUDS clouds",
+        extra_json_schema={"minItems": 2, "prefixItems": [{"const": 0}]},
+    ),
+]
+CloudDigits = Annotated[
+    str,
+    Meta(
+        description='0/1 digits, all separated by single spaces or all by commas, or not at all: "0010", '
+        '"0 0 1 0", "0,0,1,0"; first and last 0; at most JOTC_MAX_CLOUDS clouds',
+        extra_json_schema={"pattern": CLOUDS_PATTERN},
+    ),
+]
+User = Annotated[
+    str,
+    Meta(
+        description=f'Who asked; trimmed, then 1 to {USER_MAX_LENGTH} characters without NUL; default "{DEFAULT_USER}"',
+        extra_json_schema={"minLength": 1, "pattern": r"^[^\x00]*[^\x00\s][^\x00]*$"},
+    ),
+]
+MaxJump = Annotated[
+    int,
+    Meta(description="The longest jump allowed", extra_json_schema={"minimum": 1, "maximum": MAX_JUMP_LIMIT}),
+]
+
+
 @dataclass(frozen=True, slots=True)
 class JumpInput:
     clouds: bytes  # one byte per cloud: 0 cumulus, 1 thunderhead
     user: str
     max_jump: int
-    max_jump_given: bool = False
 
 
-class JumpsBody(msgspec.Struct, forbid_unknown_fields=True):
-    clouds: list[int] | str
-    user: str | msgspec.UnsetType = msgspec.UNSET
-    max_jump: int | msgspec.UnsetType = msgspec.UNSET
+class JotcBody(msgspec.Struct, forbid_unknown_fields=True):
+    """POST /jotc: the classic game (max_jump 2)."""
+
+    clouds: CloudArray | CloudDigits
+    user: User = DEFAULT_USER
 
 
-JSON_DECODER = msgspec.json.Decoder(JumpsBody)
+class JumpsBody(JotcBody, forbid_unknown_fields=True):
+    """POST /jumps (JSON)."""
+
+    max_jump: MaxJump = DEFAULT_MAX_JUMP
+
+
+DECODERS = {body: msgspec.json.Decoder(body) for body in (JotcBody, JumpsBody)}
 MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 UNKNOWN_FIELD = re.compile(r"Object contains unknown field `(?P<name>[^`]*)`")
 MISSING_FIELD = re.compile(r"Object missing required field `(?P<name>[^`]*)`")
 
 
-def parse_json(body: bytes, query: Mapping[str, str], max_clouds: int) -> JumpInput:
+def parse_json(body: bytes, query: Mapping[str, str], max_clouds: int, form: type[JotcBody] = JumpsBody) -> JumpInput:
     if query:
-        raise unknown_query(query, "JSON requests carry user and max_jump in the body")
+        raise unknown_query(query, "JSON requests carry their fields in the body")
     try:
-        decoded = JSON_DECODER.decode(body)
+        decoded = DECODERS[form].decode(body)
     except msgspec.ValidationError as exc:
-        raise validation_problem([msgspec_field_error(str(exc))]) from None
+        raise validation_problem([msgspec_field_error(str(exc), form)]) from None
     except msgspec.DecodeError as exc:
         raise Problem(400, "malformed-body", f"body is not valid JSON: {exc}") from None
     errors: list[FieldError] = []
@@ -59,12 +99,12 @@ def parse_json(body: bytes, query: Mapping[str, str], max_clouds: int) -> JumpIn
         clouds = clouds_from_digits(decoded.clouds, max_clouds, errors)
     else:
         clouds = clouds_from_array(decoded.clouds, max_clouds, errors)
-    user = check_user(None if decoded.user is msgspec.UNSET else decoded.user, errors)
-    max_jump = DEFAULT_MAX_JUMP if decoded.max_jump is msgspec.UNSET else decoded.max_jump
+    user = check_user(decoded.user, errors)
+    max_jump = decoded.max_jump if isinstance(decoded, JumpsBody) else DEFAULT_MAX_JUMP
     check_max_jump(max_jump, errors)
     if errors:
         raise validation_problem(errors)
-    return JumpInput(clouds, user, max_jump, decoded.max_jump is not msgspec.UNSET)
+    return JumpInput(clouds, user, max_jump)
 
 
 def parse_text(body: bytes, query: Mapping[str, str], max_clouds: int) -> JumpInput:
@@ -180,6 +220,7 @@ def check_ends(clouds: bytes, errors: list[FieldError]) -> None:
 
 
 def check_user(user: str | None, errors: list[FieldError]) -> str:
+    """The one rule for a user name, wherever one arrives (a body, a query, an admin URL)."""
     if user is None:
         return DEFAULT_USER
     trimmed = user.strip()
@@ -200,10 +241,11 @@ def check_max_jump(max_jump: int, errors: list[FieldError]) -> None:
         errors.append(FieldError("max_jump", f"must be between 1 and {MAX_JUMP_LIMIT}, got {max_jump}"))
 
 
-def msgspec_field_error(message: str) -> FieldError:
+def msgspec_field_error(message: str, form: type[JotcBody]) -> FieldError:
     """msgspec says "Expected `int`, got `str` - at `$.clouds[3]`"; name the field plainly."""
     if match := UNKNOWN_FIELD.search(message):
-        return FieldError(match["name"], "unknown field; accepted fields are clouds, user, max_jump")
+        accepted = ", ".join(form.__struct_fields__)
+        return FieldError(match["name"], f"unknown field; accepted fields are {accepted}")
     if match := MISSING_FIELD.search(message):
         return FieldError(match["name"], "is required")
     path = ""

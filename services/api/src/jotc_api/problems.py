@@ -1,8 +1,10 @@
 """Errors as RFC 9457 problem details (application/problem+json), and what each kind means.
 
-Every error the API sends is a Problem: raised anywhere, turned into a response
-by the handler registered in the app. ``type`` is a relative URI,
-``/problems/<kind>``, which the API itself serves as a short explanation.
+Every error the API sends is a Problem: raised anywhere, rendered by
+``Problem.render`` whichever layer answers (Litestar's exception handlers, the
+fast path, the rate limiter, the response pipeline's last resort). ``type`` is
+a relative URI, ``/problems/<kind>``, which the API itself serves as a short
+explanation. A kind raised from more than one place has one constructor here.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 import msgspec
 
 PROBLEM_JSON = "application/problem+json"
+PROBLEM_JSON_BYTES = PROBLEM_JSON.encode()
+RETRY_AFTER_SECONDS = "2"
 
 # kind -> (title, what it means and what to do): served at GET /problems/<kind>.
 KINDS: dict[str, tuple[str, str]] = {
@@ -48,7 +52,8 @@ KINDS: dict[str, tuple[str, str]] = {
     ),
     "overloaded": (
         "Service overloaded",
-        "Too many requests are waiting for the database; retry after Retry-After seconds.",
+        "Too many requests are already waiting for the database in this worker; nothing was "
+        "recorded. Retry after Retry-After seconds.",
     ),
     "unauthorized": ("Unauthorized", "Send Authorization: Bearer <JOTC_ADMIN_TOKEN>."),
     "rate-limited": (
@@ -97,6 +102,16 @@ class Problem(Exception):
     def __str__(self) -> str:
         return f"{self.status} {self.kind}: {self.detail}"
 
+    def render(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Status, raw headers and body: what every layer sends for this problem."""
+        body = self.body()
+        headers = [
+            (b"content-type", PROBLEM_JSON_BYTES),
+            (b"content-length", str(len(body)).encode()),
+            *((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in self.headers.items()),
+        ]
+        return self.status, headers, body
+
     def body(self) -> bytes:
         document: dict[str, Any] = {
             "type": f"/problems/{self.kind}",
@@ -113,3 +128,24 @@ class Problem(Exception):
 def validation_problem(errors: list[FieldError]) -> Problem:
     detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
     return Problem(422, "validation", detail, errors=errors)
+
+
+def database_unavailable(detail: str) -> Problem:
+    return Problem(503, "database-unavailable", detail, headers={"Retry-After": RETRY_AFTER_SECONDS})
+
+
+def overloaded() -> Problem:
+    return Problem(
+        503,
+        "overloaded",
+        "too many requests are waiting for the database; nothing was recorded",
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
+
+
+def body_too_large() -> Problem:
+    return Problem(413, "body-too-large", "the request body is larger than JOTC_MAX_BODY_BYTES allows")
+
+
+def internal_error() -> Problem:
+    return Problem(500, "internal", "unexpected error; the X-Request-ID header finds it in the server log")

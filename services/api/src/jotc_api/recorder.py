@@ -78,6 +78,10 @@ class DatabaseUnavailable(Exception):
     """The row was not acknowledged as recorded: PostgreSQL failed, or the service is stopping."""
 
 
+class Overloaded(DatabaseUnavailable):
+    """The row was not queued: this worker already has max_pending rows waiting for PostgreSQL."""
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     id: uuid.UUID
@@ -120,7 +124,7 @@ class Recorder:
         try:
             self._queue.put_nowait((row, future))
         except asyncio.QueueFull:
-            raise DatabaseUnavailable("too many requests are waiting for the database") from None
+            raise Overloaded("too many requests are waiting for the database") from None
         # A client that hangs up cancels this future, not the row: it stays in its batch, and the
         # writer skips answering a cancelled future.
         await future

@@ -10,7 +10,8 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -52,6 +53,8 @@ class Settings:
     version: str = field(default="")
 
 
+# Each default is written once, on the dataclass above; the loader below reads it from there.
+DEFAULT: dict[str, Any] = {item.name: item.default for item in fields(Settings)}
 PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 
@@ -151,25 +154,27 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_url=database_url(env),
         redis_url=redis_url(env),
         admin_token=admin_token if admin_token.strip() else None,
-        max_clouds=integer(env, "JOTC_MAX_CLOUDS", 100_000, 2, 10_000_000),
-        max_body_bytes=integer(env, "JOTC_MAX_BODY_BYTES", 1024 * 1024, 64, 256 * 1024 * 1024),
+        max_clouds=integer(env, "JOTC_MAX_CLOUDS", DEFAULT["max_clouds"], 2, 10_000_000),
+        max_body_bytes=integer(env, "JOTC_MAX_BODY_BYTES", DEFAULT["max_body_bytes"], 64, 256 * 1024 * 1024),
         rate_limit=rate_limit(env),
         trusted_proxies=trusted_proxies(env),
         cors_origins=cors_origins(env),
-        log_level=choice(env, "LOG_LEVEL", "INFO", LOG_LEVELS),
-        log_format=choice(env, "LOG_FORMAT", "json", {"json", "console"}),
+        log_level=choice(env, "LOG_LEVEL", DEFAULT["log_level"], LOG_LEVELS),
+        log_format=choice(env, "LOG_FORMAT", DEFAULT["log_format"], {"json", "console"}),
         # Off by default: the ingress logs every request already, and measured here the line per
         # request cost about 15% of POST /jumps' throughput. Answers of 500 and above are always logged.
-        access_log=boolean(env, "JOTC_ACCESS_LOG", False),
-        port=integer(env, "PORT", 4000, 1, 65535),
-        host=env.get("JOTC_HOST", "").strip() or "0.0.0.0",  # noqa: S104
+        access_log=boolean(env, "JOTC_ACCESS_LOG", DEFAULT["access_log"]),
+        port=integer(env, "PORT", DEFAULT["port"], 1, 65535),
+        host=env.get("JOTC_HOST", "").strip() or DEFAULT["host"],
         workers=integer(env, "JOTC_WORKERS", 1, 1, 256) if workers_raw else None,
-        db_pool_size=integer(env, "JOTC_DB_POOL_SIZE", 4, 1, 100),
-        recorder_max_batch=integer(env, "JOTC_RECORDER_MAX_BATCH", 128, 1, 10_000),
-        recorder_writers=integer(env, "JOTC_RECORDER_WRITERS", 1, 1, 32),
-        offload_from=integer(env, "JOTC_SOLVER_OFFLOAD_FROM", 50_000, 2, 100_000_000),
-        shutdown_timeout=float(integer(env, "JOTC_SHUTDOWN_TIMEOUT", 25, 1, 3600)),
-        header_read_timeout=float(integer(env, "JOTC_HEADER_READ_TIMEOUT", 10, 1, 300)),
-        max_header_bytes=integer(env, "JOTC_MAX_HEADER_BYTES", 64 * 1024, 8192, 1024 * 1024),
+        db_pool_size=integer(env, "JOTC_DB_POOL_SIZE", DEFAULT["db_pool_size"], 1, 100),
+        recorder_max_batch=integer(env, "JOTC_RECORDER_MAX_BATCH", DEFAULT["recorder_max_batch"], 1, 10_000),
+        recorder_writers=integer(env, "JOTC_RECORDER_WRITERS", DEFAULT["recorder_writers"], 1, 32),
+        offload_from=integer(env, "JOTC_SOLVER_OFFLOAD_FROM", DEFAULT["offload_from"], 2, 100_000_000),
+        shutdown_timeout=float(integer(env, "JOTC_SHUTDOWN_TIMEOUT", int(DEFAULT["shutdown_timeout"]), 1, 3600)),
+        header_read_timeout=float(
+            integer(env, "JOTC_HEADER_READ_TIMEOUT", int(DEFAULT["header_read_timeout"]), 1, 300)
+        ),
+        max_header_bytes=integer(env, "JOTC_MAX_HEADER_BYTES", DEFAULT["max_header_bytes"], 8192, 1024 * 1024),
         version=__version__,
     )

@@ -2,8 +2,9 @@
 
 Every route needs ``Authorization: Bearer <JOTC_ADMIN_TOKEN>``, compared in
 constant time; with no token configured every admin request is 401. Query
-parameters are parsed here, strictly: unknown ones, and values outside the
-contract's lists, are 422 naming the parameter. Cursors are opaque to clients
+parameters are declared in each handler's signature (Litestar validates them and
+the OpenAPI document lists them); values outside the declared ranges, and
+parameters a handler does not declare, are 422 naming the parameter. Cursors are opaque to clients
 (base64url JSON) and bound to the sort they were made for.
 """
 
@@ -12,28 +13,28 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import re
 import uuid
-from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import msgspec
-from litestar import Request, Response, Router, delete, get
+from litestar import Request, Router, delete, get
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import FromPath
+from litestar.params import FromPath, Parameter
 from sqlalchemy.exc import SQLAlchemyError
 
-from jotc_api.openapi import NoValidationOperation, answer_spec, problem
-from jotc_api.problems import FieldError, Problem, validation_problem
+from jotc_api.openapi import NoValidationOperation, problem
+from jotc_api.parsing import check_user
+from jotc_api.problems import FieldError, Problem, database_unavailable, validation_problem
 from jotc_api.queries import erase_user, requests_page, stats_page, stats_totals
 from jotc_api.settings import Settings
 from jotc_api.solver import Solution, solve
 from jotc_api.tables import unpack_clouds
 
-JSON = "application/json"
-SORTS = ("requests", "user", "last_request_at")
-ORDERS = ("asc", "desc")
+RESERVED = {"request", "state", "headers", "cookies", "query", "scope", "body", "data"}
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 BAD_CURSOR = (
@@ -61,53 +62,50 @@ def require_admin(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseR
     raise Problem(401, "unauthorized", detail, headers={"WWW-Authenticate": challenge})
 
 
-def strict_query(request: Request[Any, Any, Any], allowed: set[str]) -> dict[str, str]:
-    query: dict[str, str] = {}
+# Litestar converts leniently ("1e3" to 1000, "0" to 1970-01-01); the contract wants exactly
+# these spellings, so the raw value of each declared parameter of these types is checked first.
+STRICT_SPELLING: dict[type, tuple[re.Pattern[str], str]] = {
+    int: (re.compile(r"[0-9]{1,9}"), "must be a whole number"),
+    datetime: (
+        re.compile(
+            r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+        ),
+        "must be an RFC 3339 time with an offset, like 2026-11-27T18:00:00Z",
+    ),
+}
+
+
+def declared_type(annotation: Any) -> Any:
+    """int for ``int``, datetime for ``datetime | None``; the annotation itself otherwise."""
+    if get_origin(annotation) in (Union, UnionType):
+        inner = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return inner[0] if len(inner) == 1 else annotation
+    return annotation
+
+
+def strict_query(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """422 for a query parameter the route does not declare, one given twice, or one spelled in
+    a way the contract does not accept: a typo such as ``sortt`` must not be silently ignored.
+    What is accepted comes from the handler's signature."""
+    parameters = handler.parsed_fn_signature.parameters
+    declared = set(parameters) - RESERVED - set(connection.path_params)
+    seen: set[str] = set()
     errors = []
-    for key, value in request.query_params.multi_items():
-        if key not in allowed:
-            errors.append(FieldError(key, f"unknown query parameter; accepted: {', '.join(sorted(allowed))}"))
-        elif key in query:
+    for key, value in connection.query_params.multi_items():
+        if key not in declared:
+            errors.append(FieldError(key, f"unknown query parameter; accepted: {', '.join(sorted(declared))}"))
+        elif key in seen:
             errors.append(FieldError(key, "given more than once"))
-        else:
-            query[key] = value
+        elif (rule := STRICT_SPELLING.get(declared_type(parameters[key].annotation))) and not rule[0].fullmatch(value):
+            errors.append(FieldError(key, f"{rule[1]}, got {value[:40]!r}"))
+        seen.add(key)
     if errors:
         raise validation_problem(errors)
-    return query
 
 
-def parse_limit(query: Mapping[str, str], errors: list[FieldError]) -> int:
-    raw = query.get("limit")
-    if raw is None:
-        return DEFAULT_LIMIT
-    if raw.isdigit() and len(raw) <= 5 and 1 <= int(raw) <= MAX_LIMIT:
-        return int(raw)
-    errors.append(FieldError("limit", f"must be a whole number from 1 to {MAX_LIMIT}, got {raw[:20]!r}"))
-    return DEFAULT_LIMIT
-
-
-def parse_choice(
-    query: Mapping[str, str], name: str, choices: tuple[str, ...], default: str, errors: list[FieldError]
-) -> str:
-    value = query.get(name, default)
-    if value not in choices:
-        errors.append(FieldError(name, f"must be one of {', '.join(choices)}, got {value[:40]!r}"))
-        return default
-    return value
-
-
-def parse_time(query: Mapping[str, str], name: str, errors: list[FieldError]) -> datetime | None:
-    raw = query.get(name)
-    if raw is None:
-        return None
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        value = None
-    if value is None or value.tzinfo is None or "T" not in raw.upper():
-        errors.append(
-            FieldError(name, f"must be an RFC 3339 time with offset, like 2026-11-27T18:00:00Z; got {raw[:40]!r}")
-        )
+def aware(value: datetime | None, name: str, errors: list[FieldError]) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        errors.append(FieldError(name, "must be an RFC 3339 time with an offset, like 2026-11-27T18:00:00Z"))
         return None
     return value
 
@@ -130,11 +128,7 @@ def read_cursor(raw: str | None, kind: str, errors: list[FieldError]) -> list[An
 
 
 def unavailable() -> Problem:
-    return Problem(503, "database-unavailable", "PostgreSQL is unavailable; try again", headers={"Retry-After": "2"})
-
-
-def json_response(document: Any, status: int = 200) -> Response[bytes]:
-    return Response(msgspec.json.encode(document), status_code=status, media_type=JSON)
+    return database_unavailable("PostgreSQL is unavailable; try again")
 
 
 class StatsUser(msgspec.Struct):
@@ -177,34 +171,38 @@ AUTH_ERRORS = {
 }
 
 
+Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size")]
+Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page, unchanged", max_length=2048)]
+
+
 @get(
     "/stats",
     summary="Requests per user",
     operation_class=NoValidationOperation,
-    responses={
-        200: answer_spec(StatsPage, "One page of users"),
-        **AUTH_ERRORS,
-    },
+    responses=AUTH_ERRORS,
 )
-async def admin_stats(request: Request[Any, Any, Any]) -> Response[bytes]:
-    query = strict_query(request, {"limit", "cursor", "sort", "order"})
+async def admin_stats(
+    request: Request[Any, Any, Any],
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+    sort: Annotated[Literal["requests", "user", "last_request_at"], Parameter(description="Sort key")] = "requests",
+    order: Annotated[Literal["asc", "desc"], Parameter(description="Sort order")] = "desc",
+) -> StatsPage:
     errors: list[FieldError] = []
-    limit = parse_limit(query, errors)
-    sort = parse_choice(query, "sort", SORTS, "requests", errors)
-    order = parse_choice(query, "order", ORDERS, "desc", errors)
-    after = read_cursor(query.get("cursor"), f"stats:{sort}:{order}", errors)
+    after = read_cursor(cursor, f"stats:{sort}:{order}", errors)
     key: tuple[Any, str] | None = None
     if after is not None:
-        if len(after) != 2 or not isinstance(after[1], str):
-            errors.append(FieldError("cursor", BAD_CURSOR))
-        else:
-            value = after[0]
-            if sort == "last_request_at":
-                try:
-                    value = datetime.fromisoformat(str(value))
-                except ValueError:
-                    errors.append(FieldError("cursor", BAD_CURSOR))
+        value = after[0] if len(after) == 2 and isinstance(after[1], str) else None
+        if sort == "last_request_at" and isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                value = None
+        expected = {"requests": int, "user": str, "last_request_at": datetime}[sort]
+        if isinstance(value, expected) and not isinstance(value, bool):
             key = (value, after[1])
+        else:
+            errors.append(FieldError("cursor", BAD_CURSOR))
     if errors:
         raise validation_problem(errors)
     engine = request.app.state.engine
@@ -224,13 +222,11 @@ async def admin_stats(request: Request[Any, Any, Any]) -> Response[bytes]:
             "last_request_at": last.last_request_at.isoformat(),
         }[sort]
         next_cursor = make_cursor(f"stats:{sort}:{order}", [sort_value, last.user])
-    return json_response(
-        StatsPage(
-            total_requests,
-            total_users,
-            [StatsUser(r.user, r.requests, r.last_request_at.isoformat()) for r in rows],
-            next_cursor,
-        )
+    return StatsPage(
+        total_requests,
+        total_users,
+        [StatsUser(r.user, r.requests, r.last_request_at.isoformat()) for r in rows],
+        next_cursor,
     )
 
 
@@ -238,26 +234,27 @@ async def admin_stats(request: Request[Any, Any, Any]) -> Response[bytes]:
     "/requests",
     summary="Recorded requests, newest first",
     operation_class=NoValidationOperation,
-    responses={
-        200: answer_spec(RequestsPage, "One page of requests"),
-        **AUTH_ERRORS,
-    },
+    responses=AUTH_ERRORS,
 )
-async def admin_requests(request: Request[Any, Any, Any]) -> Response[bytes]:
-    query = strict_query(request, {"user", "since", "until", "limit", "cursor"})
+async def admin_requests(
+    request: Request[Any, Any, Any],
+    user: Annotated[str | None, Parameter(description="Only this user's requests (exact name)")] = None,
+    since: Annotated[datetime | None, Parameter(description="From this RFC 3339 time, included")] = None,
+    until: Annotated[datetime | None, Parameter(description="Before this RFC 3339 time, excluded")] = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: Cursor = None,
+) -> RequestsPage:
     errors: list[FieldError] = []
-    limit = parse_limit(query, errors)
-    since = parse_time(query, "since", errors)
-    until = parse_time(query, "until", errors)
-    user = query.get("user")
-    if user is not None and (not 1 <= len(user) <= 320 or "\x00" in user):
-        errors.append(FieldError("user", "must be 1 to 320 characters, without NUL"))
-    after = read_cursor(query.get("cursor"), "requests", errors)
+    since = aware(since, "since", errors)
+    until = aware(until, "until", errors)
+    if user is not None:
+        user = check_user(user, errors)
+    after = read_cursor(cursor, "requests", errors)
     key: tuple[datetime, uuid.UUID] | None = None
     if after is not None:
         try:
             key = (datetime.fromisoformat(str(after[0])), uuid.UUID(str(after[1])))
-        except (ValueError, IndexError):
+        except (ValueError, IndexError, TypeError):
             errors.append(FieldError("cursor", BAD_CURSOR))
     if errors:
         raise validation_problem(errors)
@@ -277,7 +274,7 @@ async def admin_requests(request: Request[Any, Any, Any]) -> Response[bytes]:
             RequestItem(str(row.id), row.user, row.n, row.max_jump, row.jumps, path, row.created_at.isoformat())
         )
     next_cursor = make_cursor("requests", [rows[-1].created_at.isoformat(), str(rows[-1].id)]) if more else None
-    return json_response(RequestsPage(items, next_cursor))
+    return RequestsPage(items, next_cursor)
 
 
 @delete(
@@ -285,25 +282,24 @@ async def admin_requests(request: Request[Any, Any, Any]) -> Response[bytes]:
     summary="Erase a user's requests and statistics",
     operation_class=NoValidationOperation,
     status_code=200,
-    responses={
-        200: answer_spec(Erased, "How many requests were erased"),
-        **AUTH_ERRORS,
-    },
+    responses=AUTH_ERRORS,
 )
-async def admin_erase_user(request: Request[Any, Any, Any], user: FromPath[str]) -> Response[bytes]:
-    if not 1 <= len(user) <= 320 or "\x00" in user:
-        raise validation_problem([FieldError("user", "must be 1 to 320 characters, without NUL")])
+async def admin_erase_user(request: Request[Any, Any, Any], user: FromPath[str]) -> Erased:
+    errors: list[FieldError] = []
+    name = check_user(user, errors)
+    if errors:
+        raise validation_problem(errors)
     try:
-        deleted = await erase_user(request.app.state.engine, user)
+        deleted = await erase_user(request.app.state.engine, name)
     except SQLAlchemyError:
         raise unavailable() from None
-    return json_response(Erased(user, deleted))
+    return Erased(name, deleted)
 
 
 admin_router = Router(
     path="/admin",
     route_handlers=[admin_stats, admin_requests, admin_erase_user],
-    guards=[require_admin],
+    guards=[require_admin, strict_query],
     tags=["admin"],
     security=[{"bearer": []}],
 )

@@ -9,7 +9,7 @@ import msgspec
 from litestar import Request, Response, get
 from litestar.params import FromPath
 
-from jotc_api.openapi import Readiness, answer_spec
+from jotc_api.openapi import NoValidationOperation, Readiness, answer_spec, problem
 from jotc_api.problems import KINDS, Problem
 from jotc_api.schema_compat import schema_verdict
 from jotc_api.settings import Settings
@@ -69,9 +69,11 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 @get(
     "/problems/{kind:str}",
-    summary="What an error type means",
+    summary="What an error type means: the `type` of every problem+json answer links here",
+    media_type="text/plain",
     tags=["operations"],
-    include_in_schema=False,
+    operation_class=NoValidationOperation,
+    responses={404: problem("No such problem type")},
 )
 async def problem_kind(kind: FromPath[str]) -> Response[str]:
     if kind not in KINDS:

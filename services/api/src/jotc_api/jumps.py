@@ -1,0 +1,177 @@
+"""The jumps service: parse, solve, record and answer, whichever transport brought the request.
+
+``answer_jumps`` and ``answer_jotc`` are the work of POST /jumps and POST /jotc
+(bytes in, Reply out), run by ``serve`` with the Idempotency-Key honoured;
+``read_jump`` is GET /jumps/{id}. The answer structs below are what the routes declare and what
+is encoded, so the OpenAPI document describes the bytes that are sent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+import anyio.to_thread
+import msgspec
+import uuid_utils
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from jotc_api.idempotency import once
+from jotc_api.parsing import JotcBody, JumpInput, parse_json, parse_text
+from jotc_api.problems import FieldError, Problem, database_unavailable, overloaded, validation_problem
+from jotc_api.queries import find_request
+from jotc_api.recorder import DatabaseUnavailable, Overloaded, Row
+from jotc_api.solver import Solution, Unreachable, solve
+from jotc_api.tables import pack_clouds, unpack_clouds
+from jotc_api.transport import Incoming, Reply, ServedRoute
+
+JSON = "application/json"
+TEXT = "text/plain"
+
+
+class JumpAnswer(msgspec.Struct):
+    """201 of POST /jumps (JSON): the request's id and its solution."""
+
+    id: str
+    jumps: int
+    path: list[int]
+    n: int
+    max_jump: int
+    user: str
+
+
+class JumpRecord(msgspec.Struct):
+    """GET /jumps/{id}: the recorded request and its solution."""
+
+    id: str
+    user: str
+    n: int
+    max_jump: int
+    clouds: list[int]
+    jumps: int
+    path: list[int]
+    created_at: str
+
+
+class Move(msgspec.Struct):
+    from_: int = msgspec.field(name="from")
+    to: int = 0
+
+
+class JotcAnswer(msgspec.Struct):
+    """200 of POST /jotc: the original PHP service's answer shape."""
+
+    moves: list[Move]
+    total: int
+
+
+def json_only(content_type: str) -> str:
+    return body_kind(content_type, text_allowed=False)
+
+
+def json_or_text(content_type: str) -> str:
+    return body_kind(content_type, text_allowed=True)
+
+
+def body_kind(content_type: str, *, text_allowed: bool) -> str:
+    """JSON or TEXT from a Content-Type header; 415 for anything else (before reading the body)."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind == JSON or (kind.startswith("application/") and kind.endswith("+json")):
+        return JSON
+    if text_allowed and kind == TEXT:
+        return TEXT
+    accepted = "application/json or text/plain" if text_allowed else "application/json"
+    raise Problem(415, "unsupported-media-type", f"Content-Type {kind or '(none)'!r} is not accepted; send {accepted}")
+
+
+def parse_query(raw: bytes) -> dict[str, str]:
+    query: dict[str, str] = {}
+    for key, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
+        if key in query:
+            raise validation_problem([FieldError(key, "query parameter given more than once")])
+        query[key] = value
+    return query
+
+
+async def solve_without_stalling(clouds: bytes, max_jump: int, offload_from: int) -> Solution | Unreachable:
+    """Small inputs inline (microseconds); large ones on a worker thread, so this worker keeps
+    serving other requests meanwhile (NumPy releases the GIL; the pure-Python walk yields it)."""
+    if len(clouds) < offload_from:
+        return solve(clouds, max_jump)
+    return await anyio.to_thread.run_sync(solve, clouds, max_jump)
+
+
+async def solve_and_record(state: Any, data: JumpInput) -> tuple[uuid.UUID, Solution]:
+    answer = await solve_without_stalling(data.clouds, data.max_jump, state.settings.offload_from)
+    if isinstance(answer, Unreachable):
+        raise Problem(
+            422,
+            "unreachable",
+            f"the last cloud cannot be reached with max_jump = {data.max_jump}: "
+            f"{data.max_jump} or more thunderheads in a row from cloud {answer.blocked_at}",
+            extra={"blocked_at": answer.blocked_at},
+        )
+    request_id = uuid.UUID(bytes=uuid_utils.uuid7().bytes)
+    row = Row(request_id, data.user, len(data.clouds), data.max_jump, pack_clouds(data.clouds), answer.jumps)
+    try:
+        await state.recorder.record(row)
+    except Overloaded:
+        raise overloaded() from None
+    except DatabaseUnavailable as exc:
+        raise database_unavailable(f"the request was not recorded: {exc}") from None
+    return request_id, answer
+
+
+async def answer_jumps(state: Any, kind: str, query: Mapping[str, str], body: bytes) -> Reply:
+    max_clouds = state.settings.max_clouds
+    data = parse_json(body, query, max_clouds) if kind == JSON else parse_text(body, query, max_clouds)
+    request_id, answer = await solve_and_record(state, data)
+    location = f"/jumps/{request_id}"
+    if kind == TEXT:
+        return Reply(201, TEXT, f"{answer.jumps}\n".encode(), location)
+    encoded = msgspec.json.encode(
+        JumpAnswer(str(request_id), answer.jumps, answer.path, len(data.clouds), data.max_jump, data.user)
+    )
+    return Reply(201, JSON, encoded, location)
+
+
+async def answer_jotc(state: Any, kind: str, query: Mapping[str, str], body: bytes) -> Reply:
+    data = parse_json(body, query, state.settings.max_clouds, form=JotcBody)
+    _, answer = await solve_and_record(state, data)
+    moves = [Move(a, b) for a, b in itertools.pairwise(answer.path)]
+    return Reply(200, JSON, msgspec.json.encode(JotcAnswer(moves, answer.jumps)))
+
+
+async def serve(state: Any, route: ServedRoute, incoming: Incoming) -> Reply:
+    """A served route's answer, honouring the request's Idempotency-Key."""
+    kind = route.check(incoming.content_type)
+    return await once(
+        state.idempotency,
+        route.path,
+        kind,
+        incoming,
+        lambda: route.answer(state, kind, parse_query(incoming.query), incoming.body),
+    )
+
+
+async def read_jump(engine: AsyncEngine, raw_id: str, offload_from: int) -> JumpRecord:
+    try:
+        wanted = uuid.UUID(raw_id)
+    except ValueError:
+        raise Problem(404, "not-found", f"no recorded request has id {raw_id[:64]!r}") from None
+    try:
+        found = await find_request(engine, wanted)
+    except SQLAlchemyError:
+        raise database_unavailable("PostgreSQL is unavailable; the request could not be read") from None
+    if found is None:
+        raise Problem(404, "not-found", f"no recorded request has id {wanted}")
+    clouds = unpack_clouds(found.clouds, found.n)
+    answer = await solve_without_stalling(bytes(clouds), found.max_jump, offload_from)
+    path = answer.path if isinstance(answer, Solution) else []
+    return JumpRecord(
+        str(found.id), found.user, found.n, found.max_jump, clouds, found.jumps, path, found.created_at.isoformat()
+    )

@@ -1,0 +1,148 @@
+"""The response pipeline: what every answer gets on its way out, whichever layer produced it.
+
+The outermost layer, so the fast path, the rate limiter's 429, Litestar's
+routes and errors, and a crash that escapes them all leave through here:
+
+- a request id: an incoming X-Request-ID when it is a sane token, else a fresh
+  one; bound to every log line of the request and sent back in X-Request-ID;
+- CORS exactly as JOTC_CORS_ORIGINS configures it (Litestar's CORSConfig
+  decides what is allowed; preflights are answered here);
+- security headers on every answer;
+- the last resort: an exception that escapes every layer before the answer
+  started becomes a problem+json 500 carrying the request id;
+- the access line (logs.AccessLog) and the request metrics (metrics.RequestTally).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+
+import structlog
+from litestar.config.cors import CORSConfig
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from jotc_api.logs import AccessLog
+from jotc_api.metrics import NOT_MEASURED, UNMATCHED, RequestTally, method_label
+from jotc_api.problems import Problem, internal_error
+from jotc_api.transport import send_answer
+
+log = structlog.get_logger("jotc.app")
+
+CLIENT_CLOSED = 499  # the status nginx logs for a client that left before its answer
+REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff")]
+# What a browser application may read of an answer beyond the CORS-safelisted headers.
+EXPOSED_HEADERS = [
+    "Location",
+    "X-Request-ID",
+    "Retry-After",
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+    "RateLimit-Policy",
+    "Idempotent-Replayed",
+    "WWW-Authenticate",
+]
+
+
+def cors_config(origins: tuple[str, ...]) -> CORSConfig | None:
+    return CORSConfig(allow_origins=list(origins), expose_headers=EXPOSED_HEADERS) if origins else None
+
+
+class Cors:
+    """CORS headers for an answer, and preflight answers, as a CORSConfig says."""
+
+    def __init__(self, config: CORSConfig) -> None:
+        self.config = config
+        self.simple = [(name.lower().encode(), value.encode()) for name, value in config.simple_headers.items()]
+
+    def headers(self, origin: str) -> list[tuple[bytes, bytes]]:
+        headers = list(self.simple)
+        if not self.config.is_allow_all_origins and self.config.is_origin_allowed(origin):
+            headers += [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+        return headers
+
+    def preflight(
+        self, origin: str, method: str, requested_headers: str
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        allowed_method = self.config.is_allow_all_methods or method in self.config.allow_methods
+        if not self.config.is_origin_allowed(origin) or not allowed_method:
+            return Problem(400, "bad-request", f"CORS preflight refused for origin {origin[:100]!r}").render()
+        answer = dict(self.config.preflight_headers)
+        if answer.get("Access-Control-Allow-Origin") != "*":
+            answer["Access-Control-Allow-Origin"] = origin
+            answer["Vary"] = "Origin"
+        if requested_headers and self.config.is_allow_all_headers:
+            # Any request header is allowed: name the ones asked for, which also works where a
+            # wildcard does not (requests with credentials).
+            answer["Access-Control-Allow-Headers"] = requested_headers
+        return 204, [(name.lower().encode(), value.encode("latin-1")) for name, value in answer.items()], b""
+
+
+def header(scope: Scope, wanted: bytes) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == wanted:
+            return bytes(value)
+    return None
+
+
+def response_pipeline(app: ASGIApp, *, cors: CORSConfig | None, access: bool, fmt: str) -> ASGIApp:
+    lines = AccessLog(fmt)
+    tally = RequestTally()
+    policy = Cors(cors) if cors is not None else None
+
+    async def pipeline(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            lines.flush()  # after lifespan shutdown: the last lines and counts before exit
+            tally.flush()
+            return
+        request_id = header(scope, b"x-request-id") or b""
+        if not REQUEST_ID.match(request_id):
+            request_id = secrets.token_hex(8).encode()
+        rid = request_id.decode()
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=rid)
+        origin_raw = header(scope, b"origin") if policy is not None else None
+        origin = origin_raw.decode("latin-1") if origin_raw else None
+        added = [*SECURITY_HEADERS, (b"x-request-id", request_id)]
+        if policy is not None and origin is not None:
+            added += policy.headers(origin)
+        started = time.perf_counter()
+        status = 0
+
+        async def send_through(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), *added]
+            await send(message)
+
+        try:
+            if policy is not None and origin is not None and scope["method"] == "OPTIONS":
+                requested = header(scope, b"access-control-request-method")
+                if requested is not None:
+                    asked = (header(scope, b"access-control-request-headers") or b"").decode("latin-1")
+                    status_code, headers, body = policy.preflight(origin, requested.decode("latin-1"), asked)
+                    added = [*SECURITY_HEADERS, (b"x-request-id", request_id)]
+                    await send_answer(send_through, status_code, headers, body)
+                    return
+            await app(scope, receive, send_through)
+        except Exception as exc:
+            log.error("unhandled error", exc_info=exc)
+            if status:
+                raise  # the answer has started: the server can only cut the connection
+            await send_answer(send_through, *internal_error().render())
+        finally:
+            final = status or CLIENT_CLOSED  # no answer started: the client left first
+            elapsed = time.perf_counter() - started
+            if scope["path"] not in NOT_MEASURED:
+                route = str(scope.get("path_template") or UNMATCHED)  # set by Litestar's router and the fast path
+                tally.add(method_label(scope["method"]), route, final, elapsed)
+            if access or final >= 500:
+                lines.add(scope["method"], scope["path"], final, elapsed, rid)
+
+    return pipeline

@@ -1,0 +1,165 @@
+"""Rate limiting: cluster-wide fixed windows per client address, counted locally, synced in batches.
+
+JOTC_RATE_LIMIT (e.g. ``600/minute`` per client address) uses fixed windows.
+Each worker counts admissions locally and, every ``SYNC_SECONDS``, adds them to
+the window's counter in Redis in one pipelined round trip, learning the
+cluster-wide total in the same reply. A request is admitted while (cluster
+total last seen + this worker's unsynced count) is below the limit. The price
+of batching is overshoot: between two syncs every other worker may admit
+requests this one has not heard of yet, so one client can exceed the limit by
+at most what it manages to send to the other workers in one sync interval.
+Without Redis each worker enforces the limit alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Receive, Scope, Send
+from prometheus_client import Counter
+
+from jotc_api.problems import Problem
+from jotc_api.redis_link import REDIS_ERRORS, REDIS_TIMEOUT_SECONDS, RedisLink
+from jotc_api.settings import RateLimit
+from jotc_api.transport import send_answer
+
+RATE_LIMITED = Counter("jotc_rate_limited", "Requests answered 429")
+SYNC_SECONDS = 0.1
+
+
+@dataclass(slots=True)
+class Window:
+    index: int
+    synced_total: int = 0  # cluster-wide count at the last sync, this worker's included
+    unsynced: int = 0  # admitted here since the last sync
+
+
+class RateLimiter:
+    """Per-client fixed-window limits, counted locally, synced to Redis every SYNC_SECONDS."""
+
+    def __init__(
+        self,
+        limit: RateLimit,
+        link: RedisLink,
+        trusted_proxies: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+    ) -> None:
+        self.limit = limit
+        self.link = link
+        self.trusted = tuple(trusted_proxies)
+        self.windows: dict[str, Window] = {}
+        self.sync_scheduled = False
+        self.sync_task: asyncio.Task[None] | None = None
+
+    def client_address(self, peer: str, forwarded_for: str | None) -> str:
+        """The peer, unless it is a trusted proxy: then the right-most untrusted X-Forwarded-For hop."""
+        if not forwarded_for or not self.is_trusted(peer):
+            return peer
+        for hop in reversed([part.strip() for part in forwarded_for.split(",")]):
+            if not self.is_trusted(hop):
+                return hop
+        return peer
+
+    def is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted)
+
+    def admit(self, client: str) -> tuple[bool, int, int]:
+        """(admitted, remaining, seconds until the window resets)."""
+        now = time.time()
+        index = int(now // self.limit.per_seconds)
+        reset = max(1, math.ceil((index + 1) * self.limit.per_seconds - now))
+        window = self.windows.get(client)
+        if window is None or window.index != index:
+            window = self.windows[client] = Window(index)
+        used = window.synced_total + window.unsynced
+        if used >= self.limit.requests:
+            RATE_LIMITED.inc()
+            return False, 0, reset
+        window.unsynced += 1
+        if not self.sync_scheduled:
+            self.sync_scheduled = True
+            asyncio.get_running_loop().call_later(SYNC_SECONDS, self.start_sync)
+        return True, self.limit.requests - used - 1, reset
+
+    def refusal(self, reset: int) -> Problem:
+        return Problem(
+            429,
+            "rate-limited",
+            f"more than {self.limit.requests} requests in {self.limit.per_seconds} s from this "
+            f"address; retry in {reset} s",
+            headers={
+                "Retry-After": str(reset),
+                "RateLimit-Limit": str(self.limit.requests),
+                "RateLimit-Remaining": "0",
+                "RateLimit-Reset": str(reset),
+                "RateLimit-Policy": f"{self.limit.requests};w={self.limit.per_seconds}",
+            },
+        )
+
+    def start_sync(self) -> None:
+        self.sync_scheduled = False
+        self.sync_task = asyncio.get_running_loop().create_task(self.sync())  # kept: tasks are weakly held
+
+    async def sync(self) -> None:
+        current = int(time.time() // self.limit.per_seconds)
+        # Forget finished windows; without Redis, unsynced counts simply stay local.
+        for client in [c for c, w in self.windows.items() if w.index < current]:
+            del self.windows[client]
+        pending = [(client, window) for client, window in self.windows.items() if window.unsynced]
+        if not pending or self.link.client is None:
+            return
+        sent = [window.unsynced for _, window in pending]
+        try:
+            async with self.link.client.pipeline(transaction=False) as pipe:
+                for (client, window), count in zip(pending, sent, strict=True):
+                    key = f"jotc:rl:{window.index}:{client}"
+                    pipe.incrby(key, count)
+                    pipe.expire(key, self.limit.per_seconds * 2)
+                replies = await asyncio.wait_for(pipe.execute(), REDIS_TIMEOUT_SECONDS * 2)
+        except REDIS_ERRORS as exc:
+            self.link.failed("rate-limit sync", exc)
+            return
+        self.link.succeeded()
+        for (_, window), count, total in zip(pending, sent, replies[0::2], strict=True):
+            window.unsynced -= count
+            window.synced_total = int(total)
+        if any(window.unsynced for window in self.windows.values()) and not self.sync_scheduled:
+            self.sync_scheduled = True
+            asyncio.get_running_loop().call_later(SYNC_SECONDS, self.start_sync)
+
+
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def rate_limit_middleware(limiter: RateLimiter, app: ASGIApp) -> ASGIApp:
+    """429 with Retry-After and RateLimit-* once a client address spends its window's budget.
+    Health, readiness and metrics are exempt: probes and scrapes must never be refused."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP or scope["path"] in EXEMPT_PATHS:
+            await app(scope, receive, send)
+            return
+        client = scope.get("client")
+        peer = client[0] if client else "unknown"
+        forwarded = None
+        if limiter.trusted:
+            for name, value in scope["headers"]:
+                if name == b"x-forwarded-for":
+                    forwarded = value.decode("latin-1")
+                    break
+        admitted, _, reset = limiter.admit(limiter.client_address(peer, forwarded))
+        if admitted:
+            await app(scope, receive, send)
+            return
+        await send_answer(send, *limiter.refusal(reset).render())
+
+    return middleware

@@ -1,0 +1,143 @@
+"""The ASGI transport of the served routes: raw ASGI in, one answer out, and the fast path.
+
+A route declared with ``served_post`` (routes/jumps.py) does its work in a plain
+function, bytes in and ``Reply`` out. Litestar routes it, validates its
+parameters and documents it from that declaration. Because Litestar's
+per-request machinery measured at more than solving and recording cost
+together (docs/architecture.md), ``fast_path`` answers those same routes
+before Litestar sees them: its table is derived from Litestar's own routes at
+start-up (every handler whose ``opt`` carries a ``ServedRoute``), so there is
+nothing to keep in step by hand. Everything else goes to Litestar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+from litestar import Litestar
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
+
+from jotc_api.problems import Problem, body_too_large
+
+SERVED = "served"  # the key of a handler's opt that carries its ServedRoute
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    media_type: str
+    body: bytes
+    location: str | None = None
+    replayed: bool = False
+
+    def extra_headers(self) -> dict[str, str]:
+        extra = {"Location": self.location} if self.location else {}
+        if self.replayed:
+            extra["Idempotent-Replayed"] = "true"
+        return extra
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        raw = [(b"content-type", self.media_type.encode()), (b"content-length", str(len(self.body)).encode())]
+        raw += [(name.lower().encode(), value.encode()) for name, value in self.extra_headers().items()]
+        return raw
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """What a served route reads of a request, whichever transport brought it."""
+
+    content_type: str
+    idempotency_key: bytes | None
+    query: bytes
+    body: bytes
+
+
+Answer = Callable[[Any, str, Mapping[str, str], bytes], Awaitable[Reply]]
+Serve = Callable[[Any, "ServedRoute", Incoming], Awaitable[Reply]]
+
+
+@dataclass(frozen=True, slots=True)
+class ServedRoute:
+    """A POST route's work: ``check`` reads the Content-Type before the body is read (415 early)
+    and names the body's kind; ``answer`` turns (state, kind, query, body) into a Reply; ``serve``
+    runs them for either transport (jumps.serve: query parsing and the Idempotency-Key)."""
+
+    path: str
+    check: Callable[[str], str]
+    answer: Answer
+    serve: Serve
+
+
+async def send_answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    start: HTTPResponseStartEvent = {"type": "http.response.start", "status": status, "headers": headers}
+    await send(start)
+    end: HTTPResponseBodyEvent = {"type": "http.response.body", "body": body, "more_body": False}
+    await send(end)
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, refused with 413 as soon as it passes ``limit``; None if the client left."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = cast("bytes", message.get("body", b""))
+        size += len(chunk)
+        if size > limit:
+            raise body_too_large()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def served_routes(app: Litestar) -> dict[str, ServedRoute]:
+    """Path → ServedRoute for every POST handler Litestar holds with a ServedRoute in its opt."""
+    table: dict[str, ServedRoute] = {}
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            served = handler.opt.get(SERVED)
+            if served is not None and "POST" in handler.http_methods:
+                table[route.path] = served
+    return table
+
+
+def fast_path(app: Litestar, inner: ASGIApp) -> ASGIApp:
+    """Answer the served POST routes directly; pass everything else to ``inner``."""
+    table = served_routes(app)
+    max_body: int = app.state.settings.max_body_bytes
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        route = table.get(scope["path"]) if scope["type"] == ScopeType.HTTP and scope["method"] == "POST" else None
+        if route is None:
+            await inner(scope, receive, send)
+            return
+        scope["path_template"] = route.path  # for the metrics layer, as Litestar's router does
+        content_type = ""
+        content_length = -1
+        key: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+            elif name == b"content-length":
+                content_length = int(value) if value.isdigit() else -1
+            elif name == b"idempotency-key":
+                key = value
+        try:
+            route.check(content_type)
+            if content_length > max_body:
+                raise body_too_large()
+            body = await read_body(receive, max_body)
+            if body is None:
+                return  # the client hung up
+            reply = await route.serve(app.state, route, Incoming(content_type, key, scope["query_string"], body))
+        except Problem as problem:
+            await send_answer(send, *problem.render())
+            return
+        await send_answer(send, reply.status, reply.headers(), reply.body)
+
+    return serve

@@ -1,0 +1,141 @@
+"""The OpenAPI document is generated, complete and true: it and the real parser agree."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import jsonschema
+import pytest
+from conftest import in_process
+
+from jotc_api.problems import KINDS
+
+REFUSED_BODIES: list[Any] = [
+    {"clouds": [0, 2, 0]},
+    {"clouds": [0, True, 0]},
+    {"clouds": [1, 0, 0]},
+    {"clouds": [0]},
+    {"clouds": []},
+    {"clouds": "0"},
+    {"clouds": ""},
+    {"clouds": "0 2 0"},
+    {"clouds": "0  0"},
+    {"clouds": "0 0,0"},
+    {"clouds": "00 0"},
+    {"clouds": "10"},
+    {"clouds": "0,1"},
+    {"clouds": {"a": 1}},
+    {"clouds": 7},
+    {"clouds": None},
+    {"user": "ada"},
+    {"clouds": [0, 0], "user": ""},
+    {"clouds": [0, 0], "user": "   "},
+    {"clouds": [0, 0], "user": 5},
+    {"clouds": [0, 0], "user": "nul\u0000byte"},
+    {"clouds": [0, 0], "max_jump": 0},
+    {"clouds": [0, 0], "max_jump": 1001},
+    {"clouds": [0, 0], "max_jump": "2"},
+    {"clouds": [0, 0], "cloud": [0, 0]},
+]
+ACCEPTED_BODIES: list[Any] = [
+    {"clouds": [0, 0]},
+    {"clouds": "0010010"},
+    {"clouds": " 0 0 1 0 "},
+    {"clouds": "0,0,1,0"},
+    {"clouds": [0, 1, 0], "user": " ada ", "max_jump": 2},
+]
+
+
+@pytest.fixture(scope="module")
+def api(database_url: str) -> Iterator[Any]:
+    with in_process(database_url, JOTC_ADMIN_TOKEN="openapi-test") as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def document(api: Any) -> dict[str, Any]:
+    answer = api.get("/schema/openapi.json")
+    assert answer.status_code == 200
+    parsed: dict[str, Any] = answer.json()
+    return parsed
+
+
+def body_schema(document: dict[str, Any], path: str, media_type: str = "application/json") -> dict[str, Any]:
+    schema: dict[str, Any] = document["paths"][path]["post"]["requestBody"]["content"][media_type]["schema"]
+    return schema
+
+
+@pytest.mark.parametrize("body", ACCEPTED_BODIES, ids=json.dumps)
+def test_bodies_the_parser_accepts_match_the_schema(api: Any, document: dict[str, Any], body: Any) -> None:
+    assert api.post("/jumps", json=body).status_code == 201
+    jsonschema.validate(body, body_schema(document, "/jumps"))
+
+
+@pytest.mark.parametrize("body", REFUSED_BODIES, ids=json.dumps)
+def test_bodies_the_parser_refuses_are_refused_by_the_schema(api: Any, document: dict[str, Any], body: Any) -> None:
+    assert api.post("/jumps", json=body).status_code == 422
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(body, body_schema(document, "/jumps"))
+
+
+def examples(document: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
+    for path, operations in document["paths"].items():
+        body = operations.get("post", {}).get("requestBody", {})
+        for media_type, content in body.get("content", {}).items():
+            for example in content.get("schema", {}).get("examples", []) + list(content.get("examples", {}).values()):
+                yield path, media_type, example
+
+
+def test_every_request_example_in_the_document_is_accepted(api: Any, document: dict[str, Any]) -> None:
+    found = list(examples(document))
+    assert {media_type for _, media_type, _ in found} >= {"text/plain"}
+    for path, media_type, example in found:
+        content = example.encode() if isinstance(example, str) else json.dumps(example).encode()
+        answer = api.post(path, content=content, headers={"content-type": media_type})
+        assert answer.status_code in {200, 201}, (path, media_type, example, answer.text)
+
+
+def test_jotc_takes_no_max_jump_and_no_text(api: Any, document: dict[str, Any]) -> None:
+    operation = document["paths"]["/jotc"]["post"]
+    assert set(operation["requestBody"]["content"]) == {"application/json"}
+    assert "max_jump" not in body_schema(document, "/jotc")["properties"]
+    assert "text/plain" not in operation["responses"]["415"]["description"]
+    assert api.post("/jotc", json={"clouds": [0, 0], "max_jump": 2}).status_code == 422
+
+
+def test_text_plain_query_parameters_are_documented(document: dict[str, Any]) -> None:
+    names = {parameter["name"] for parameter in document["paths"]["/jumps"]["post"]["parameters"]}
+    assert names == {"user", "max_jump"}
+
+
+def test_admin_query_parameters_are_documented(document: dict[str, Any]) -> None:
+    def names(path: str) -> set[str]:
+        return {parameter["name"] for parameter in document["paths"][path]["get"]["parameters"]}
+
+    assert names("/admin/stats") == {"limit", "cursor", "sort", "order"}
+    assert names("/admin/requests") == {"user", "since", "until", "limit", "cursor"}
+
+
+def test_metrics_are_documented_as_text(document: dict[str, Any]) -> None:
+    content = document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert all(media_type.startswith("text/plain") for media_type in content)
+
+
+def test_every_problem_kind_is_served(api: Any) -> None:
+    for kind in KINDS:
+        assert api.get(f"/problems/{kind}").status_code == 200
+
+
+def test_json_answers_match_their_declared_schemas(api: Any, document: dict[str, Any]) -> None:
+    created = api.post("/jumps", json={"clouds": [0, 0, 1, 0]})
+    for answer, path, method, status in (
+        (created, "/jumps", "post", "201"),
+        (api.get(created.headers["location"]), "/jumps/{request_id}", "get", "200"),
+        (api.post("/jotc", json={"clouds": [0, 0]}), "/jotc", "post", "200"),
+        (api.get("/healthz"), "/healthz", "get", "200"),
+    ):
+        schema = document["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+        # "#/components/..." references resolve inside the schema once the components sit beside it.
+        jsonschema.validate(answer.json(), {**schema, "components": document.get("components", {})})
