@@ -28,6 +28,17 @@ SCHEMA_REVISION = "0001"
 
 metadata = MetaData()
 
+# db-migrations' record of each applied revision and the oldest application revision it stays
+# compatible with; /readyz reads it (schema_compat.py) to serve a newer, compatible schema.
+schema_compat = Table(
+    "jotc_schema_compat",
+    metadata,
+    Column("revision", Text, primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("compatible_back_to", Text, nullable=False),
+    Column("applied_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)
+
 USER_NAME_LENGTH = "char_length(user_name) BETWEEN 1 AND 320"
 
 jump_requests = Table(
