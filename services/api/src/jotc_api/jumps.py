@@ -89,6 +89,8 @@ def body_kind(content_type: str, *, text_allowed: bool) -> str:
 
 
 def parse_query(raw: bytes) -> dict[str, str]:
+    if not raw:
+        return {}
     query: dict[str, str] = {}
     for key, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
         if key in query:

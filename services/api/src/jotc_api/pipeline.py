@@ -100,14 +100,18 @@ def response_pipeline(app: ASGIApp, *, cors: CORSConfig | None, access: bool, fm
             lines.flush()  # after lifespan shutdown: the last lines and counts before exit
             tally.flush()
             return
-        request_id = header(scope, b"x-request-id") or b""
+        request_id = b""
+        origin: str | None = None
+        for name, value in scope["headers"]:  # one pass: this runs for every request
+            if name == b"x-request-id":
+                request_id = value
+            elif name == b"origin" and policy is not None:
+                origin = value.decode("latin-1")
         if not REQUEST_ID.match(request_id):
             request_id = secrets.token_hex(8).encode()
         rid = request_id.decode()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=rid)
-        origin_raw = header(scope, b"origin") if policy is not None else None
-        origin = origin_raw.decode("latin-1") if origin_raw else None
         added = [*SECURITY_HEADERS, (b"x-request-id", request_id)]
         if policy is not None and origin is not None:
             added += policy.headers(origin)

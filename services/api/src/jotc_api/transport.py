@@ -41,7 +41,10 @@ class Reply:
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         raw = [(b"content-type", self.media_type.encode()), (b"content-length", str(len(self.body)).encode())]
-        raw += [(name.lower().encode(), value.encode()) for name, value in self.extra_headers().items()]
+        if self.location:
+            raw.append((b"location", self.location.encode()))
+        if self.replayed:
+            raw.append((b"idempotent-replayed", b"true"))
         return raw
 
 
