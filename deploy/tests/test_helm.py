@@ -3,8 +3,13 @@ Kubernetes schemas, and assert what the chart promises on the rendered objects."
 
 from __future__ import annotations
 
+import base64
+import copy
+import functools
+import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +20,22 @@ from conftest import ROOT
 
 CHART = ROOT / "deploy/helm/jotc"
 VALUES = {"default": None, **{path.stem: path for path in sorted((CHART / "ci").glob("*.yaml"))}}
-KUBERNETES = "1.35.0"
+
+# The oldest Kubernetes minor on which every field the chart uses exists and is on by default:
+# lifecycle.preStop.sleep (PodLifecycleSleepAction) is alpha and off in 1.29, beta and on in 1.30;
+# matchLabelKeys in topologySpreadConstraints and the PDB's unhealthyPodEvictionPolicy are on from
+# 1.27, Job podFailurePolicy from 1.26. Chart.yaml's kubeVersion states the same lower bound.
+OLDEST_MINOR = 30
+FIELD_ON_BY_DEFAULT_SINCE = {
+    "lifecycle.preStop.sleep": 30,
+    "topologySpreadConstraints.matchLabelKeys": 27,
+    "podDisruptionBudget.unhealthyPodEvictionPolicy": 27,
+    "job.podFailurePolicy": 26,
+}
+# Every minor from the oldest to the newest whose schemas kubernetes-validate ships.
+KUBERNETES_MINORS = [
+    minor for minor in range(OLDEST_MINOR, 100) if f"1.{minor}.0" in kubernetes_validate.utils.all_versions()
+]
 
 
 def helm() -> str:
@@ -34,10 +54,21 @@ def values_args(name: str) -> list[str]:
     return ["-f", str(path)] if path else []
 
 
-def render(name: str, *extra: str) -> list[dict[str, Any]]:
+@functools.cache
+def rendered_text(name: str, *extra: str) -> str:
+    """helm template's output, once per set of arguments for the whole run (renders are pure)."""
     result = run_helm("template", "rel", str(CHART), "--namespace", "jotc", *values_args(name), *extra)
     assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return result.stdout
+
+
+@functools.cache
+def _parsed(name: str, *extra: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(rendered_text(name, *extra)) if doc]
+
+
+def render(name: str, *extra: str) -> list[dict[str, Any]]:
+    return copy.deepcopy(_parsed(name, *extra))
 
 
 def find(docs: list[dict[str, Any]], kind: str, name_part: str = "") -> list[dict[str, Any]]:
@@ -56,12 +87,67 @@ def test_lint_strict(name: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("name", VALUES)
-def test_every_manifest_is_valid_kubernetes(name: str) -> None:
-    for doc in render(name):
+def test_kube_version_states_the_oldest_minor_where_every_field_is_on() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == f">=1.{OLDEST_MINOR}.0-0"
+    assert max(FIELD_ON_BY_DEFAULT_SINCE.values()) == OLDEST_MINOR
+    assert KUBERNETES_MINORS[0] == OLDEST_MINOR
+    assert 35 in KUBERNETES_MINORS, "kubernetes-validate ships no 1.35 schemas: update it in deploy/"
+
+
+def test_helm_refuses_a_cluster_older_than_kube_version() -> None:
+    older = run_helm("template", "rel", str(CHART), "--kube-version", f"1.{OLDEST_MINOR - 1}.9")
+    assert older.returncode != 0
+    assert "kubeVersion" in older.stderr or "incompatible" in older.stderr, older.stderr
+    oldest = run_helm("template", "rel", str(CHART), "--kube-version", f"1.{OLDEST_MINOR}.0")
+    assert oldest.returncode == 0, oldest.stderr
+
+
+def invalid_on(minor: int, docs: list[dict[str, Any]]) -> list[str]:
+    """Every schema error of these manifests on Kubernetes 1.<minor>, strictly (unknown fields too)."""
+    errors = []
+    for doc in docs:
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
-            continue  # a CRD of the Prometheus Operator: not in the Kubernetes schemas
-        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+            continue  # CRDs of the Prometheus Operator: not in the Kubernetes schemas
+        try:
+            kubernetes_validate.validate(doc, f"1.{minor}.0", strict=True)
+        except kubernetes_validate.ValidationError as error:
+            errors.append(f"1.{minor}: {doc['kind']} {doc['metadata']['name']}: {error.message} at {error.path}")
+    return errors
+
+
+# The ci/ files and the switches they leave off: the dashboard, alerts and a UI swarm with workers
+# autoscaled are in production-values / locust-ui-values, headless Locust in loadtest-values.
+MATRIX = {
+    **{name: () for name in VALUES},
+    "everything-on": (
+        "--set",
+        "locust.enabled=true,api.ingress.enabled=true,api.metrics.port=9464,api.serviceMonitor.enabled=true",
+        "--set",
+        "api.grafanaDashboard.enabled=true,api.prometheusRule.enabled=true,locust.workers.autoscaling.enabled=true",
+        "--set",
+        "api.autoscaling.enabled=true,adminToken.value=0123456789abcdef0123",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MATRIX)
+def test_every_manifest_is_valid_on_every_supported_kubernetes(case: str) -> None:
+    name = case if case in VALUES else "default"
+    docs = render(name, *MATRIX[case])
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        errors = [
+            error for found in pool.map(lambda minor: invalid_on(minor, docs), KUBERNETES_MINORS) for error in found
+        ]
+    assert not errors, "\n".join(errors)
+
+
+def test_the_schemas_would_catch_a_field_a_version_lacks() -> None:
+    """The matrix is not vacuous: preStop.sleep is unknown to the 1.28 schema, so strict validation
+    there rejects the API Deployment."""
+    errors = invalid_on(28, [one(render("default"), "Deployment", "-api")])
+    assert errors, "the 1.28 schema accepted preStop.sleep"
+    assert "sleep" in errors[0]
 
 
 def api_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -151,16 +237,23 @@ def test_evaluation_migration_is_a_plain_job_and_data_services_run() -> None:
     redis = one(docs, "StatefulSet", "-redis")
     assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     env = {e["name"]: e for e in api_pod(docs)["containers"][0]["env"]}
-    assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"] == "redis-url"
+    # The URLs are composed by Kubernetes from the passwords in the evaluation Secret.
+    assert env["JOTC_EVALUATION_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "jotc-evaluation",
+        "key": "redis-password",
+    }
+    assert env["REDIS_URL"]["value"] == "redis://:$(JOTC_EVALUATION_REDIS_PASSWORD)@rel-jotc-redis:6379/0"
+    names = [e["name"] for e in api_pod(docs)["containers"][0]["env"]]
+    assert names.index("JOTC_EVALUATION_POSTGRES_PASSWORD") < names.index("DATABASE_URL")
 
 
 def test_no_plaintext_secret_in_the_default_values() -> None:
     docs = render("default")
-    secret = one(docs, "Secret", "-secrets")
-    assert set(secret["data"]) == {"token", "admin-token"}  # generated, kept across upgrades by lookup
+    assert not find(docs, "Secret"), "nothing to store: every secret of the defaults is the operator's"
     env = {e["name"]: e for e in api_pod(docs)["containers"][0]["env"]}
     assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "jotc-database", "key": "url"}
     assert "REDIS_URL" not in env
+    assert "JOTC_ADMIN_TOKEN" not in env  # the admin API is off until a token is given
 
 
 def test_hpa_and_replicas() -> None:
@@ -207,12 +300,48 @@ def test_locust_headless_job_and_workers() -> None:
     assert env["JOTC_TARGET"] == "http://jotc.example.com"
     assert env["JOTC_SLO_P95_MS"] == "200"
     assert env["LOCUST_EXPECT_WORKERS"] == "4"
-    workers = one(docs, "Deployment", "locust-worker")
+    assert env["LOCUST_EXPECT_WORKERS_MAX_WAIT"] == "300"
+    workers = one(docs, "Job", "locust-worker")
     worker_env = {e["name"]: e.get("value") for e in workers["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert worker_env["LOCUST_MASTER_NODE_HOST"] == "rel-jotc-locust-master"
-    assert "replicas" not in workers["spec"]
-    one(docs, "HorizontalPodAutoscaler", "locust-worker")
+    assert worker_env["LOCUST_ROLE"] == "worker"
     assert {p["port"] for p in one(docs, "Service", "locust-master")["spec"]["ports"]} == {8089, 5557}
+
+
+def test_a_headless_run_leaves_nothing_restarting() -> None:
+    """Every Locust pod of a headless run belongs to a Job that ends: workers quit when the master
+    tells them the run is over, exit 0, and are not restarted; both Jobs have a deadline."""
+    docs = render("loadtest-values")
+    assert not [
+        d for d in docs if "locust" in d["metadata"]["name"] and d["kind"] in {"Deployment", "HorizontalPodAutoscaler"}
+    ]
+    master, workers = one(docs, "Job", "locust-master"), one(docs, "Job", "locust-worker")
+    assert master["metadata"]["name"].endswith("-1")
+    assert workers["metadata"]["name"].endswith("-1")
+    assert workers["spec"]["completions"] == workers["spec"]["parallelism"] == 4
+    for job in (master, workers):
+        assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+        # 300 s waiting for workers + 5m run + 120 s to spawn and report
+        assert job["spec"]["activeDeadlineSeconds"] == 300 + 300 + 120
+        assert job["spec"]["ttlSecondsAfterFinished"] > 0
+    assert workers["spec"]["backoffLimit"] <= workers["spec"]["completions"]
+    worker_env = {e["name"]: e.get("value") for e in workers["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert worker_env["LOCUST_EXIT_CODE_ON_ERROR"] == "0"  # the verdict is the master's
+    # The only long-running pods left are the API's.
+    for _, pod in pods(docs):
+        if pod.get("restartPolicy", "Always") == "Always":
+            assert pod["containers"][0]["name"] in {"api", "postgresql", "redis"}, pod["containers"][0]["name"]
+
+
+@pytest.mark.parametrize(("run_time", "seconds"), [("90s", 90), ("2m", 120), ("1h", 3600)])
+def test_the_headless_deadline_follows_the_run_time(run_time: str, seconds: int) -> None:
+    docs = render("loadtest-values", "--set", f"locust.headless.runTime={run_time}")
+    assert one(docs, "Job", "locust-master")["spec"]["activeDeadlineSeconds"] == 300 + seconds + 120
+
+
+def test_headless_workers_cannot_be_autoscaled() -> None:
+    message = fails("-f", str(VALUES["loadtest-values"]), "--set", "locust.workers.autoscaling.enabled=true")
+    assert "locust.workers.autoscaling is for mode ui" in message
 
 
 def test_locust_ui_targets_the_api_service_and_mounts_a_locustfile() -> None:
@@ -363,16 +492,24 @@ def test_evaluation_redis_has_a_password_memory_cap_and_probes() -> None:
     assert {"REDIS_PASSWORD", "REDISCLI_AUTH"} <= env
 
 
-def test_evaluation_passwords_survive_uninstall_and_postgres_has_a_startup_probe() -> None:
+def test_evaluation_passwords_from_a_secret_or_from_values_and_postgres_has_a_startup_probe() -> None:
     docs = render("evaluation-values")
-    kept = one(docs, "Secret", "-evaluation")
-    assert kept["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    assert set(kept["data"]) == {"postgres-password", "redis-password"}
+    assert not find(docs, "Secret"), "evaluation-values names its own Secret (jotc-evaluation)"
     postgres = one(docs, "StatefulSet", "-postgresql")["spec"]["template"]["spec"]["containers"][0]
     password = next(e for e in postgres["env"] if e["name"] == "POSTGRES_PASSWORD")
-    assert password["valueFrom"]["secretKeyRef"]["name"] == kept["metadata"]["name"]
+    assert password["valueFrom"]["secretKeyRef"] == {"name": "jotc-evaluation", "key": "postgres-password"}
     startup = postgres["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+
+    given = render("evaluation-values", *EVALUATION_BY_VALUES)
+    kept = one(given, "Secret", "-evaluation")
+    assert kept["data"] == {"postgres-password": b64("pg-0123456789"), "redis-password": b64("redis-0123456789")}
+    assert "annotations" not in kept["metadata"]
+    postgres = one(given, "StatefulSet", "-postgresql")["spec"]["template"]["spec"]["containers"][0]
+    password = next(e for e in postgres["env"] if e["name"] == "POSTGRES_PASSWORD")
+    assert password["valueFrom"]["secretKeyRef"]["name"] == kept["metadata"]["name"]
+    message = fails("-f", str(VALUES["evaluation-values"]), "--set", "evaluation.existingSecret=")
+    assert "evaluation.postgresql.password=$(openssl rand -hex 24)" in message
 
 
 # --- Workers and the connection budget ------------------------------------------------------------
@@ -512,8 +649,83 @@ def test_locust_gets_the_admin_token_only_with_the_admin_scenario() -> None:
         envs = [c["env"] for name, pod in pods(docs) if "locust" in name for c in pod["containers"]]
         return any(e["name"] == "JOTC_ADMIN_TOKEN" for env in envs for e in env)
 
-    assert not token_in()
-    assert token_in("--set", "locust.adminScenario=true")
+    assert not token_in("--set", "adminToken.existingSecret=jotc-admin")
+    assert token_in("--set", "adminToken.existingSecret=jotc-admin", "--set", "locust.adminScenario=true")
+    assert "needs the admin token" in fails("-f", str(VALUES["locust-ui-values"]), "--set", "locust.adminScenario=true")
+
+
+# --- Secrets: nothing generated, so every render is the same ---------------------------------------
+
+EVALUATION_BY_VALUES = (
+    "--set",
+    "evaluation.existingSecret=,evaluation.postgresql.password=pg-0123456789,evaluation.redis.password=redis-0123456789",
+)
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize("case", [*VALUES, "evaluation-by-values", "admin-by-value"])
+def test_two_renders_are_identical(case: str) -> None:
+    """What helm template, Argo CD and Flux do: render again. No random value, no lookup."""
+    cases = {
+        "evaluation-by-values": ["-f", str(VALUES["evaluation-values"]), *EVALUATION_BY_VALUES],
+        "admin-by-value": ["--set", "adminToken.value=0123456789abcdef0123", "--set", "locust.enabled=true"],
+    }
+    extra = cases[case] if case in cases else values_args(case)
+    first, second = (run_helm("template", "rel", str(CHART), *extra) for _ in range(2))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+
+
+def test_no_template_generates_or_looks_up_a_value() -> None:
+    nondeterministic = re.compile(
+        r"\b(rand\w*|uuidv4|lookup|now|date|genPrivateKey|genCA|genSelfSignedCert|derivePassword)\b"
+    )
+    for template in sorted((CHART / "templates").rglob("*")):
+        if template.is_file():
+            actions = " ".join(re.findall(r"{{(.*?)}}", template.read_text(), re.S))
+            code = re.sub(r'/\*.*?\*/|"(?:[^"\\]|\\.)*"', "", actions, flags=re.S)  # comments, strings
+            assert not nondeterministic.search(code), f"{template.name}: {nondeterministic.search(code)}"
+
+
+def test_admin_token_from_an_existing_secret_is_the_production_path() -> None:
+    docs = render("production-values")
+    env = {e["name"]: e for e in api_pod(docs)["containers"][0]["env"]}
+    assert env["JOTC_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "jotc-admin", "key": "token"}
+    assert not find(docs, "Secret")
+
+
+def test_admin_token_by_value_is_stored_and_rotating_it_rolls_the_pods() -> None:
+    def rendered(token: str) -> list[dict[str, Any]]:
+        return render("default", "--set", f"adminToken.value={token}")
+
+    docs = rendered("first-token-0123456789")
+    secret = one(docs, "Secret", "-secrets")
+    assert secret["data"] == {"token": b64("first-token-0123456789")}
+    env = {e["name"]: e for e in api_pod(docs)["containers"][0]["env"]}
+    assert env["JOTC_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "rel-jotc-secrets", "key": "token"}
+
+    def checksum(docs: list[dict[str, Any]]) -> str:
+        return str(one(docs, "Deployment", "-api")["spec"]["template"]["metadata"]["annotations"]["checksum/secret"])
+
+    assert checksum(docs) == checksum(rendered("first-token-0123456789"))
+    assert checksum(docs) != checksum(rendered("second-token-0123456789"))
+    assert "not both" in fails("--set", "adminToken.value=0123456789abcdef0123", "--set", "adminToken.existingSecret=x")
+    assert "schema" in fails("--set", "adminToken.value=short").lower()
+
+
+def test_notes_say_where_the_admin_token_is_and_how_to_rotate_it() -> None:
+    def notes(*extra: str) -> str:
+        result = run_helm("install", "--dry-run", "rel", str(CHART), *extra)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "Admin API:          off" in notes()
+    by_value = notes("--set", "adminToken.value=0123456789abcdef0123")
+    assert "Rotate: helm upgrade rel … --reuse-values --set adminToken.value=" in by_value
+    assert "rollout restart deploy/rel-jotc-api" in notes("--set", "adminToken.existingSecret=jotc-admin")
 
 
 @pytest.mark.parametrize(

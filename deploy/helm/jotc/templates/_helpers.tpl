@@ -94,6 +94,15 @@ neither a CPU limit nor a CPU request is set: 1 Granian worker per pod. Set api.
 {{- if and $lauto.enabled (gt (int $lauto.minReplicas) (int $lauto.maxReplicas)) -}}
 {{- fail (printf "locust.workers.autoscaling.minReplicas (%d) exceeds maxReplicas (%d)" (int $lauto.minReplicas) (int $lauto.maxReplicas)) -}}
 {{- end -}}
+{{- if and .Values.locust.enabled (eq .Values.locust.mode "headless") $lauto.enabled -}}
+{{- fail "locust.workers.autoscaling is for mode ui: a headless run has a fixed swarm (the master waits for locust.workers.replicas workers), so set locust.workers.replicas instead" -}}
+{{- end -}}
+{{- if and .Values.locust.enabled .Values.locust.adminScenario (not (include "jotc.adminSecret" .)) -}}
+{{- fail "locust.adminScenario needs the admin token: set adminToken.existingSecret (or adminToken.value)" -}}
+{{- end -}}
+{{- if and .Values.adminToken.existingSecret .Values.adminToken.value -}}
+{{- fail "set adminToken.existingSecret or adminToken.value, not both" -}}
+{{- end -}}
 {{- $settings := .Values.api.settings | default dict -}}
 {{- $rate := toString (default "0" $settings.JOTC_RATE_LIMIT) | trim -}}
 {{- if and (ne $rate "0") (ne $rate "") (not $settings.JOTC_TRUSTED_PROXIES) -}}
@@ -137,8 +146,65 @@ imagePullSecrets:
 
 {{- define "jotc.secretName" -}}{{ include "jotc.fullname" . }}-secrets{{- end }}
 
+{{/*
+Where each secret comes from. Nothing is generated at render time: a render depends on its values
+alone, so `helm template`, Argo CD and Flux render the same manifests every time. Production names
+Secrets it created itself (existingSecret); evaluation installs may give the values, which the
+chart then stores in its own Secrets (and which therefore also live in the release's values).
+*/}}
+{{- define "jotc.chartSecretData" -}}
+{{- if and .Values.adminToken.value (not .Values.adminToken.existingSecret) }}
+token: {{ .Values.adminToken.value | b64enc }}
+{{- end }}
+{{- if and .Values.database.url (not .Values.evaluation.postgresql.enabled) }}
+database-url: {{ .Values.database.url | b64enc }}
+{{- end }}
+{{- if and .Values.redis.url (not .Values.evaluation.redis.enabled) }}
+redis-url: {{ .Values.redis.url | b64enc }}
+{{- end }}
+{{- end }}
+
+{{- define "jotc.evaluationSecret" -}}
+{{- default (printf "%s-evaluation" (include "jotc.fullname" .)) .Values.evaluation.existingSecret -}}
+{{- end }}
+
+{{/* DATABASE_URL for every container that needs it: the evaluation StatefulSet's URL is composed
+from its password by Kubernetes' $(VAR) expansion, so the password is read from its Secret and
+never written into the template. */}}
+{{- define "jotc.databaseEnv" -}}
+{{- if .Values.evaluation.postgresql.enabled }}
+- name: JOTC_EVALUATION_POSTGRES_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ include "jotc.evaluationSecret" . }}, key: postgres-password}
+- name: DATABASE_URL
+  value: {{ printf "postgresql://jotc:$(JOTC_EVALUATION_POSTGRES_PASSWORD)@%s-postgresql:5432/jotc" (include "jotc.fullname" .) | quote }}
+{{- else }}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "jotc.databaseSecret" . }}
+      key: {{ include "jotc.databaseSecretKey" . }}
+{{- end }}
+{{- end }}
+
+{{- define "jotc.redisEnv" -}}
+{{- if .Values.evaluation.redis.enabled }}
+- name: JOTC_EVALUATION_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ include "jotc.evaluationSecret" . }}, key: redis-password}
+- name: REDIS_URL
+  value: {{ printf "redis://:$(JOTC_EVALUATION_REDIS_PASSWORD)@%s-redis:6379/0" (include "jotc.fullname" .) | quote }}
+{{- else if or .Values.redis.url .Values.redis.existingSecret }}
+- name: REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ ternary (include "jotc.secretName" .) .Values.redis.existingSecret (not (empty .Values.redis.url)) }}
+      key: {{ ternary "redis-url" .Values.redis.existingSecretKey (not (empty .Values.redis.url)) }}
+{{- end }}
+{{- end }}
+
 {{- define "jotc.databaseSecret" -}}
-{{- if or .Values.database.url .Values.evaluation.postgresql.enabled -}}
+{{- if .Values.database.url -}}
 {{ include "jotc.secretName" . }}
 {{- else -}}
 {{ required "database.existingSecret or database.url (or evaluation.postgresql.enabled) is required" .Values.database.existingSecret }}
@@ -146,23 +212,22 @@ imagePullSecrets:
 {{- end }}
 
 {{- define "jotc.databaseSecretKey" -}}
-{{- if or .Values.database.url .Values.evaluation.postgresql.enabled -}}database-url{{- else -}}{{ .Values.database.existingSecretKey }}{{- end -}}
+{{- if .Values.database.url -}}database-url{{- else -}}{{ .Values.database.existingSecretKey }}{{- end -}}
 {{- end }}
 
-{{- define "jotc.redisConfigured" -}}
-{{- if or .Values.redis.url .Values.redis.existingSecret .Values.evaluation.redis.enabled -}}true{{- end -}}
-{{- end }}
-
-{{- define "jotc.redisSecret" -}}
-{{- if or .Values.redis.url .Values.evaluation.redis.enabled -}}{{ include "jotc.secretName" . }}{{- else -}}{{ .Values.redis.existingSecret }}{{- end -}}
-{{- end }}
-
-{{- define "jotc.redisSecretKey" -}}
-{{- if or .Values.redis.url .Values.evaluation.redis.enabled -}}redis-url{{- else -}}{{ .Values.redis.existingSecretKey }}{{- end -}}
-{{- end }}
-
+{{/* The admin token's Secret, or nothing: without one the API's admin routes answer 503. */}}
 {{- define "jotc.adminSecret" -}}
-{{- default (include "jotc.secretName" .) .Values.adminToken.existingSecret -}}
+{{- if .Values.adminToken.existingSecret -}}{{ .Values.adminToken.existingSecret }}
+{{- else if .Values.adminToken.value -}}{{ include "jotc.secretName" . }}
+{{- end -}}
+{{- end }}
+
+{{- define "jotc.adminTokenEnv" -}}
+{{- with include "jotc.adminSecret" . }}
+- name: JOTC_ADMIN_TOKEN
+  valueFrom:
+    secretKeyRef: {name: {{ . }}, key: token}
+{{- end }}
 {{- end }}
 
 {{/* The restricted Pod Security profile, for every container of the chart. */}}
@@ -183,6 +248,16 @@ runAsGroup: 10001
 fsGroup: 10001
 seccompProfile:
   type: RuntimeDefault
+{{- end }}
+
+{{/* Seconds a headless run's Jobs may live: the wait for workers, the run (locust.headless.runTime,
+one unit: s, m or h), and two minutes to spawn and write the reports. Nothing outlives it. */}}
+{{- define "jotc.locustDeadlineSeconds" -}}
+{{- $run := .Values.locust.headless.runTime | toString -}}
+{{- $number := trimSuffix "s" (trimSuffix "m" (trimSuffix "h" $run)) | int -}}
+{{- $unit := dict "s" 1 "m" 60 "h" 3600 -}}
+{{- $seconds := mul $number (get $unit (substr (int (sub (len $run) 1)) (len $run) $run)) -}}
+{{- add $seconds .Values.locust.headless.workersWaitSeconds 120 -}}
 {{- end }}
 
 {{- define "jotc.apiURL" -}}
