@@ -28,8 +28,9 @@ def clear_of_window_edge(seconds_needed: float = 30, period: int = 3600) -> None
 
 
 def fake_client() -> str:
-    """A client address no other test (or run) uses, passed through the trusted proxy header."""
-    return f"2001:db8::{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}"
+    """A client no other test (or run) uses, passed through the trusted proxy header: an address
+    in a /64 of its own, since IPv6 clients are counted by their /64."""
+    return f"2001:db8:{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}::1"
 
 
 def test_rate_limit_answers_429_with_headers_after_the_budget(database_url: str, tmp_root: Path) -> None:

@@ -90,9 +90,11 @@ def test_cgroup_v2_quota(tmp_path: Path, cpu_max: str, expected: float | None) -
         assert server.cpu_quota(path) == expected
 
 
-def test_workers_follow_the_quota_rounded_up(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_follow_the_quota_rounded_down(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(server, "cpu_quota", lambda: 1.5)
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1, 2, 3, 4, 5, 6, 7})
+    assert server.available_cpus() == 1
+    monkeypatch.setattr(server, "cpu_quota", lambda: 2.5)
     assert server.available_cpus() == 2
     monkeypatch.setattr(server, "cpu_quota", lambda: 0.25)
     assert server.available_cpus() == 1

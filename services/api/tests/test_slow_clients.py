@@ -1,4 +1,6 @@
-"""Slow and oversized clients are stopped by the server's limits, and others keep being served."""
+"""Slow, oversized and malformed clients are stopped by the server's limits, and others keep being
+served: headers and bodies that trickle, oversized headers, HTTP/2 cleartext, broken chunked
+framing, raw UTF-8 in a query, and clients that hang up mid-upload."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ def strict_api(database_url: str, tmp_root: Path) -> ApiServer:
         JOTC_HEADER_READ_TIMEOUT="2",
         JOTC_MAX_HEADER_BYTES="16384",
         JOTC_MAX_BODY_BYTES="2000000",
+        JOTC_BODY_READ_TIMEOUT="1",
+        JOTC_MAX_UPLOADS="4",
     )
     yield server  # type: ignore[misc]
     server.stop()
@@ -67,3 +71,115 @@ def test_large_bodies_still_stream_past_the_header_buffer(strict_api: ApiServer)
     )
     assert big.status_code == 422  # parsed in full (1 MB body, 16 KiB header buffer): over JOTC_MAX_CLOUDS
     assert big.json()["errors"][0]["field"] == "clouds"
+
+
+def raw_exchange(server: ApiServer, request: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes, read until the server closes or goes quiet."""
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port_of(server)), timeout=timeout) as client:
+        client.sendall(request)
+        try:
+            while chunk := client.recv(65536):
+                answer += chunk
+                if b"\r\n\r\n" in answer and answer.split(b"\r\n\r\n", 1)[1]:
+                    break
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return answer
+
+
+def slow_upload(server: ApiServer) -> socket.socket:
+    client = socket.create_connection(("127.0.0.1", port_of(server)), timeout=15)
+    client.sendall(b"POST /jumps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+    return client
+
+
+def test_bodies_that_trickle_are_cut_off_and_health_stays_answerable(strict_api: ApiServer) -> None:
+    """JOTC_MAX_UPLOADS=4, JOTC_BODY_READ_TIMEOUT=1: ten stuck uploads take four upload slots,
+    the other six are refused at once (503), the four get 408 and their connections close, and
+    /healthz answers throughout."""
+    stuck = [slow_upload(strict_api) for _ in range(10)]
+    try:
+        started = time.monotonic()
+        assert httpx.get(f"{strict_api.base_url}/healthz", timeout=2).status_code == 200
+        assert time.monotonic() - started < 1
+        answers = []
+        for client in stuck:
+            data = b""
+            try:
+                while chunk := client.recv(4096):
+                    data += chunk
+            except (ConnectionResetError, TimeoutError):
+                pass
+            answers.append(data)
+        waited = time.monotonic() - started
+    finally:
+        for client in stuck:
+            client.close()
+    statuses = sorted(answer.split(b" ", 2)[1].decode() for answer in answers)
+    assert statuses == ["408"] * 4 + ["503"] * 6, answers
+    assert all(b"connection: close" in answer.lower() for answer in answers)
+    assert waited < 5, f"stuck uploads were held for {waited:.1f} s"
+    assert httpx.post(f"{strict_api.base_url}/jumps", json={"clouds": [0, 0]}).status_code == 201
+
+
+def test_http2_cleartext_is_not_spoken(strict_api: ApiServer) -> None:
+    """HTTP/2 would bypass the HTTP/1 limits above: a prior-knowledge h2c preface gets no HTTP/2."""
+    answer = raw_exchange(strict_api, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9), timeout=5)
+    assert answer[3:4] != b"\x04", "the server answered with an HTTP/2 SETTINGS frame"
+    upgrade = raw_exchange(
+        strict_api,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    )
+    assert upgrade.startswith(b"HTTP/1.1 200"), upgrade[:100]
+
+
+def test_broken_chunked_framing_is_a_client_error(strict_api: ApiServer) -> None:
+    answer = raw_exchange(
+        strict_api,
+        b"POST /jumps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+    )
+    assert not answer.startswith(b"HTTP/1.1 5"), answer[:200]
+    assert httpx.get(f"{strict_api.base_url}/healthz").status_code == 200
+
+
+def test_raw_utf8_in_a_text_plain_query_is_kept_as_written(strict_api: ApiServer) -> None:
+    body = b"2\n0 0\n"
+    answer = raw_exchange(
+        strict_api,
+        b"POST /jumps?user=\xc3\xa9l\xc3\xa8ve HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body,
+    )
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:200]
+    location = next(line.split(b": ", 1)[1] for line in answer.split(b"\r\n") if line.lower().startswith(b"location"))
+    assert httpx.get(f"{strict_api.base_url}{location.decode()}").json()["user"] == "\u00e9l\u00e8ve"
+    broken = raw_exchange(
+        strict_api,
+        b"POST /jumps?user=\xff HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body,
+    )
+    assert broken.startswith(b"HTTP/1.1 400"), broken[:200]
+
+
+def test_a_client_that_hangs_up_mid_upload_is_not_a_server_error(strict_api: ApiServer) -> None:
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port_of(strict_api)), timeout=5) as client:
+            client.sendall(
+                b"POST /jumps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
+    deadline = time.monotonic() + 10
+    text = ""
+    while time.monotonic() < deadline and 'status="499"' not in text:
+        time.sleep(0.2)
+        text = httpx.get(f"{strict_api.base_url}/metrics").text
+    lines = [
+        line for line in text.splitlines() if line.startswith("jotc_http_requests_total") and 'route="/jumps"' in line
+    ]
+    assert any('status="499"' in line for line in lines), lines
+    assert not any('status="500"' in line for line in lines), lines
+
+
+def test_the_server_does_not_announce_itself(strict_api: ApiServer) -> None:
+    assert httpx.get(f"{strict_api.base_url}/healthz").headers.get("server", "") == ""

@@ -17,21 +17,28 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from redis.asyncio import Redis
 
-from jotc_api.problems import PROBLEM_JSON, RETRY_AFTER_SECONDS, FieldError, Problem, validation_problem
+from jotc_api.problems import PROBLEM_JSON, RETRY_AFTER_SECONDS, FieldError, Problem, erased, validation_problem
 from jotc_api.redis_link import REDIS_ERRORS, RedisLink
 from jotc_api.transport import Incoming, Reply
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 IN_FLIGHT_TTL_SECONDS = 120  # a worker that dies mid-request must not block its key for a day
+ERASED = "erased"  # the fingerprint of a tombstone: the key's request was erased
 
 
 class StoredReply(msgspec.Struct):
+    """What Redis keeps for a key. A success keeps only the id of its recorded request (``record``),
+    so the answer is rebuilt from PostgreSQL on replay: nothing of the user's data sits in Redis,
+    the kept value stays small whatever the input's size, and an erased request cannot be replayed.
+    A refusal (4xx) keeps its problem body, which carries no user data."""
+
     fingerprint: str
     done: bool
     status: int = 0
     media_type: str = ""
     body: bytes = b""
     location: str | None = None
+    record: str | None = None
 
 
 class IdempotencyUnavailable(Exception):
@@ -75,8 +82,26 @@ class IdempotencyStore:
             return await self.claim(key, fingerprint)
         return self.decoder.decode(stored if isinstance(stored, bytes) else stored.encode())
 
-    async def keep(self, key: str, reply: StoredReply) -> None:
-        await self.write("idempotency keep", self.redis_key(key), reply)
+    async def keep(self, key: str, reply: StoredReply, owner: str | None = None) -> None:
+        await self.write("idempotency keep", self.redis_key(key), reply, owner)
+
+    async def forget_user(self, user: str) -> None:
+        """Erasure: every key a user's requests were made with becomes a tombstone holding nothing
+        of theirs (not even the request's fingerprint), so a replay is answered 410 rather than
+        recorded afresh. Best effort: a key that survives a Redis outage still replays as 410,
+        its recorded request being gone."""
+        client = self.require()
+        index = self.user_index(user)
+        tombstone = self.encoder.encode(StoredReply(ERASED, done=True))
+        try:
+            keys = await client.smembers(index)
+            async with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.set(key, tombstone, xx=True, keepttl=True)
+                pipe.delete(index)
+                await pipe.execute()
+        except REDIS_ERRORS as exc:
+            self.link.failed("idempotency forget user", exc)
 
     async def release(self, key: str) -> None:
         client = self.require()
@@ -85,10 +110,16 @@ class IdempotencyStore:
         except REDIS_ERRORS as exc:
             self.link.failed("idempotency release", exc)
 
-    async def write(self, operation: str, redis_key: str, reply: StoredReply) -> None:
+    async def write(self, operation: str, redis_key: str, reply: StoredReply, owner: str | None = None) -> None:
         client = self.require()
         try:
-            await client.set(redis_key, self.encoder.encode(reply), ex=IDEMPOTENCY_TTL_SECONDS)
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.set(redis_key, self.encoder.encode(reply), ex=IDEMPOTENCY_TTL_SECONDS)
+                if owner is not None:
+                    index = self.user_index(owner)
+                    pipe.sadd(index, redis_key)
+                    pipe.expire(index, IDEMPOTENCY_TTL_SECONDS)
+                await pipe.execute()
         except REDIS_ERRORS as exc:
             # The row is committed; the client gets its answer. A retry after the in-flight
             # claim expires would be processed again: logged, counted, and documented.
@@ -105,13 +136,22 @@ class IdempotencyStore:
     def redis_key(key: str) -> str:
         return "jotc:idem:" + hashlib.sha256(key.encode()).hexdigest()
 
+    @staticmethod
+    def user_index(user: str) -> str:
+        return "jotc:idem-user:" + hashlib.sha256(user.encode()).hexdigest()
+
 
 def valid_idempotency_key(raw: bytes) -> bool:
     return 1 <= len(raw) <= 255 and all(0x21 <= byte <= 0x7E for byte in raw)
 
 
 async def once(
-    store: IdempotencyStore, route: str, kind: str, incoming: Incoming, answer: Callable[[], Awaitable[Reply]]
+    store: IdempotencyStore,
+    route: str,
+    kind: str,
+    incoming: Incoming,
+    answer: Callable[[], Awaitable[Reply]],
+    replay: Callable[[str], Awaitable[Reply]],
 ) -> Reply:
     """``answer()``, honouring the request's Idempotency-Key when it sends one."""
     if incoming.idempotency_key is None:
@@ -130,6 +170,8 @@ async def once(
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         ) from None
     if stored is not None:
+        if stored.fingerprint == ERASED:
+            raise erased()
         if stored.fingerprint != fingerprint:
             raise Problem(422, "idempotency-key-reused", "this Idempotency-Key was used with a different request")
         if not stored.done:
@@ -139,6 +181,9 @@ async def once(
                 "the first request with this Idempotency-Key is still being processed",
                 headers={"Retry-After": "1"},
             )
+        if stored.record is not None:
+            rebuilt = await replay(stored.record)
+            return Reply(rebuilt.status, rebuilt.media_type, rebuilt.body, rebuilt.location, replayed=True)
         return Reply(stored.status, stored.media_type, stored.body, stored.location, replayed=True)
     try:
         reply = await answer()
@@ -151,5 +196,8 @@ async def once(
     except BaseException:
         await store.release(name)
         raise
-    await store.keep(name, StoredReply(fingerprint, True, reply.status, reply.media_type, reply.body, reply.location))
+    kept = StoredReply(fingerprint, True, reply.status, reply.media_type, location=reply.location, record=reply.record)
+    if reply.record is None:
+        kept.body = reply.body
+    await store.keep(name, kept, owner=reply.owner)
     return reply

@@ -77,13 +77,32 @@ def json_or_text(content_type: str) -> str:
     return body_kind(content_type, text_allowed=True)
 
 
+CHARSETS = {JSON: {"utf-8", "utf8"}, TEXT: {"utf-8", "utf8", "us-ascii", "ascii"}}
+
+
 def body_kind(content_type: str, *, text_allowed: bool) -> str:
-    """JSON or TEXT from a Content-Type header; 415 for anything else (before reading the body)."""
-    kind = content_type.split(";", 1)[0].strip().lower()
+    """JSON or TEXT from a Content-Type header; 415 for anything else (before reading the body),
+    a declared charset included: JSON is UTF-8, and the text form is ASCII digits."""
+    kind, _, parameters = content_type.partition(";")
+    kind = kind.strip().lower()
     if kind == JSON or (kind.startswith("application/") and kind.endswith("+json")):
-        return JSON
-    if text_allowed and kind == TEXT:
-        return TEXT
+        found = JSON
+    elif text_allowed and kind == TEXT:
+        found = TEXT
+    else:
+        found = ""
+    charset = next(
+        (
+            value.strip().strip('"').lower()
+            for name, _, value in (p.partition("=") for p in parameters.split(";"))
+            if name.strip().lower() == "charset"
+        ),
+        None,
+    )
+    if found and (charset is None or charset in CHARSETS[found]):
+        return found
+    if found:
+        raise Problem(415, "unsupported-media-type", f"charset {charset!r} is not accepted; {found} bodies are UTF-8")
     accepted = "application/json or text/plain" if text_allowed else "application/json"
     raise Problem(415, "unsupported-media-type", f"Content-Type {kind or '(none)'!r} is not accepted; send {accepted}")
 
@@ -91,8 +110,12 @@ def body_kind(content_type: str, *, text_allowed: bool) -> str:
 def parse_query(raw: bytes) -> dict[str, str]:
     if not raw:
         return {}
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Problem(400, "malformed-body", "the query string is not valid UTF-8; percent-encode it") from None
     query: dict[str, str] = {}
-    for key, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
+    for key, value in parse_qsl(text, keep_blank_values=True):
         if key in query:
             raise validation_problem([FieldError(key, "query parameter given more than once")])
         query[key] = value
@@ -128,24 +151,57 @@ async def solve_and_record(state: Any, data: JumpInput) -> tuple[uuid.UUID, Solu
     return request_id, answer
 
 
+def jumps_reply(kind: str, request_id: uuid.UUID, data: JumpInput, solution: Solution) -> Reply:
+    location = f"/jumps/{request_id}"
+    if kind == TEXT:
+        return Reply(201, TEXT, f"{solution.jumps}\n".encode(), location, record=str(request_id), owner=data.user)
+    encoded = msgspec.json.encode(
+        JumpAnswer(str(request_id), solution.jumps, solution.path, len(data.clouds), data.max_jump, data.user)
+    )
+    return Reply(201, JSON, encoded, location, record=str(request_id), owner=data.user)
+
+
+def jotc_reply(_: str, request_id: uuid.UUID, data: JumpInput, solution: Solution) -> Reply:
+    moves = [Move(a, b) for a, b in itertools.pairwise(solution.path)]
+    encoded = msgspec.json.encode(JotcAnswer(moves, solution.jumps))
+    return Reply(200, JSON, encoded, record=str(request_id), owner=data.user)
+
+
 async def answer_jumps(state: Any, kind: str, query: Mapping[str, str], body: bytes) -> Reply:
     max_clouds = state.settings.max_clouds
     data = parse_json(body, query, max_clouds) if kind == JSON else parse_text(body, query, max_clouds)
-    request_id, answer = await solve_and_record(state, data)
-    location = f"/jumps/{request_id}"
-    if kind == TEXT:
-        return Reply(201, TEXT, f"{answer.jumps}\n".encode(), location)
-    encoded = msgspec.json.encode(
-        JumpAnswer(str(request_id), answer.jumps, answer.path, len(data.clouds), data.max_jump, data.user)
-    )
-    return Reply(201, JSON, encoded, location)
+    request_id, solution = await solve_and_record(state, data)
+    return jumps_reply(kind, request_id, data, solution)
 
 
 async def answer_jotc(state: Any, kind: str, query: Mapping[str, str], body: bytes) -> Reply:
     data = parse_json(body, query, state.settings.max_clouds, form=JotcBody)
-    _, answer = await solve_and_record(state, data)
-    moves = [Move(a, b) for a, b in itertools.pairwise(answer.path)]
-    return Reply(200, JSON, msgspec.json.encode(JotcAnswer(moves, answer.jumps)))
+    request_id, solution = await solve_and_record(state, data)
+    return jotc_reply(kind, request_id, data, solution)
+
+
+async def recorded(state: Any, record_id: str) -> tuple[uuid.UUID, JumpInput, Solution]:
+    """A recorded request and its solution, for replaying an idempotent answer. 410 once erased."""
+    try:
+        found = await find_request(state.engine, uuid.UUID(record_id))
+    except SQLAlchemyError:
+        raise database_unavailable("PostgreSQL is unavailable; the kept answer could not be rebuilt") from None
+    if found is None:
+        raise Problem(
+            410, "erased", "the request made with this Idempotency-Key was recorded and has since been erased"
+        )
+    data = JumpInput(bytes(unpack_clouds(found.clouds, found.n)), found.user, found.max_jump)
+    solution = await solve_without_stalling(data.clouds, data.max_jump, state.settings.offload_from)
+    assert isinstance(solution, Solution), "only solved requests are recorded"
+    return found.id, data, solution
+
+
+async def replay_jumps(state: Any, kind: str, record_id: str) -> Reply:
+    return jumps_reply(kind, *await recorded(state, record_id))
+
+
+async def replay_jotc(state: Any, kind: str, record_id: str) -> Reply:
+    return jotc_reply(kind, *await recorded(state, record_id))
 
 
 async def serve(state: Any, route: ServedRoute, incoming: Incoming) -> Reply:
@@ -157,14 +213,24 @@ async def serve(state: Any, route: ServedRoute, incoming: Incoming) -> Reply:
         kind,
         incoming,
         lambda: route.answer(state, kind, parse_query(incoming.query), incoming.body),
+        lambda record: route.replay(state, kind, record),
     )
 
 
-async def read_jump(engine: AsyncEngine, raw_id: str, offload_from: int) -> JumpRecord:
+def canonical_id(raw_id: str) -> uuid.UUID:
+    """A record has one URL: its id in the canonical spelling (lowercase, hyphenated); any other
+    spelling ("{...}", "urn:uuid:", uppercase, no hyphens) is not a record's id: 404."""
     try:
         wanted = uuid.UUID(raw_id)
     except ValueError:
-        raise Problem(404, "not-found", f"no recorded request has id {raw_id[:64]!r}") from None
+        wanted = None
+    if wanted is None or str(wanted) != raw_id:
+        raise Problem(404, "not-found", f"no recorded request has id {raw_id[:64]!r}")
+    return wanted
+
+
+async def read_jump(engine: AsyncEngine, raw_id: str, offload_from: int) -> JumpRecord:
+    wanted = canonical_id(raw_id)
     try:
         found = await find_request(engine, wanted)
     except SQLAlchemyError:

@@ -9,6 +9,7 @@ raise anything but a Problem.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated
@@ -23,6 +24,9 @@ DEFAULT_MAX_JUMP = 2
 MAX_JUMP_LIMIT = 1000
 USER_MAX_LENGTH = 320
 
+# Shown back to administrators, so nothing that can hide or reorder what they read: the C0/C1
+# controls (checked by category), bidirectional overrides and isolates, and line separators.
+INVISIBLE_OR_CONTROL = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029")
 DIGITS_TO_VALUES = bytes.maketrans(b"01", b"\x00\x01")
 NOT_A_VALUE = bytes(range(2, 256))
 
@@ -49,7 +53,8 @@ CloudDigits = Annotated[
 User = Annotated[
     str,
     Meta(
-        description=f'Who asked; trimmed, then 1 to {USER_MAX_LENGTH} characters without NUL; default "{DEFAULT_USER}"',
+        description=f"Who asked; trimmed, then 1 to {USER_MAX_LENGTH} characters without control characters or "
+        f'text-direction overrides; default "{DEFAULT_USER}"',
         extra_json_schema={"minLength": 1, "pattern": r"^[^\x00]*[^\x00\s][^\x00]*$"},
     ),
 ]
@@ -92,8 +97,8 @@ def parse_json(body: bytes, query: Mapping[str, str], max_clouds: int, form: typ
         decoded = DECODERS[form].decode(body)
     except msgspec.ValidationError as exc:
         raise validation_problem([msgspec_field_error(str(exc), form)]) from None
-    except msgspec.DecodeError as exc:
-        raise Problem(400, "malformed-body", f"body is not valid JSON: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise Problem(400, "malformed-body", f"body is not valid UTF-8 JSON: {exc}") from None
     errors: list[FieldError] = []
     if isinstance(decoded.clouds, str):
         clouds = clouds_from_digits(decoded.clouds, max_clouds, errors)
@@ -127,7 +132,7 @@ def parse_text(body: bytes, query: Mapping[str, str], max_clouds: int) -> JumpIn
     if not count_line.isdigit() or len(count_line) > 9:
         raise Problem(400, "malformed-body", f"first line must be the number n, got {count_line!r}")
     for index, token in enumerate(values_line):
-        if not token.isdigit():
+        if not token.isdigit() or len(token) > 9:
             raise Problem(400, "malformed-body", f"second line: value {index} is {token[:20]!r}, not 0 or 1")
     if int(count_line) != len(values_line):
         raise Problem(
@@ -224,8 +229,12 @@ def check_user(user: str | None, errors: list[FieldError]) -> str:
     if user is None:
         return DEFAULT_USER
     trimmed = user.strip()
-    if "\x00" in trimmed:
-        errors.append(FieldError("user", "must not contain NUL characters"))
+    if any(character in INVISIBLE_OR_CONTROL or unicodedata.category(character) == "Cc" for character in trimmed):
+        errors.append(
+            FieldError(
+                "user", "must not contain control characters (NUL, newlines, escapes) or text-direction overrides"
+            )
+        )
     elif not 1 <= len(trimmed) <= USER_MAX_LENGTH:
         errors.append(
             FieldError(

@@ -8,6 +8,7 @@ routes and errors, and a crash that escapes them all leave through here:
 - CORS exactly as JOTC_CORS_ORIGINS configures it (Litestar's CORSConfig
   decides what is allowed; preflights are answered here);
 - security headers on every answer;
+- HEAD answered as GET without the body, for every GET route;
 - the last resort: an exception that escapes every layer before the answer
   started becomes a problem+json 500 carrying the request id;
 - the access line (logs.AccessLog) and the request metrics (metrics.RequestTally).
@@ -27,13 +28,14 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from jotc_api.logs import AccessLog
 from jotc_api.metrics import NOT_MEASURED, UNMATCHED, RequestTally, method_label
 from jotc_api.problems import Problem, internal_error
-from jotc_api.transport import send_answer
+from jotc_api.transport import CLIENT_CLOSED_KEY, send_answer
 
 log = structlog.get_logger("jotc.app")
 
 CLIENT_CLOSED = 499  # the status nginx logs for a client that left before its answer
 REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
-SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff")]
+# nosniff on every answer; and an empty Server header, which stops Granian from naming itself.
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"server", b"")]
 # What a browser application may read of an answer beyond the CORS-safelisted headers.
 EXPOSED_HEADERS = [
     "Location",
@@ -117,16 +119,24 @@ def response_pipeline(app: ASGIApp, *, cors: CORSConfig | None, access: bool, fm
             added += policy.headers(origin)
         started = time.perf_counter()
         status = 0
+        method = scope["method"]
+        if method == "HEAD":
+            # HEAD is GET without the body, for every GET route (RFC 9110 9.3.2).
+            scope = {**scope, "method": "GET"}
 
         async def send_through(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
                 message["headers"] = [*message.get("headers", ()), *added]
+                await send(message)
+                status = message["status"]  # counted once it went out: a client that left gets 499
+                return
+            if method == "HEAD" and message["type"] == "http.response.body":
+                message = {"type": "http.response.body", "body": b"", "more_body": message.get("more_body", False)}
             await send(message)
 
         try:
-            if policy is not None and origin is not None and scope["method"] == "OPTIONS":
+            if policy is not None and origin is not None and method == "OPTIONS":
                 requested = header(scope, b"access-control-request-method")
                 if requested is not None:
                     asked = (header(scope, b"access-control-request-headers") or b"").decode("latin-1")
@@ -141,12 +151,14 @@ def response_pipeline(app: ASGIApp, *, cors: CORSConfig | None, access: bool, fm
                 raise  # the answer has started: the server can only cut the connection
             await send_answer(send_through, *internal_error().render())
         finally:
-            final = status or CLIENT_CLOSED  # no answer started: the client left first
+            # No answer went out, or the body stopped short (the client left, or its framing was
+            # broken): a client close, never a server error.
+            final = CLIENT_CLOSED if not status or scope.get(CLIENT_CLOSED_KEY) else status
             elapsed = time.perf_counter() - started
             if scope["path"] not in NOT_MEASURED:
                 route = str(scope.get("path_template") or UNMATCHED)  # set by Litestar's router and the fast path
-                tally.add(method_label(scope["method"]), route, final, elapsed)
+                tally.add(method_label(method), route, final, elapsed)
             if access or final >= 500:
-                lines.add(scope["method"], scope["path"], final, elapsed, rid)
+                lines.add(method_label(method), scope["path"], final, elapsed, rid)
 
     return pipeline

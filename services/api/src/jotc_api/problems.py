@@ -39,6 +39,11 @@ KINDS: dict[str, tuple[str, str]] = {
         "The body is larger than JOTC_MAX_BODY_BYTES. Send fewer clouds, or the digit-string "
         "form, which is half the size of a JSON array.",
     ),
+    "body-timeout": (
+        "Request body too slow",
+        "The body did not arrive within JOTC_BODY_READ_TIMEOUT seconds of the headers; nothing was "
+        "recorded and the connection is closed. Send the whole body promptly.",
+    ),
     "unsupported-media-type": (
         "Unsupported media type",
         "Send Content-Type: application/json, or text/plain with the HackerRank input format.",
@@ -73,6 +78,11 @@ KINDS: dict[str, tuple[str, str]] = {
         "Idempotency keys unavailable",
         "Redis, which keeps idempotency keys, cannot be reached, so the promise cannot be kept. "
         "Retry later, or send the request without the key.",
+    ),
+    "erased": (
+        "Erased",
+        "The request this Idempotency-Key was first used for was recorded, then erased by an "
+        "administrator; its answer is gone with it. Send a new request with a new key.",
     ),
     "bad-request": ("Bad request", "The request could not be understood."),
     "internal": (
@@ -143,9 +153,36 @@ def overloaded() -> Problem:
     )
 
 
+# The body was not read to its end, so the connection cannot carry another request.
+CLOSE = {"Connection": "close"}
+
+
 def body_too_large() -> Problem:
-    return Problem(413, "body-too-large", "the request body is larger than JOTC_MAX_BODY_BYTES allows")
+    return Problem(413, "body-too-large", "the request body is larger than JOTC_MAX_BODY_BYTES allows", headers=CLOSE)
+
+
+def body_timeout(seconds: float) -> Problem:
+    return Problem(408, "body-timeout", f"the request body did not arrive within {seconds:g} s", headers=CLOSE)
+
+
+def incomplete_body() -> Problem:
+    return Problem(
+        400, "malformed-body", "the request body ended before it was complete (broken framing?)", headers=CLOSE
+    )
+
+
+def uploads_full() -> Problem:
+    return Problem(
+        503,
+        "overloaded",
+        "too many request bodies are being received at once; nothing was recorded",
+        headers={"Retry-After": RETRY_AFTER_SECONDS, **CLOSE},
+    )
 
 
 def internal_error() -> Problem:
     return Problem(500, "internal", "unexpected error; the X-Request-ID header finds it in the server log")
+
+
+def erased() -> Problem:
+    return Problem(410, "erased", "the request made with this Idempotency-Key was recorded and has since been erased")

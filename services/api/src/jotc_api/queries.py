@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, literal, select, tuple_
+from sqlalchemy import case, delete, func, literal, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jotc_api.tables import jump_requests, user_stats
@@ -109,8 +109,13 @@ async def requests_page(
     until: datetime | None,
     limit: int,
     after: tuple[datetime, uuid.UUID] | None,
-) -> list[ListedRequest]:
-    """Newest first; (created_at, id) is the keyset, so pages neither skip nor repeat rows."""
+    cell_budget: int,
+) -> tuple[list[ListedRequest], bool]:
+    """Newest first; (created_at, id) is the keyset, so pages neither skip nor repeat rows.
+
+    A page holds at most ``limit`` rows and, past its first row, at most ``cell_budget`` clouds
+    in all: the clouds of rows beyond the budget are not even read. Returns the rows and whether
+    more follow."""
     t = jump_requests.c
     query = select(t.id, t.user_name, t.n, t.max_jump, t.clouds, t.jumps, t.created_at)
     if user is not None:
@@ -123,10 +128,24 @@ async def requests_page(
         query = query.where(
             tuple_(t.created_at, t.id) < tuple_(literal(after[0], t.created_at.type), literal(after[1], t.id.type))
         )
-    query = query.order_by(t.created_at.desc(), t.id.desc()).limit(limit)
+    page = query.order_by(t.created_at.desc(), t.id.desc()).limit(limit + 1).subquery()
+    newest_first = (page.c.created_at.desc(), page.c.id.desc())
+    cells = func.sum(page.c.n).over(order_by=newest_first)
+    counted = select(page, cells.label("cells")).subquery()
+    within = or_(counted.c.cells <= cell_budget, counted.c.cells == counted.c.n)  # the first row always
+    result = select(
+        counted.c.id,
+        counted.c.user_name,
+        counted.c.n,
+        counted.c.max_jump,
+        case((within, counted.c.clouds), else_=None),
+        counted.c.jumps,
+        counted.c.created_at,
+    ).order_by(counted.c.created_at.desc(), counted.c.id.desc())
     async with engine.connect() as connection:
-        rows = (await connection.execute(query)).all()
-    return [ListedRequest(*row) for row in rows]
+        rows = (await connection.execute(result)).all()
+    kept = [ListedRequest(*row) for row in rows[:limit] if row[4] is not None]
+    return kept, len(kept) < len(rows)
 
 
 async def erase_user(engine: AsyncEngine, user: str) -> int:

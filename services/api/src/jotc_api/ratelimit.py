@@ -17,7 +17,7 @@ import asyncio
 import ipaddress
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from litestar.enums import ScopeType
@@ -31,6 +31,23 @@ from jotc_api.transport import send_answer
 
 RATE_LIMITED = Counter("jotc_rate_limited", "Requests answered 429")
 SYNC_SECONDS = 0.1
+MAX_CLIENTS = 100_000  # tracked per worker per window; past it, new clients share OVERFLOW
+OVERFLOW = "overflow"
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_address(text: str) -> IPAddress | None:
+    """An address as proxies write it: "203.0.113.7", "203.0.113.7:5678", "2001:db8::1",
+    "[2001:db8::1]:5678", optionally quoted; None for anything else."""
+    candidate = text.strip().strip('"')
+    if candidate.startswith("["):
+        candidate = candidate[1:].partition("]")[0]
+    elif candidate.count(":") == 1:
+        candidate = candidate.partition(":")[0]
+    try:
+        return ipaddress.ip_address(candidate)
+    except ValueError:
+        return None
 
 
 @dataclass(slots=True)
@@ -48,36 +65,63 @@ class RateLimiter:
         limit: RateLimit,
         link: RedisLink,
         trusted_proxies: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+        *,
+        max_clients: int = MAX_CLIENTS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.limit = limit
         self.link = link
         self.trusted = tuple(trusted_proxies)
+        self.max_clients = max_clients
+        self.clock = clock
         self.windows: dict[str, Window] = {}
         self.sync_scheduled = False
         self.sync_task: asyncio.Task[None] | None = None
 
-    def client_address(self, peer: str, forwarded_for: str | None) -> str:
-        """The peer, unless it is a trusted proxy: then the right-most untrusted X-Forwarded-For hop."""
-        if not forwarded_for or not self.is_trusted(peer):
-            return peer
-        for hop in reversed([part.strip() for part in forwarded_for.split(",")]):
-            if not self.is_trusted(hop):
-                return hop
-        return peer
+    def client_key(self, peer: str, forwarded_for: list[str]) -> str:
+        """The bucket a request counts against: its client's address, an IPv6 client's /64
+        (one subscriber's allocation: made-up addresses inside it share one budget)."""
+        address = self.client_address(peer, forwarded_for)
+        if address is None:
+            return "unknown"
+        if isinstance(address, ipaddress.IPv6Address):
+            if address.ipv4_mapped is not None:
+                return str(address.ipv4_mapped)
+            return str(ipaddress.IPv6Network((address, 64), strict=False))
+        return str(address)
 
-    def is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self.trusted)
+    def client_address(self, peer: str, forwarded_for: list[str]) -> IPAddress | None:
+        """The peer, unless it is a trusted proxy: then, reading X-Forwarded-For right to left
+        (every line of it, as one list, RFC 9110 5.3), the first hop that is not a trusted proxy.
+        A hop that is not an IP address ends the walk at the proxy that passed it on: what lies
+        left of it was written by the client and is not believed."""
+        current = parse_address(peer)
+        if current is None or not forwarded_for or not self.is_trusted(current):
+            return current
+        hops = [hop for line in forwarded_for for hop in line.split(",")]
+        for hop in reversed(hops):
+            address = parse_address(hop)
+            if address is None:
+                return current
+            if not self.is_trusted(address):
+                return address
+            current = address
+        return current
+
+    def is_trusted(self, address: IPAddress) -> bool:
+        return any(address in network for network in self.trusted)
 
     def admit(self, client: str) -> tuple[bool, int, int]:
-        """(admitted, remaining, seconds until the window resets)."""
-        now = time.time()
+        """(admitted, remaining, seconds until the window resets). Past ``max_clients`` tracked
+        clients, a new one shares one overflow budget: made-up addresses cannot grow memory or
+        Redis without bound, and a flood of them is limited as one client."""
+        now = self.clock()
         index = int(now // self.limit.per_seconds)
         reset = max(1, math.ceil((index + 1) * self.limit.per_seconds - now))
         window = self.windows.get(client)
+        if window is None and len(self.windows) >= self.max_clients:
+            client = OVERFLOW
+            window = self.windows.get(client)
         if window is None or window.index != index:
             window = self.windows[client] = Window(index)
         used = window.synced_total + window.unsynced
@@ -110,7 +154,7 @@ class RateLimiter:
         self.sync_task = asyncio.get_running_loop().create_task(self.sync())  # kept: tasks are weakly held
 
     async def sync(self) -> None:
-        current = int(time.time() // self.limit.per_seconds)
+        current = int(self.clock() // self.limit.per_seconds)
         # Forget finished windows; without Redis, unsynced counts simply stay local.
         for client in [c for c, w in self.windows.items() if w.index < current]:
             del self.windows[client]
@@ -149,14 +193,13 @@ def rate_limit_middleware(limiter: RateLimiter, app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         client = scope.get("client")
-        peer = client[0] if client else "unknown"
-        forwarded = None
-        if limiter.trusted:
-            for name, value in scope["headers"]:
-                if name == b"x-forwarded-for":
-                    forwarded = value.decode("latin-1")
-                    break
-        admitted, _, reset = limiter.admit(limiter.client_address(peer, forwarded))
+        peer = client[0] if client else ""
+        forwarded = (
+            [value.decode("latin-1") for name, value in scope["headers"] if name == b"x-forwarded-for"]
+            if limiter.trusted
+            else []
+        )
+        admitted, _, reset = limiter.admit(limiter.client_key(peer, forwarded))
         if admitted:
             await app(scope, receive, send)
             return

@@ -38,12 +38,13 @@ def cpu_quota(cpu_max: Path = CGROUP_V2_CPU_MAX) -> float | None:
 
 
 def available_cpus() -> int:
-    """CPUs this process may use: the cgroup quota (rounded up), else the affinity mask."""
+    """CPUs this process may use: the cgroup quota rounded down (at least 1: a fraction of a CPU
+    shared by two workers is oversubscribed, not faster), capped by the affinity mask."""
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cpus = affinity or 1
     quota = cpu_quota()
     if quota is not None:
-        cpus = min(cpus, max(1, math.ceil(quota)))
+        cpus = min(cpus, max(1, math.floor(quota)))
     return cpus
 
 
@@ -60,7 +61,7 @@ def prepare_metrics_dir() -> None:
 
 
 def run(settings: Settings) -> None:
-    from granian.constants import Interfaces, Loops
+    from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
     from granian.server import Server
@@ -75,9 +76,10 @@ def run(settings: Settings) -> None:
         interface=Interfaces.ASGI,
         workers=workers,
         loop=Loops.uvloop,
-        # At most this many requests in flight per worker: every one may be waiting for the
-        # recorder, whose writers commit up to max_batch rows per pooled connection.
-        backpressure=settings.recorder_max_batch * settings.db_pool_size,
+        backpressure=settings.backpressure,
+        # HTTP/1.1 only: Granian's HTTP/2 has limits of its own that the settings above do not
+        # reach (header count and size, header read time), and the ingress speaks HTTP/2 to clients.
+        http=HTTPModes.http1,
         respawn_failed_workers=True,
         # Slow clients: a connection that has not sent its headers in time is closed; headers past
         # the buffer are refused. Bodies are streamed and bounded by JOTC_MAX_BODY_BYTES.

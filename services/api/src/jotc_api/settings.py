@@ -50,7 +50,22 @@ class Settings:
     shutdown_timeout: float = 25.0
     header_read_timeout: float = 10.0
     max_header_bytes: int = 64 * 1024
+    body_read_timeout: float = 10.0
+    max_uploads: int | None = None  # None: half of backpressure
+    admin_page_cells: int = 1_000_000
     version: str = field(default="")
+
+    @property
+    def backpressure(self) -> int:
+        """Requests in flight per worker: every one may be waiting for the recorder, whose
+        writers commit up to max_batch rows per pooled connection."""
+        return self.recorder_max_batch * self.db_pool_size
+
+    @property
+    def upload_slots(self) -> int:
+        """Bodies being received at once per worker. Below backpressure, so clients that trickle
+        their bodies can never take every slot: probes and quick requests always find room."""
+        return self.max_uploads if self.max_uploads is not None else max(1, self.backpressure // 2)
 
 
 # Each default is written once, on the dataclass above; the loader below reads it from there.
@@ -176,5 +191,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             integer(env, "JOTC_HEADER_READ_TIMEOUT", int(DEFAULT["header_read_timeout"]), 1, 300)
         ),
         max_header_bytes=integer(env, "JOTC_MAX_HEADER_BYTES", DEFAULT["max_header_bytes"], 8192, 1024 * 1024),
+        body_read_timeout=float(integer(env, "JOTC_BODY_READ_TIMEOUT", int(DEFAULT["body_read_timeout"]), 1, 300)),
+        max_uploads=integer(env, "JOTC_MAX_UPLOADS", 1, 1, 100_000)
+        if env.get("JOTC_MAX_UPLOADS", "").strip()
+        else None,
+        admin_page_cells=integer(env, "JOTC_ADMIN_PAGE_CELLS", DEFAULT["admin_page_cells"], 1000, 100_000_000),
         version=__version__,
     )

@@ -12,6 +12,7 @@ nothing to keep in step by hand. Everything else goes to Litestar.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -20,9 +21,10 @@ from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
-from jotc_api.problems import Problem, body_too_large
+from jotc_api.problems import Problem, body_timeout, body_too_large, incomplete_body, uploads_full
 
 SERVED = "served"  # the key of a handler's opt that carries its ServedRoute
+CLIENT_CLOSED_KEY = "jotc.client_closed"  # set on the scope when the body stopped short
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,8 @@ class Reply:
     body: bytes
     location: str | None = None
     replayed: bool = False
+    record: str | None = None  # the recorded request behind the answer: replays rebuild from it
+    owner: str | None = None  # whose request it was: erasure forgets their idempotency keys
 
     def extra_headers(self) -> dict[str, str]:
         extra = {"Location": self.location} if self.location else {}
@@ -59,18 +63,21 @@ class Incoming:
 
 
 Answer = Callable[[Any, str, Mapping[str, str], bytes], Awaitable[Reply]]
+Replay = Callable[[Any, str, str], Awaitable[Reply]]
 Serve = Callable[[Any, "ServedRoute", Incoming], Awaitable[Reply]]
 
 
 @dataclass(frozen=True, slots=True)
 class ServedRoute:
     """A POST route's work: ``check`` reads the Content-Type before the body is read (415 early)
-    and names the body's kind; ``answer`` turns (state, kind, query, body) into a Reply; ``serve``
+    and names the body's kind; ``answer`` turns (state, kind, query, body) into a Reply;
+    ``replay`` rebuilds the answer of an Idempotency-Key from its recorded request; ``serve``
     runs them for either transport (jumps.serve: query parsing and the Idempotency-Key)."""
 
     path: str
     check: Callable[[str], str]
     answer: Answer
+    replay: Replay
     serve: Serve
 
 
@@ -81,21 +88,26 @@ async def send_answer(send: Send, status: int, headers: list[tuple[bytes, bytes]
     await send(end)
 
 
-async def read_body(receive: Receive, limit: int) -> bytes | None:
-    """The whole body, refused with 413 as soon as it passes ``limit``; None if the client left."""
+async def read_body(receive: Receive, limit: int, timeout: float) -> bytes | None:
+    """The whole body within ``timeout`` seconds (else 408), refused with 413 as soon as it passes
+    ``limit``; None if the client left."""
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = cast("bytes", message.get("body", b""))
-        size += len(chunk)
-        if size > limit:
-            raise body_too_large()
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                chunk = cast("bytes", message.get("body", b""))
+                size += len(chunk)
+                if size > limit:
+                    raise body_too_large()
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except TimeoutError:
+        raise body_timeout(timeout) from None
 
 
 def served_routes(app: Litestar) -> dict[str, ServedRoute]:
@@ -112,7 +124,11 @@ def served_routes(app: Litestar) -> dict[str, ServedRoute]:
 def fast_path(app: Litestar, inner: ASGIApp) -> ASGIApp:
     """Answer the served POST routes directly; pass everything else to ``inner``."""
     table = served_routes(app)
-    max_body: int = app.state.settings.max_body_bytes
+    settings = app.state.settings
+    max_body: int = settings.max_body_bytes
+    body_seconds: float = settings.body_read_timeout
+    upload_slots: int = settings.upload_slots
+    uploading = 0
 
     async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         route = table.get(scope["path"]) if scope["type"] == ScopeType.HTTP and scope["method"] == "POST" else None
@@ -130,13 +146,24 @@ def fast_path(app: Litestar, inner: ASGIApp) -> ASGIApp:
                 content_length = int(value) if value.isdigit() else -1
             elif name == b"idempotency-key":
                 key = value
+        nonlocal uploading
         try:
             route.check(content_type)
             if content_length > max_body:
                 raise body_too_large()
-            body = await read_body(receive, max_body)
+            if uploading >= upload_slots:
+                raise uploads_full()
+            uploading += 1
+            try:
+                body = await read_body(receive, max_body, body_seconds)
+            finally:
+                uploading -= 1
             if body is None:
-                return  # the client hung up
+                # The body ended early: the client hung up (the answer then goes nowhere and the
+                # pipeline counts a client close), or the server rejected its framing (broken
+                # chunked encoding): the client must still get an answer.
+                scope[CLIENT_CLOSED_KEY] = True  # type: ignore[literal-required]
+                raise incomplete_body()
             reply = await route.serve(app.state, route, Incoming(content_type, key, scope["query_string"], body))
         except Problem as problem:
             await send_answer(send, *problem.render())

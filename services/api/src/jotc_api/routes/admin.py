@@ -19,9 +19,11 @@ from datetime import datetime
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import anyio.to_thread
 import msgspec
 from litestar import Request, Router, delete, get
 from litestar.connection import ASGIConnection
+from litestar.datastructures import ResponseHeader
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, Parameter
 from sqlalchemy.exc import SQLAlchemyError
@@ -29,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from jotc_api.openapi import NoValidationOperation, problem
 from jotc_api.parsing import check_user
 from jotc_api.problems import FieldError, Problem, database_unavailable, validation_problem
-from jotc_api.queries import erase_user, requests_page, stats_page, stats_totals
+from jotc_api.queries import ListedRequest, erase_user, requests_page, stats_page, stats_totals
 from jotc_api.settings import Settings
 from jotc_api.solver import Solution, solve
 from jotc_api.tables import unpack_clouds
@@ -258,14 +260,28 @@ async def admin_requests(
             errors.append(FieldError("cursor", BAD_CURSOR))
     if errors:
         raise validation_problem(errors)
+    state = request.app.state
     try:
-        rows = await requests_page(
-            request.app.state.engine, user=user, since=since, until=until, limit=limit + 1, after=key
+        rows, more = await requests_page(
+            state.engine,
+            user=user,
+            since=since,
+            until=until,
+            limit=limit,
+            after=key,
+            cell_budget=state.settings.admin_page_cells,
         )
     except SQLAlchemyError:
         raise unavailable() from None
-    more = len(rows) > limit
-    rows = rows[:limit]
+    if sum(row.n for row in rows) < state.settings.offload_from:
+        items = listed_items(rows)
+    else:  # paths of large inputs are recomputed off the event loop
+        items = await anyio.to_thread.run_sync(listed_items, rows)
+    next_cursor = make_cursor("requests", [rows[-1].created_at.isoformat(), str(rows[-1].id)]) if more else None
+    return RequestsPage(items, next_cursor)
+
+
+def listed_items(rows: list[ListedRequest]) -> list[RequestItem]:
     items = []
     for row in rows:
         answer = solve(bytes(unpack_clouds(row.clouds, row.n)), row.max_jump)
@@ -273,8 +289,7 @@ async def admin_requests(
         items.append(
             RequestItem(str(row.id), row.user, row.n, row.max_jump, row.jumps, path, row.created_at.isoformat())
         )
-    next_cursor = make_cursor("requests", [rows[-1].created_at.isoformat(), str(rows[-1].id)]) if more else None
-    return RequestsPage(items, next_cursor)
+    return items
 
 
 @delete(
@@ -293,6 +308,8 @@ async def admin_erase_user(request: Request[Any, Any, Any], user: FromPath[str])
         deleted = await erase_user(request.app.state.engine, name)
     except SQLAlchemyError:
         raise unavailable() from None
+    if request.app.state.redis.client is not None:
+        await request.app.state.idempotency.forget_user(name)
     return Erased(name, deleted)
 
 
@@ -300,6 +317,8 @@ admin_router = Router(
     path="/admin",
     route_handlers=[admin_stats, admin_requests, admin_erase_user],
     guards=[require_admin, strict_query],
+    # Recorded requests and user names: no shared cache or browser keeps a copy.
+    response_headers=[ResponseHeader(name="Cache-Control", value="no-store")],
     tags=["admin"],
     security=[{"bearer": []}],
 )

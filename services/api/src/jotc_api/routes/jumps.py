@@ -26,11 +26,14 @@ from jotc_api.jumps import (
     json_only,
     json_or_text,
     read_jump,
+    replay_jotc,
+    replay_jumps,
     serve,
 )
 from jotc_api.openapi import WRITE_ERRORS, NoValidationOperation, answer_spec, problem, served_operation
 from jotc_api.parsing import JotcBody, JumpsBody
-from jotc_api.transport import SERVED, Answer, Incoming, ServedRoute
+from jotc_api.problems import incomplete_body
+from jotc_api.transport import SERVED, Answer, Incoming, Replay, ServedRoute, read_body
 
 
 async def through_litestar(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -39,11 +42,12 @@ async def through_litestar(request: Request[Any, Any, Any]) -> Response[bytes]:
     content_type = request.headers.get("content-type", "")
     served.check(content_type)
     key = request.headers.get("idempotency-key")
+    settings = request.app.state.settings
+    body = await read_body(request.receive, settings.max_body_bytes, settings.body_read_timeout)
+    if body is None:
+        raise incomplete_body()
     incoming = Incoming(
-        content_type,
-        key.encode("latin-1") if key is not None else None,
-        request.scope["query_string"],
-        await request.body(),
+        content_type, key.encode("latin-1") if key is not None else None, request.scope["query_string"], body
     )
     reply = await served.serve(request.app.state, served, incoming)
     return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.extra_headers())
@@ -53,6 +57,7 @@ def served_post(
     path: str,
     *,
     answer_with: Answer,
+    replay_with: Replay,
     check: Callable[[str], str],
     body: type[msgspec.Struct],
     text: bool,
@@ -64,7 +69,7 @@ def served_post(
     handler: HTTPRouteHandler = post(
         path,
         name=path.strip("/"),
-        opt={SERVED: ServedRoute(path, check, answer_with, serve)},
+        opt={SERVED: ServedRoute(path, check, answer_with, replay_with, serve)},
         operation_class=served_operation(body, text=text),
         summary=summary,
         description=description,
@@ -78,6 +83,7 @@ def served_post(
 post_jumps = served_post(
     "/jumps",
     answer_with=answer_jumps,
+    replay_with=replay_jumps,
     check=json_or_text,
     body=JumpsBody,
     text=True,
@@ -92,6 +98,7 @@ post_jumps = served_post(
 post_jotc = served_post(
     "/jotc",
     answer_with=answer_jotc,
+    replay_with=replay_jotc,
     check=json_only,
     body=JotcBody,
     text=False,
