@@ -109,8 +109,9 @@ def closing_line(verdicts: list[Verdict]) -> str:
     return f"{tally}: {'; '.join(missed)}" if missed else f"{tally}: all met"
 
 
-def series(runs: dict[str, list[dict[str, float]]], firsts: list[float],
-           solver: dict[str, list[float]]) -> dict[str, list[float]]:
+def series(
+    runs: dict[str, list[dict[str, float]]], firsts: list[float], solver: dict[str, list[float]]
+) -> dict[str, list[float]]:
     """Every round's value of every measure (the solver: every repeat of the targeted case)."""
     return {
         "api_rps": [run["rps"] for run in runs["api"]],
@@ -155,18 +156,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    parser.add_argument("--rounds", type=positive, default=3, metavar="N",
-                        help="alternating rounds of API and bare app (default 3)")
-    parser.add_argument("--seconds", type=positive, default=10, metavar="S",
-                        help="seconds per wrk run (default 10)")
-    parser.add_argument("--connections", type=positive, default=64, metavar="C",
-                        help="wrk connections for the throughput runs (default 64)")
-    parser.add_argument("--label", type=label, default="", metavar="TEXT",
-                        help="appended to the report's file name and title")
-    parser.add_argument("--rate-limit", metavar="LIMIT",
-                        help="run the API with this JOTC_RATE_LIMIT (e.g. 100000000/minute) and Redis; default off")
-    parser.add_argument("--results", type=Path, default=ROOT / "results", metavar="DIR",
-                        help="where the report and chart go (default results/, git-ignored)")
+    parser.add_argument(
+        "--rounds", type=positive, default=3, metavar="N", help="alternating rounds of API and bare app (default 3)"
+    )
+    parser.add_argument("--seconds", type=positive, default=10, metavar="S", help="seconds per wrk run (default 10)")
+    parser.add_argument(
+        "--connections",
+        type=positive,
+        default=64,
+        metavar="C",
+        help="wrk connections for the throughput runs (default 64)",
+    )
+    parser.add_argument(
+        "--label", type=label, default="", metavar="TEXT", help="appended to the report's file name and title"
+    )
+    parser.add_argument(
+        "--rate-limit",
+        metavar="LIMIT",
+        help="run the API with this JOTC_RATE_LIMIT (e.g. 100000000/minute) and Redis; default off",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=ROOT / "results",
+        metavar="DIR",
+        help="where the report and chart go (default results/, git-ignored)",
+    )
     return parser.parse_args(argv)
 
 
@@ -210,12 +225,27 @@ def start_api(port: int, database_url: str, scratch: Path, rate_limit: str | Non
 
 def start_bare(port: int) -> subprocess.Popen[bytes]:
     command = [
-        str(API_BIN / "granian"), "--interface", "asgi", "--workers", str(WORKERS), "--loop", "uvloop",
-        "--backpressure", str(BACKPRESSURE), "--host", "127.0.0.1", "--port", str(port), "bare_app:app",
+        str(API_BIN / "granian"),
+        "--interface",
+        "asgi",
+        "--workers",
+        str(WORKERS),
+        "--loop",
+        "uvloop",
+        "--backpressure",
+        str(BACKPRESSURE),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "bare_app:app",
     ]
     return subprocess.Popen(
-        command, cwd=ROOT / "scripts/lib", env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        command,
+        cwd=ROOT / "scripts/lib",
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -231,9 +261,19 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 def wrk(port: int, connections: int, seconds: int, lua: Path) -> dict[str, float]:
     threads = min(2, connections)
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua),
-         f"http://127.0.0.1:{port}/jumps"],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(lua),
+            f"http://127.0.0.1:{port}/jumps",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
 
     def latency(label: str) -> float:
@@ -304,7 +344,9 @@ def solver_ms() -> dict[str, list[float]]:
     """Every timing of every case, in the API's own environment (the solver needs its NumPy)."""
     out = subprocess.run(
         [str(API_BIN / "python"), "-B", "-c", SOLVER_CODE, json.dumps(SOLVER_CASES), str(SOLVER_REPEATS)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     times: dict[str, list[float]] = json.loads(out.stdout)
     return times
@@ -335,8 +377,9 @@ def context(argv: list[str]) -> dict[str, str]:
     }
 
 
-def measure(args: argparse.Namespace, database_url: str, scratch: Path) -> tuple[
-        dict[str, list[dict[str, float]]], list[float], dict[str, list[float]]]:
+def measure(
+    args: argparse.Namespace, database_url: str, scratch: Path
+) -> tuple[dict[str, list[dict[str, float]]], list[float], dict[str, list[float]]]:
     lua = scratch / "post-jumps.lua"
     lua.write_text(LUA)
     api_port, bare_port = free_port(), free_port()
@@ -356,8 +399,9 @@ def measure(args: argparse.Namespace, database_url: str, scratch: Path) -> tuple
                 runs[name].append(wrk(port, args.connections, args.seconds, lua))
                 print(f"bench: round {round_ + 1} {name}: {runs[name][-1]['rps']:.0f} req/s", file=sys.stderr)
             runs["api_c1"].append(wrk(api_port, 1, args.seconds, lua))
-            print(f"bench: round {round_ + 1} api one connection: p50 {runs['api_c1'][-1]['p50_ms']} ms",
-                  file=sys.stderr)
+            print(
+                f"bench: round {round_ + 1} api one connection: p50 {runs['api_c1'][-1]['p50_ms']} ms", file=sys.stderr
+            )
     finally:
         stop(api)
         stop(bare)
@@ -365,9 +409,15 @@ def measure(args: argparse.Namespace, database_url: str, scratch: Path) -> tuple
     return runs, firsts, solver_ms()
 
 
-def report_markdown(args: argparse.Namespace, ctx: dict[str, str], runs: dict[str, list[dict[str, float]]],
-                    firsts: list[float], solver: dict[str, list[float]], summary: dict[str, float],
-                    verdicts: list[Verdict]) -> str:
+def report_markdown(
+    args: argparse.Namespace,
+    ctx: dict[str, str],
+    runs: dict[str, list[dict[str, float]]],
+    firsts: list[float],
+    solver: dict[str, list[float]],
+    summary: dict[str, float],
+    verdicts: list[Verdict],
+) -> str:
     values = series(runs, firsts, solver)
     non_2xx = sum(run["non_2xx"] for run in runs["api"] + runs["api_c1"])
     lines = [
@@ -426,13 +476,20 @@ def report_markdown(args: argparse.Namespace, ctx: dict[str, str], runs: dict[st
     return "\n".join(lines) + "\n"
 
 
-def draw_chart(path: Path, args: argparse.Namespace, ctx: dict[str, str], values: dict[str, list[float]],
-               solver: dict[str, list[float]], summary: dict[str, float], verdicts: list[Verdict]) -> None:
+def draw_chart(
+    path: Path,
+    args: argparse.Namespace,
+    ctx: dict[str, str],
+    values: dict[str, list[float]],
+    solver: dict[str, list[float]],
+    summary: dict[str, float],
+    verdicts: list[Verdict],
+) -> None:
     """Every round as a point, its median as a bar, each target as a dashed line, verdicts in the titles."""
-    import matplotlib
+    import matplotlib  # type: ignore[import-not-found,unused-ignore]  # only in the bench's own environment
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
 
     met_colour, missed_colour = "#2f855a", "#c53030"
     by_key = {v.target.key: v for v in verdicts}
@@ -440,14 +497,22 @@ def draw_chart(path: Path, args: argparse.Namespace, ctx: dict[str, str], values
     def strip(axes: Any, x: float, points: list[float], colour: str, median: float | None = None) -> None:
         axes.vlines(x, min(points), max(points), color=colour, linewidth=1)
         axes.scatter([x] * len(points), points, color=colour, s=18, zorder=3)
-        axes.hlines(statistics.median(points) if median is None else median, x - 0.25, x + 0.25,
-                    color=colour, linewidth=2.5)
+        axes.hlines(
+            statistics.median(points) if median is None else median, x - 0.25, x + 0.25, color=colour, linewidth=2.5
+        )
 
     def target_line(axes: Any, key: str, x_from: float = -0.4, x_to: float = 0.4, name: str = "target") -> str:
         verdict = by_key[key]
         word = "MET" if verdict.met else "MISSED"
-        axes.hlines(verdict.target.limit, x_from, x_to, color=met_colour if verdict.met else missed_colour,
-                    linestyle="--", linewidth=1.5, label=f"{name} {verdict.target.describe()}: {word}")
+        axes.hlines(
+            verdict.target.limit,
+            x_from,
+            x_to,
+            color=met_colour if verdict.met else missed_colour,
+            linestyle="--",
+            linewidth=1.5,
+            label=f"{name} {verdict.target.describe()}: {word}",
+        )
         axes.legend(loc="best", fontsize=8)
         return word
 
@@ -500,20 +565,43 @@ def draw_chart(path: Path, args: argparse.Namespace, ctx: dict[str, str], values
     verdict_axes.axis("off")
     verdict_axes.set_title("Targets (medians)")
     for row, verdict in enumerate(verdicts):
-        verdict_axes.text(0, 0.92 - row * 0.14, f"{'MET' if verdict.met else 'MISSED'}", fontweight="bold",
-                          color=met_colour if verdict.met else missed_colour, transform=verdict_axes.transAxes)
-        verdict_axes.text(0.2, 0.92 - row * 0.14,
-                          f"{verdict.target.what}\n{format_value(verdict.value, verdict.target.unit)} "
-                          f"(target {verdict.target.describe()})", fontsize=8, va="center",
-                          transform=verdict_axes.transAxes)
-    verdict_axes.text(0, 0.92 - len(verdicts) * 0.14, closing_line(verdicts).split(":")[0], fontweight="bold",
-                      transform=verdict_axes.transAxes)
+        verdict_axes.text(
+            0,
+            0.92 - row * 0.14,
+            f"{'MET' if verdict.met else 'MISSED'}",
+            fontweight="bold",
+            color=met_colour if verdict.met else missed_colour,
+            transform=verdict_axes.transAxes,
+        )
+        verdict_axes.text(
+            0.2,
+            0.92 - row * 0.14,
+            f"{verdict.target.what}\n{format_value(verdict.value, verdict.target.unit)} "
+            f"(target {verdict.target.describe()})",
+            fontsize=8,
+            va="center",
+            transform=verdict_axes.transAxes,
+        )
+    verdict_axes.text(
+        0,
+        0.92 - len(verdicts) * 0.14,
+        closing_line(verdicts).split(":")[0],
+        fontweight="bold",
+        transform=verdict_axes.transAxes,
+    )
 
-    figure.suptitle(f"JOTC bench {ctx['date']} · commit {ctx['commit']}"
-                    f"{' · ' + args.label if args.label else ''}", fontsize=13)
+    figure.suptitle(
+        f"JOTC bench {ctx['date']} · commit {ctx['commit']}{' · ' + args.label if args.label else ''}", fontsize=13
+    )
     rounds = f"{args.rounds} round{'s' if args.rounds > 1 else ''} of {args.seconds} s"
-    figure.text(0.01, 0.01, f"{ctx['command']}  ·  {rounds} (points: each round; solid: median; dashed: target)"
-                f"  ·  {ctx['machine']}  ·  Granian {WORKERS} workers", fontsize=8, color="#4a5568")
+    figure.text(
+        0.01,
+        0.01,
+        f"{ctx['command']}  ·  {rounds} (points: each round; solid: median; dashed: target)"
+        f"  ·  {ctx['machine']}  ·  Granian {WORKERS} workers",
+        fontsize=8,
+        color="#4a5568",
+    )
     figure.tight_layout(rect=(0, 0.03, 1, 0.96))
     figure.savefig(path, dpi=100)
     plt.close(figure)
