@@ -329,7 +329,8 @@ class Kubelet:
             url = f"http://{self.address(pod)}:{ports.get(port, port)}{probe['httpGet'].get('path', '/')}"
             try:
                 with urllib.request.urlopen(url, timeout=probe.get("timeoutSeconds", 1)) as answer:
-                    return 200 <= answer.status < 400
+                    status: int = answer.status
+                    return 200 <= status < 400
             except OSError:
                 return False
         raise AssertionError(f"probe {probe} is not emulated")
