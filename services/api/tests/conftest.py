@@ -113,8 +113,8 @@ class ApiServer:
             raise
 
 
-def start_api(database_url: str, tmp: Path, **env: str) -> ApiServer:
-    port = free_port()
+def start_api(database_url: str, tmp: Path, *, port: int | None = None, **env: str) -> ApiServer:
+    port = port or free_port()
     log_path = tmp / f"api-{port}.log"
     full_env = {
         **os.environ,
@@ -128,6 +128,7 @@ def start_api(database_url: str, tmp: Path, **env: str) -> ApiServer:
         "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"metrics-{port}"),
         "LOG_FORMAT": "json",
         "JOTC_ACCESS_LOG": "true",
+        "JOTC_DRAIN_SECONDS": "0",  # stop at once; test_drain.py sets a delay where the drain is under test
         "REDIS_URL": os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
         **env,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import structlog
@@ -17,6 +18,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from jotc_api import __version__, transport
+from jotc_api.drain import DrainFlag
+from jotc_api.erasure import Eraser
 from jotc_api.idempotency import IdempotencyStore
 from jotc_api.logs import configure_logging
 from jotc_api.metrics import metrics_route
@@ -33,7 +36,7 @@ from jotc_api.problems import (
 from jotc_api.ratelimit import RateLimiter, rate_limit_middleware
 from jotc_api.recorder import Recorder
 from jotc_api.redis_link import RedisLink
-from jotc_api.routes.admin import admin_router
+from jotc_api.routes.admin import admin_router, forget_erased
 from jotc_api.routes.jumps import get_jump, post_jotc, post_jumps
 from jotc_api.routes.operations import healthz, index, problem_kind, readyz
 from jotc_api.settings import Settings
@@ -112,7 +115,12 @@ async def warm_up(engine: AsyncEngine, pool_size: int) -> None:
 
 
 def create_app(
-    settings: Settings, *, redis: RedisLink | None = None, configure_logs: bool = True, fast_path: bool = True
+    settings: Settings,
+    *,
+    redis: RedisLink | None = None,
+    configure_logs: bool = True,
+    fast_path: bool = True,
+    drain: DrainFlag | None = None,
 ) -> ASGIApp:
     """The application that runs, outside in: the response pipeline (request id, CORS, headers,
     metrics, access log, last-resort 500), rate limiting (when JOTC_RATE_LIMIT is set), the fast
@@ -121,16 +129,17 @@ def create_app(
     if configure_logs:
         configure_logging(settings.log_level, settings.log_format)
     link = redis if redis is not None else RedisLink(settings.redis_url)
-    litestar = create_litestar(settings, link)
+    drain = drain if drain is not None else DrainFlag.attach()
+    litestar = create_litestar(settings, link, drain)
     app: ASGIApp = transport.fast_path(litestar, litestar) if fast_path else litestar
     if settings.rate_limit is not None:
         app = rate_limit_middleware(RateLimiter(settings.rate_limit, link, settings.trusted_proxies), app)
     return response_pipeline(
-        app, cors=cors_config(settings.cors_origins), access=settings.access_log, fmt=settings.log_format
+        app, cors=cors_config(settings.cors_origins), access=settings.access_log, fmt=settings.log_format, drain=drain
     )
 
 
-def create_litestar(settings: Settings, link: RedisLink) -> Litestar:
+def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = make_engine(settings)
@@ -146,10 +155,13 @@ def create_litestar(settings: Settings, link: RedisLink) -> Litestar:
             write_timeout=DB_WRITE_TIMEOUT_SECONDS,
         )
         app.state.update(engine=engine, recorder=recorder, redis=link, idempotency=IdempotencyStore(link))
+        # Erasures that outlive their request, or a restart, are finished here (erasure.py).
+        app.state.eraser = Eraser(engine, partial(forget_erased, app.state))
         log.info("ready to serve", version=__version__)
         try:
             yield
         finally:
+            await app.state.eraser.close()
             await recorder.close(timeout=settings.shutdown_timeout)
             await engine.dispose()
             await link.close()
@@ -167,7 +179,7 @@ def create_litestar(settings: Settings, link: RedisLink) -> Litestar:
             metrics_route,
             admin_router,
         ],
-        state=State({"settings": settings}),
+        state=State({"settings": settings, "drain": drain}),
         lifespan=[lifespan],
         exception_handlers={
             Problem: on_problem,

@@ -7,7 +7,8 @@ routes and errors, and a crash that escapes them all leave through here:
   one; bound to every log line of the request and sent back in X-Request-ID;
 - CORS exactly as JOTC_CORS_ORIGINS configures it (Litestar's CORSConfig
   decides what is allowed; preflights are answered here);
-- security headers on every answer;
+- security headers on every answer, and ``Connection: close`` while the server drains
+  (drain.py), so kept-alive clients move to another instance before the listener closes;
 - HEAD answered as GET without the body, for every GET route;
 - the last resort: an exception that escapes every layer before the answer
   started becomes a problem+json 500 carrying the request id;
@@ -25,6 +26,7 @@ from litestar.config.cors import CORSConfig
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from jotc_api.drain import DrainFlag
 from jotc_api.logs import AccessLog
 from jotc_api.metrics import NOT_MEASURED, UNMATCHED, RequestTally, method_label
 from jotc_api.problems import Problem, internal_error
@@ -36,6 +38,7 @@ CLIENT_CLOSED = 499  # the status nginx logs for a client that left before its a
 REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 # nosniff on every answer; and an empty Server header, which stops Granian from naming itself.
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"server", b"")]
+CONNECTION_CLOSE = (b"connection", b"close")
 # What a browser application may read of an answer beyond the CORS-safelisted headers.
 EXPOSED_HEADERS = [
     "Location",
@@ -91,8 +94,11 @@ def header(scope: Scope, wanted: bytes) -> bytes | None:
     return None
 
 
-def response_pipeline(app: ASGIApp, *, cors: CORSConfig | None, access: bool, fmt: str) -> ASGIApp:
+def response_pipeline(
+    app: ASGIApp, *, cors: CORSConfig | None, access: bool, fmt: str, drain: DrainFlag | None = None
+) -> ASGIApp:
     lines = AccessLog(fmt)
+    draining = (drain or DrainFlag(bytearray(1))).view  # draining[0]: one memory read per answer
     tally = RequestTally()
     policy = Cors(cors) if cors is not None else None
 
@@ -127,7 +133,10 @@ def response_pipeline(app: ASGIApp, *, cors: CORSConfig | None, access: bool, fm
         async def send_through(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *added]
+                headers = [*message.get("headers", ()), *added]
+                if draining[0]:
+                    headers.append(CONNECTION_CLOSE)
+                message["headers"] = headers
                 await send(message)
                 status = message["status"]  # counted once it went out: a client that left gets 499
                 return

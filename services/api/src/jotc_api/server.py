@@ -2,6 +2,12 @@
 
 The container's entrypoint and ``scripts/dev api`` both run this, so what runs
 locally is what runs in production.
+
+Stopping (drain.py says why): SIGTERM first drains for ``JOTC_DRAIN_SECONDS`` (listener open,
+/readyz 503, ``Connection: close`` on every answer), then hands over to Granian's own shutdown:
+stop accepting, finish in-flight requests, lifespan shutdown drains the recorder. SIGUSR1 starts
+the drain without stopping; a later SIGTERM waits only for what is left of the delay. A second
+SIGTERM, or SIGINT (Ctrl-C, which also reaches the workers directly), stops without delay.
 """
 
 from __future__ import annotations
@@ -9,10 +15,17 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
+from granian.server import Server
+
+from jotc_api.drain import FLAG_ENV, DrainFlag
 from jotc_api.settings import Settings, SettingsError, load_settings
 
 CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -60,15 +73,66 @@ def prepare_metrics_dir() -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="jotc-metrics-")
 
 
+def say(line: str) -> None:
+    """A line on stderr, safe in a signal handler: one write, no buffer a handler could re-enter."""
+    os.write(2, f"{line}\n".encode())
+
+
+class DrainingServer(Server):  # type: ignore[misc,valid-type]
+    """Granian's server, whose SIGTERM first drains, then runs Granian's own shutdown.
+
+    Granian installs ``signal_handler_interrupt`` for SIGINT and SIGTERM in the main process and
+    stops at once; this wraps that handler. Workers see the drain through the shared flag."""
+
+    def __init__(self, *args: Any, drain: DrainFlag, drain_seconds: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.drain = drain
+        self.drain_seconds = drain_seconds
+        self.drain_started: float | None = None
+        self.drain_timer: threading.Thread | None = None
+        self.stop_now = threading.Event()
+
+    def begin_drain(self) -> None:
+        if self.drain_started is None:
+            self.drain_started = time.monotonic()
+            self.drain.begin()
+            say(f"jotc-api: draining for {self.drain_seconds:g} s")
+
+    def signal_handler_drain(self, *_: Any) -> None:
+        self.begin_drain()
+
+    def signal_handler_interrupt(self, signum: int | None = None, *args: Any, **kwargs: Any) -> None:
+        if signum == signal.SIGTERM and self.drain_seconds and self.drain_timer is None:
+            self.begin_drain()
+            self.drain_timer = threading.Thread(target=self.stop_after_drain, name="jotc-drain", daemon=True)
+            self.drain_timer.start()
+        elif self.drain_timer is not None:
+            self.stop_now.set()  # a second SIGTERM, or SIGINT: skip what is left of the delay
+        else:
+            super().signal_handler_interrupt(signum, *args, **kwargs)
+
+    def stop_after_drain(self) -> None:
+        assert self.drain_started is not None
+        self.stop_now.wait(max(0.0, self.drain_started + self.drain_seconds - time.monotonic()))
+        say("jotc-api: drain over; stopping")
+        super().signal_handler_interrupt()
+
+    def startup(self, spawn_target: Any, target_loader: Any) -> None:
+        signal.signal(signal.SIGUSR1, self.signal_handler_drain)
+        super().startup(spawn_target, target_loader)
+
+
 def run(settings: Settings) -> None:
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
-    from granian.server import Server
 
     workers = settings.workers or available_cpus()
     prepare_metrics_dir()
-    server = Server(
+    drain = DrainFlag.create()
+    assert drain.path is not None
+    os.environ[FLAG_ENV] = str(drain.path)  # the workers inherit it and map the same byte
+    server = DrainingServer(
         "jotc_api.asgi:create",
         factory=True,
         address=settings.host,
@@ -90,13 +154,18 @@ def run(settings: Settings) -> None:
         workers_kill_timeout=int(settings.shutdown_timeout) + 2,
         log_level=LogLevels(settings.log_level.lower()) if settings.log_level != "CRITICAL" else LogLevels.critical,
         log_access=False,
+        drain=drain,
+        drain_seconds=settings.drain_seconds,
     )
     print(
         f"jotc-api {settings.version}: {workers} worker(s) on {settings.host}:{settings.port}",
         file=sys.stderr,
         flush=True,
     )
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        drain.remove()
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ class Settings:
     recorder_max_batch: int = 128
     recorder_writers: int = 1
     offload_from: int = 50_000
+    drain_seconds: float = 5.0
     shutdown_timeout: float = 25.0
     header_read_timeout: float = 10.0
     max_header_bytes: int = 64 * 1024
@@ -186,6 +187,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         recorder_max_batch=integer(env, "JOTC_RECORDER_MAX_BATCH", DEFAULT["recorder_max_batch"], 1, 10_000),
         recorder_writers=integer(env, "JOTC_RECORDER_WRITERS", DEFAULT["recorder_writers"], 1, 32),
         offload_from=integer(env, "JOTC_SOLVER_OFFLOAD_FROM", DEFAULT["offload_from"], 2, 100_000_000),
+        # 0 turns the drain off: SIGTERM then closes the listener at once, as Granian alone does.
+        drain_seconds=float(integer(env, "JOTC_DRAIN_SECONDS", int(DEFAULT["drain_seconds"]), 0, 3600)),
         shutdown_timeout=float(integer(env, "JOTC_SHUTDOWN_TIMEOUT", int(DEFAULT["shutdown_timeout"]), 1, 3600)),
         header_read_timeout=float(
             integer(env, "JOTC_HEADER_READ_TIMEOUT", int(DEFAULT["header_read_timeout"]), 1, 300)

@@ -9,6 +9,7 @@ import msgspec
 from litestar import Request, Response, get
 from litestar.params import FromPath
 
+from jotc_api.drain import DrainFlag
 from jotc_api.openapi import NoValidationOperation, Readiness, answer_spec, problem
 from jotc_api.problems import KINDS, Problem
 from jotc_api.schema_compat import schema_verdict
@@ -17,6 +18,17 @@ from jotc_api.tables import SCHEMA_REVISION
 
 READY_CHECK_TIMEOUT = 2.0
 JSON = "application/json"
+DRAINING = msgspec.json.encode(
+    {
+        "status": "draining",
+        "checks": {
+            "server": {
+                "status": "draining",
+                "detail": "stopping: in-flight requests finish, new ones are still served; send them elsewhere",
+            }
+        },
+    }
+)
 
 
 @get("/", summary="Service name, version and where the docs are", tags=["operations"])
@@ -37,11 +49,17 @@ async def healthz() -> dict[str, str]:
     responses={
         200: answer_spec(Readiness, "Ready; redis may be `degraded`"),
         503: answer_spec(
-            Readiness, "Not ready: database unreachable, or schema older than or incompatible with this build"
+            Readiness,
+            "Not ready: database unreachable, or schema older than or incompatible with this build; "
+            "or `draining`: the server is stopping and still serves, send new requests elsewhere",
         ),
     },
 )
 async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
+    drain: DrainFlag = request.app.state.drain
+    if drain.draining:
+        # No dependency checks: whatever they say, a balancer should now send traffic elsewhere.
+        return Response(DRAINING, status_code=503, media_type=JSON)
     checks: dict[str, dict[str, str]] = {}
     try:
         async with asyncio.timeout(READY_CHECK_TIMEOUT):
