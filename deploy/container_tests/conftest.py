@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import compose
 import pytest
 from engine import Engine, EngineUnavailableError, ensure_engine, run
 from images import Provided, images_named, provide
-
-import compose
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = str(Path(compose.__file__).with_name("docker-compose"))
