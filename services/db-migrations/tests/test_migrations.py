@@ -320,3 +320,34 @@ def test_user_stats_one_row_per_user(migrated: Connection) -> None:
     migrated.execute(insert)
     with pytest.raises(psycopg.errors.UniqueViolation), migrated.transaction():
         migrated.execute(insert)
+
+
+def test_totals_are_backfilled_on_a_populated_database_and_kept_by_triggers(
+    migrate: Migrate, db: Connection
+) -> None:
+    assert migrate("upgrade").returncode == 0
+    assert migrate("downgrade", "0001").returncode == 0  # a database of the previous release
+    db.execute(
+        "INSERT INTO user_stats (user_name, requests, last_request_at) "
+        "SELECT 'u' || i, i, now() FROM generate_series(1, 1000) AS i"
+    )
+    up = migrate("upgrade")
+    assert up.returncode == 0, up.stderr
+
+    def totals() -> tuple[object, ...] | None:
+        return db.execute("SELECT sum(requests), sum(users) FROM stats_totals").fetchone()
+
+    assert totals() == (500500, 1000)
+    # As the previous release writes (it knows nothing of stats_totals): the triggers count it.
+    db.execute(
+        "INSERT INTO user_stats AS s (user_name, requests, last_request_at) "
+        "VALUES ('u1', 5, now()), ('new', 2, now()) ON CONFLICT (user_name) DO UPDATE "
+        "SET requests = s.requests + excluded.requests"
+    )
+    db.execute("DELETE FROM user_stats WHERE user_name = 'u1000'")
+    db.execute("UPDATE user_stats SET requests = requests - 1 WHERE user_name = 'u2'")
+    assert totals() == (500500 + 5 + 2 - 1000 - 1, 1000)
+    assert totals() == db.execute("SELECT sum(requests), count(*) FROM user_stats").fetchone()
+    down = migrate("downgrade", "0001")
+    assert down.returncode == 0, down.stderr
+    assert "stats_totals" not in tables(db)
