@@ -183,7 +183,10 @@ def test_api_probes_tmp_and_graceful_stop() -> None:
     assert {"name": "tmp", "mountPath": "/tmp"} in api["volumeMounts"]
     sleep = api["lifecycle"]["preStop"]["sleep"]["seconds"]
     config = one(docs, "ConfigMap", "-api")["data"]
-    assert pod["terminationGracePeriodSeconds"] > sleep + int(config["JOTC_SHUTDOWN_TIMEOUT"]) + 2
+    drain = int(config["JOTC_DRAIN_SECONDS"])
+    assert pod["terminationGracePeriodSeconds"] > sleep + drain + int(config["JOTC_SHUTDOWN_TIMEOUT"]) + 2
+    ready = api["readinessProbe"]
+    assert drain >= ready["periodSeconds"] * ready["failureThreshold"]  # /readyz fails long enough to be seen
     assert pod["topologySpreadConstraints"]
     deployment = one(docs, "Deployment", "-api")
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
@@ -193,6 +196,15 @@ def test_grace_period_shorter_than_the_drain_is_refused() -> None:
     result = run_helm("template", "rel", str(CHART), "--set", "api.terminationGracePeriodSeconds=20")
     assert result.returncode != 0
     assert "terminationGracePeriodSeconds" in result.stderr
+    longer_drain = run_helm("template", "rel", str(CHART), "--set", "api.drainSeconds=20")
+    assert longer_drain.returncode != 0
+    assert "drainSeconds" in longer_drain.stderr
+
+
+def test_a_drain_too_short_for_the_readiness_probe_to_notice_is_refused() -> None:
+    result = run_helm("template", "rel", str(CHART), "--set", "api.drainSeconds=5")
+    assert result.returncode != 0
+    assert "api.drainSeconds (5) must be at least" in result.stderr
 
 
 @pytest.mark.parametrize(
