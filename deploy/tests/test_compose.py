@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -149,6 +150,21 @@ def test_api_runs_read_only_with_a_tmpfs(stack: dict[str, Any]) -> None:
     api = stack["services"]["api"]
     assert api["read_only"] is True
     assert "/tmp" in api["tmpfs"]
+
+
+def seconds(duration: str) -> int:
+    """A Compose duration as `config` renders it (30s, 1m30s) in whole seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(int(amount) * units[unit] for amount, unit in re.findall(r"(\d+)([hms])", duration))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_api_stop_grace_period_covers_the_drain_and_the_shutdown(variant: str) -> None:
+    """SIGKILL must not come before the drain, the in-flight requests and Granian's 2 s margin."""
+    api = compose_config(*VARIANTS[variant])["services"]["api"]
+    env = api["environment"]
+    needed = int(env["JOTC_DRAIN_SECONDS"]) + int(env["JOTC_SHUTDOWN_TIMEOUT"]) + 2
+    assert seconds(api["stop_grace_period"]) > needed
 
 
 def test_api_has_develop_watch(stack: dict[str, Any]) -> None:
