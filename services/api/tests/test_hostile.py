@@ -51,7 +51,20 @@ def test_inputs_that_reached_a_500_are_answered_plainly(api: Any, body: bytes, c
         problem_type(response)
 
 
-@pytest.mark.parametrize("user", ["evil\u202egnp.exe", "a\u2066b", "bell\x07", "new\nline", "esc\x1b[31m", "ls\u2028x"])
+@pytest.mark.parametrize(
+    "user",
+    [
+        "evil\u202egnp.exe",
+        "a\u2066b",
+        "bell\x07",
+        "new\nline",
+        "esc\x1b[31m",
+        "ls\u2028x",
+        "ad\u200bmin",
+        "\ufeffbom",
+        "tag\U000e0041",
+    ],
+)
 def test_names_that_hide_or_reorder_text_are_refused(api: Any, user: str) -> None:
     response = api.post("/jumps", json={"clouds": [0, 0], "user": user})
     assert response.status_code == 422
@@ -212,3 +225,47 @@ async def test_windows_follow_the_injected_clock() -> None:
     assert [rate.admit("203.0.113.5")[0] for _ in range(3)] == [True, True, False]
     now[0] += 60
     assert rate.admit("203.0.113.5")[0] is True
+
+
+@pytest.mark.parametrize("path", ["/jumps/", "/jotc/"])
+def test_other_spellings_of_the_write_routes_get_the_same_limits(api: Any, path: str) -> None:
+    """Litestar routes "/jumps/" like "/jumps": the early 413 and the upload slots apply there too."""
+    refused = api.post(path, content=b"{}", headers={"content-type": "application/json", "content-length": "99999999"})
+    assert refused.status_code == 413
+
+
+def test_percent_escapes_that_are_not_utf8_are_refused(api: Any) -> None:
+    response = api.post("/jumps?user=%FF%FE", content=b"2\n0 0\n", headers={"content-type": "text/plain"})
+    assert response.status_code == 400
+
+
+def test_refusals_kept_for_a_key_are_bounded(api: Any) -> None:
+    key = f"huge-refusal-{time.time_ns()}"
+    body = b'{"clouds":"00","' + b"x" * 200_000 + b'":1}'
+    refused = api.post("/jumps", content=body, headers={"content-type": "application/json", "idempotency-key": key})
+    assert refused.status_code == 422
+    assert len(refused.content) < 4096
+    kept = redis.Redis.from_url(DEFAULT_REDIS_URL).get(IdempotencyStore.redis_key(key))
+    assert kept is None or len(kept) < 4096
+
+
+def test_an_ipv4_proxy_seen_through_a_dual_stack_listener_is_trusted() -> None:
+    rate, _ = limiter("127.0.0.1/32")
+    assert rate.client_key("::ffff:127.0.0.1", ["203.0.113.5"]) == "203.0.113.5"
+
+
+def test_metrics_say_their_charset_once(api: Any) -> None:
+    assert api.get("/metrics").headers["content-type"].count("charset") == 1
+
+
+def test_a_nul_in_a_path_is_a_404_not_a_500(api: Any) -> None:
+    for path in ("/schema/swagger-ui/%00", "/schema/swagger-ui/swagger-ui.css%00.png", "/jumps/%00"):
+        assert api.get(path).status_code == 404, path
+
+
+def test_admin_refusals_are_never_cached_either(api: Any) -> None:
+    refused = api.get("/admin/stats")
+    assert refused.status_code == 401
+    assert refused.headers["cache-control"] == "no-store"
+    assert api.get("/admin/stats", params={"limit": "0"}, headers=ADMIN).headers["cache-control"] == "no-store"
+    assert api.get("/admin/stats", headers=ADMIN).headers.get_list("cache-control") == ["no-store"]

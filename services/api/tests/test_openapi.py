@@ -105,9 +105,19 @@ def test_jotc_takes_no_max_jump_and_no_text(api: Any, document: dict[str, Any]) 
     assert api.post("/jotc", json={"clouds": [0, 0], "max_jump": 2}).status_code == 422
 
 
-def test_text_plain_query_parameters_are_documented(document: dict[str, Any]) -> None:
-    names = {parameter["name"] for parameter in document["paths"]["/jumps"]["post"]["parameters"]}
-    assert names == {"user", "max_jump"}
+def test_text_plain_query_parameters_and_the_idempotency_key_are_documented(document: dict[str, Any]) -> None:
+    parameters = document["paths"]["/jumps"]["post"]["parameters"]
+    assert {p["name"] for p in parameters if p["in"] == "query"} == {"user", "max_jump"}
+    assert {p["name"] for p in parameters if p["in"] == "header"} == {"Idempotency-Key"}
+    jotc = document["paths"]["/jotc"]["post"]["parameters"]
+    assert [p["name"] for p in jotc] == ["Idempotency-Key"]
+
+
+@pytest.mark.parametrize("path", ["/jumps", "/jotc"])
+def test_every_answer_of_the_write_routes_is_documented(document: dict[str, Any], path: str) -> None:
+    assert {"400", "408", "409", "410", "413", "415", "422", "429", "503"} <= set(
+        document["paths"][path]["post"]["responses"]
+    )
 
 
 def test_admin_query_parameters_are_documented(document: dict[str, Any]) -> None:

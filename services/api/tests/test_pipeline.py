@@ -139,3 +139,9 @@ def test_a_crash_inside_litestar_is_a_problem_json_500(browser: Any, monkeypatch
     assert response.status_code == 500
     assert response.json()["type"] == "/problems/internal"
     assert response.headers["access-control-allow-origin"] == ORIGIN
+
+
+def test_vary_origin_is_on_every_answer_when_cors_is_configured(browser: Any) -> None:
+    """A shared cache must not hand an answer made for no origin (or another) to an allowed one."""
+    assert browser.get("/healthz", headers={"origin": ""}).headers["vary"] == "Origin"
+    assert browser.get("/healthz", headers={"origin": "https://evil.example"}).headers["vary"] == "Origin"

@@ -183,3 +183,22 @@ def test_a_client_that_hangs_up_mid_upload_is_not_a_server_error(strict_api: Api
 
 def test_the_server_does_not_announce_itself(strict_api: ApiServer) -> None:
     assert httpx.get(f"{strict_api.base_url}/healthz").headers.get("server", "") == ""
+
+
+@pytest.mark.parametrize("path", [b"/jumps", b"/jumps/", b"//jumps"])
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        (b"Content-Type: text/plain\r\nContent-Type: application/json\r\n", b"400"),
+        (b"Content-Type: application/json\r\nIdempotency-Key: a\r\nIdempotency-Key: b\r\n", b"422"),
+    ],
+)
+def test_repeated_single_valued_headers_are_refused_on_every_spelling(
+    strict_api: ApiServer, path: bytes, headers: bytes, status: bytes
+) -> None:
+    body = b'{"clouds":[0,0]}'
+    answer = raw_exchange(
+        strict_api,
+        b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + headers + b"Content-Length: 16\r\n\r\n" + body,
+    )
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:300]

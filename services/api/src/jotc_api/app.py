@@ -179,7 +179,15 @@ def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Li
             metrics_route,
             admin_router,
         ],
-        state=State({"settings": settings, "drain": drain}),
+        state=State(
+            {
+                "settings": settings,
+                "drain": drain,
+                "uploads": transport.Uploads(
+                    settings.upload_slots, settings.max_body_bytes, settings.body_read_timeout
+                ),
+            }
+        ),
         lifespan=[lifespan],
         exception_handlers={
             Problem: on_problem,

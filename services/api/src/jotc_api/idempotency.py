@@ -24,6 +24,7 @@ from jotc_api.transport import Incoming, Reply
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 IN_FLIGHT_TTL_SECONDS = 120  # a worker that dies mid-request must not block its key for a day
 ERASED = "erased"  # the fingerprint of a tombstone: the key's request was erased
+MAX_KEPT_PROBLEM = 4096  # bytes of a refusal kept for replay
 
 
 class StoredReply(msgspec.Struct):
@@ -188,10 +189,13 @@ async def once(
     try:
         reply = await answer()
     except Problem as problem:
-        if problem.status >= 500:
-            await store.release(name)  # nothing was recorded: let the client retry with the key
+        body = problem.body()
+        if problem.status >= 500 or len(body) > MAX_KEPT_PROBLEM:
+            # Nothing was recorded: let the client retry with the key (a refusal too large to keep
+            # is simply given again on a retry).
+            await store.release(name)
         else:
-            await store.keep(name, StoredReply(fingerprint, True, problem.status, PROBLEM_JSON, problem.body()))
+            await store.keep(name, StoredReply(fingerprint, True, problem.status, PROBLEM_JSON, body))
         raise
     except BaseException:
         await store.release(name)

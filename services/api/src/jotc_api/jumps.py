@@ -115,7 +115,11 @@ def parse_query(raw: bytes) -> dict[str, str]:
     except UnicodeDecodeError:
         raise Problem(400, "malformed-body", "the query string is not valid UTF-8; percent-encode it") from None
     query: dict[str, str] = {}
-    for key, value in parse_qsl(text, keep_blank_values=True):
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise Problem(400, "malformed-body", "the query string's percent-escapes are not valid UTF-8") from None
+    for key, value in pairs:
         if key in query:
             raise validation_problem([FieldError(key, "query parameter given more than once")])
         query[key] = value

@@ -116,8 +116,9 @@ def served_operation(body: type[msgspec.Struct], *, text: bool) -> type[Operatio
         )
     request_body = RequestBody(required=True, content=content)
     fields = struct_schema(body).properties or {}
-    parameters = (
-        [
+    parameters = [IDEMPOTENCY_KEY]
+    if text:
+        parameters += [
             Parameter(
                 name=name,
                 param_in=ParamType.QUERY,
@@ -127,9 +128,6 @@ def served_operation(body: type[msgspec.Struct], *, text: bool) -> type[Operatio
             )
             for name in ("user", "max_jump")
         ]
-        if text
-        else None
-    )
 
     @dataclass
     class ServedOperation(Operation):
@@ -155,15 +153,30 @@ class NoValidationOperation(Operation):
             self.responses.pop("400", None)
 
 
+IDEMPOTENCY_KEY = Parameter(
+    name="Idempotency-Key",
+    param_in=ParamType.HEADER,
+    required=False,
+    schema=Schema(type=OpenAPIType.STRING, min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$"),
+    description="Process this request once: a repeat with the same key and request gets the first answer "
+    "(Idempotent-Replayed: true) for 24 h; needs Redis",
+)
 WRITE_ERRORS = {
-    400: problem("Body not parseable: malformed JSON or text, or n not matching the values"),
+    400: problem("Body not parseable: malformed JSON or text, n not matching the values, or a body cut short"),
+    408: problem("The body did not arrive within JOTC_BODY_READ_TIMEOUT; the connection is closed"),
+    409: problem("The first request with this Idempotency-Key is still in flight; see Retry-After"),
+    410: problem("This Idempotency-Key's request was recorded, then erased"),
     413: problem("Body larger than JOTC_MAX_BODY_BYTES"),
-    415: problem("A Content-Type this route does not accept (see its request body)"),
+    415: problem("A Content-Type or charset this route does not accept (see its request body)"),
     422: problem(
-        "A validation rule is broken (errors names each field), or the last cloud is "
-        "unreachable (type ends in /unreachable, blocked_at set)"
+        "A validation rule is broken (errors names each field), the last cloud is unreachable (type ends in "
+        "/unreachable, blocked_at set), or an Idempotency-Key is reused with a different request"
     ),
-    503: problem("PostgreSQL unavailable, or too many requests waiting for it; nothing was recorded; see Retry-After"),
+    429: problem("Rate limit spent (JOTC_RATE_LIMIT); see Retry-After and RateLimit-*"),
+    503: problem(
+        "PostgreSQL unavailable, too many requests waiting for it or too many bodies being received, or "
+        "Idempotency-Key sent while Redis is unavailable; nothing was recorded; see Retry-After"
+    ),
 }
 
 

@@ -17,16 +17,19 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from jotc_api.problems import FieldError, Problem, validation_problem
+from jotc_api.problems import FieldError, Problem, clip, validation_problem
 
 DEFAULT_USER = "anonymous"
 DEFAULT_MAX_JUMP = 2
 MAX_JUMP_LIMIT = 1000
 USER_MAX_LENGTH = 320
 
-# Shown back to administrators, so nothing that can hide or reorder what they read: the C0/C1
-# controls (checked by category), bidirectional overrides and isolates, and line separators.
-INVISIBLE_OR_CONTROL = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u2028\u2029")
+# Names are shown back to administrators, so nothing that can hide or reorder what they read:
+# control characters (Cc), format characters (Cf: bidirectional overrides and isolates, zero-width
+# spaces, BOM, tag characters), line and paragraph separators (Zl, Zp). The zero-width joiners are
+# kept: emoji sequences and several scripts need them.
+HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp"})
+JOINERS = frozenset("\u200c\u200d")
 DIGITS_TO_VALUES = bytes.maketrans(b"01", b"\x00\x01")
 NOT_A_VALUE = bytes(range(2, 256))
 
@@ -130,7 +133,7 @@ def parse_text(body: bytes, query: Mapping[str, str], max_clouds: int) -> JumpIn
         )
     count_line, values_line = lines[0].strip(), lines[1].split()
     if not count_line.isdigit() or len(count_line) > 9:
-        raise Problem(400, "malformed-body", f"first line must be the number n, got {count_line!r}")
+        raise Problem(400, "malformed-body", f"first line must be the number n, got {clip(count_line)!r}")
     for index, token in enumerate(values_line):
         if not token.isdigit() or len(token) > 9:
             raise Problem(400, "malformed-body", f"second line: value {index} is {token[:20]!r}, not 0 or 1")
@@ -146,7 +149,7 @@ def parse_text(body: bytes, query: Mapping[str, str], max_clouds: int) -> JumpIn
     max_jump = DEFAULT_MAX_JUMP
     if "max_jump" in query:
         raw = query["max_jump"].strip()
-        if re.fullmatch(r"-?\d{1,9}", raw):
+        if re.fullmatch(r"-?[0-9]{1,9}", raw):
             max_jump = int(raw)
             check_max_jump(max_jump, errors)
         else:
@@ -229,7 +232,7 @@ def check_user(user: str | None, errors: list[FieldError]) -> str:
     if user is None:
         return DEFAULT_USER
     trimmed = user.strip()
-    if any(character in INVISIBLE_OR_CONTROL or unicodedata.category(character) == "Cc" for character in trimmed):
+    if any(unicodedata.category(character) in HIDDEN and character not in JOINERS for character in trimmed):
         errors.append(
             FieldError(
                 "user", "must not contain control characters (NUL, newlines, escapes) or text-direction overrides"

@@ -35,8 +35,10 @@ from jotc_api.transport import CLIENT_CLOSED_KEY, send_answer
 log = structlog.get_logger("jotc.app")
 
 CLIENT_CLOSED = 499  # the status nginx logs for a client that left before its answer
-REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 # nosniff on every answer; and an empty Server header, which stops Granian from naming itself.
+PRIVATE_PREFIX = "/admin"
+NO_STORE = (b"cache-control", b"no-store")
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"server", b"")]
 CONNECTION_CLOSE = (b"connection", b"close")
 # What a browser application may read of an answer beyond the CORS-safelisted headers.
@@ -64,10 +66,14 @@ class Cors:
         self.config = config
         self.simple = [(name.lower().encode(), value.encode()) for name, value in config.simple_headers.items()]
 
-    def headers(self, origin: str) -> list[tuple[bytes, bytes]]:
-        headers = list(self.simple)
+    def headers(self, origin: str | None) -> list[tuple[bytes, bytes]]:
+        """Vary: Origin on every answer (a shared cache must not give one origin's answer to
+        another); the grant only to an allowed origin."""
+        if origin is None:
+            return [(b"vary", b"Origin")]
+        headers = [*self.simple, (b"vary", b"Origin")]
         if not self.config.is_allow_all_origins and self.config.is_origin_allowed(origin):
-            headers += [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+            headers.append((b"access-control-allow-origin", origin.encode("latin-1")))
         return headers
 
     def preflight(
@@ -115,14 +121,15 @@ def response_pipeline(
                 request_id = value
             elif name == b"origin" and policy is not None:
                 origin = value.decode("latin-1")
-        if not REQUEST_ID.match(request_id):
+        if not REQUEST_ID.fullmatch(request_id):
             request_id = secrets.token_hex(8).encode()
         rid = request_id.decode()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=rid)
         added = [*SECURITY_HEADERS, (b"x-request-id", request_id)]
-        if policy is not None and origin is not None:
+        if policy is not None:
             added += policy.headers(origin)
+        private = scope["path"].startswith(PRIVATE_PREFIX)
         started = time.perf_counter()
         status = 0
         method = scope["method"]
@@ -136,6 +143,8 @@ def response_pipeline(
                 headers = [*message.get("headers", ()), *added]
                 if draining[0]:
                     headers.append(CONNECTION_CLOSE)
+                if private and not any(name == b"cache-control" for name, _ in headers):
+                    headers.append(NO_STORE)  # every admin answer, refusals included: never cached
                 message["headers"] = headers
                 await send(message)
                 status = message["status"]  # counted once it went out: a client that left gets 499
@@ -153,6 +162,9 @@ def response_pipeline(
                     added = [*SECURITY_HEADERS, (b"x-request-id", request_id)]
                     await send_answer(send_through, status_code, headers, body)
                     return
+            if "\x00" in scope["path"]:  # no route has one; the static files router would crash on it
+                await send_answer(send_through, *Problem(404, "not-found", "nothing here").render())
+                return
             await app(scope, receive, send_through)
         except Exception as exc:
             log.error("unhandled error", exc_info=exc)

@@ -135,9 +135,22 @@ class Problem(Exception):
         return msgspec.json.encode(document)
 
 
+MAX_FIELD_ERRORS = 20
+MAX_ECHO = 80  # characters of client input a problem may repeat (a field name, a value)
+
+
 def validation_problem(errors: list[FieldError]) -> Problem:
-    detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
-    return Problem(422, "validation", detail, errors=errors)
+    """422 naming each broken rule. Bounded whatever the input: the first MAX_FIELD_ERRORS errors,
+    and no more than MAX_ECHO characters of a client-made field name."""
+    shown = [FieldError(clip(e.field), e.message) for e in errors[:MAX_FIELD_ERRORS]]
+    detail = "; ".join(f"{e.field}: {e.message}" for e in shown)
+    if len(errors) > MAX_FIELD_ERRORS:
+        detail += f"; and {len(errors) - MAX_FIELD_ERRORS} more"
+    return Problem(422, "validation", detail, errors=shown)
+
+
+def clip(text: str) -> str:
+    return text if len(text) <= MAX_ECHO else text[: MAX_ECHO - 1] + "…"
 
 
 def database_unavailable(detail: str) -> Problem:

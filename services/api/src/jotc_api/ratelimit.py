@@ -45,9 +45,11 @@ def parse_address(text: str) -> IPAddress | None:
     elif candidate.count(":") == 1:
         candidate = candidate.partition(":")[0]
     try:
-        return ipaddress.ip_address(candidate)
+        address = ipaddress.ip_address(candidate)
     except ValueError:
         return None
+    # An IPv4 client seen through a dual-stack listener is that IPv4 address.
+    return address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped else address
 
 
 @dataclass(slots=True)
@@ -85,8 +87,6 @@ class RateLimiter:
         if address is None:
             return "unknown"
         if isinstance(address, ipaddress.IPv6Address):
-            if address.ipv4_mapped is not None:
-                return str(address.ipv4_mapped)
             return str(ipaddress.IPv6Network((address, 64), strict=False))
         return str(address)
 
@@ -189,7 +189,7 @@ def rate_limit_middleware(limiter: RateLimiter, app: ASGIApp) -> ASGIApp:
     Health, readiness and metrics are exempt: probes and scrapes must never be refused."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP or scope["path"] in EXEMPT_PATHS:
+        if scope["type"] != ScopeType.HTTP or scope["path"].rstrip("/") in EXEMPT_PATHS:
             await app(scope, receive, send)
             return
         client = scope.get("client")

@@ -13,7 +13,7 @@ nothing to keep in step by hand. Everything else goes to Litestar.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -21,7 +21,15 @@ from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
-from jotc_api.problems import Problem, body_timeout, body_too_large, incomplete_body, uploads_full
+from jotc_api.problems import (
+    FieldError,
+    Problem,
+    body_timeout,
+    body_too_large,
+    incomplete_body,
+    uploads_full,
+    validation_problem,
+)
 
 SERVED = "served"  # the key of a handler's opt that carries its ServedRoute
 CLIENT_CLOSED_KEY = "jotc.client_closed"  # set on the scope when the body stopped short
@@ -121,50 +129,85 @@ def served_routes(app: Litestar) -> dict[str, ServedRoute]:
     return table
 
 
+@dataclass(slots=True)
+class Uploads:
+    """How a served route receives its body, whichever transport brought the request: refused
+    early from Content-Length (413), at most ``slots`` bodies received at once in this worker
+    (503), each within ``seconds`` (408)."""
+
+    slots: int
+    max_body: int
+    seconds: float
+    busy: int = 0
+
+    async def receive(self, content_length: int, receive: Receive) -> bytes | None:
+        if content_length > self.max_body:
+            raise body_too_large()
+        if self.busy >= self.slots:
+            raise uploads_full()
+        self.busy += 1
+        try:
+            return await read_body(receive, self.max_body, self.seconds)
+        finally:
+            self.busy -= 1
+
+
+SINGLE_FIELDS = {b"content-type": "Content-Type", b"content-length": "Content-Length", b"idempotency-key": None}
+
+
+def request_fields(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, int, bytes | None]:
+    """Content-Type, Content-Length (-1 if absent) and Idempotency-Key. Each may be given once: a
+    repeated one is refused rather than guessed (a proxy in front may have read the other)."""
+    found: dict[bytes, bytes] = {}
+    for name, value in headers:
+        if name in SINGLE_FIELDS:
+            if name in found:
+                field = SINGLE_FIELDS[name]
+                if field is None:
+                    raise validation_problem([FieldError("Idempotency-Key", "must be given at most once")])
+                raise Problem(400, "bad-request", f"{field} must be given at most once")
+            found[name] = value
+    length = found.get(b"content-length", b"")
+    return (
+        found.get(b"content-type", b"").decode("latin-1"),
+        int(length) if length.isdigit() else -1,
+        found.get(b"idempotency-key"),
+    )
+
+
+def canonical_path(path: str) -> str:
+    """The path Litestar's router matches for this one ("/jumps/", "//jumps" → "/jumps")."""
+    return "/" + "/".join(part for part in path.split("/") if part)
+
+
+async def receive_and_serve(state: Any, route: ServedRoute, scope: Scope, receive: Receive) -> Reply:
+    """A served route's answer, from the raw request: the one way either transport runs it."""
+    content_type, content_length, key = request_fields(scope["headers"])
+    route.check(content_type)
+    body = await state.uploads.receive(content_length, receive)
+    if body is None:
+        # The body ended early: the client hung up (the answer then goes nowhere and the pipeline
+        # counts a client close), or the server rejected its framing (broken chunked encoding):
+        # the client must still get an answer.
+        scope[CLIENT_CLOSED_KEY] = True  # type: ignore[literal-required]
+        raise incomplete_body()
+    return await route.serve(state, route, Incoming(content_type, key, scope["query_string"], body))
+
+
 def fast_path(app: Litestar, inner: ASGIApp) -> ASGIApp:
     """Answer the served POST routes directly; pass everything else to ``inner``."""
     table = served_routes(app)
-    settings = app.state.settings
-    max_body: int = settings.max_body_bytes
-    body_seconds: float = settings.body_read_timeout
-    upload_slots: int = settings.upload_slots
-    uploading = 0
 
     async def serve(scope: Scope, receive: Receive, send: Send) -> None:
-        route = table.get(scope["path"]) if scope["type"] == ScopeType.HTTP and scope["method"] == "POST" else None
+        route = None
+        if scope["type"] == ScopeType.HTTP and scope["method"] == "POST":
+            route = table.get(scope["path"]) or table.get(canonical_path(scope["path"]))
         if route is None:
             await inner(scope, receive, send)
             return
         scope["path_template"] = route.path  # for the metrics layer, as Litestar's router does
-        content_type = ""
-        content_length = -1
-        key: bytes | None = None
-        for name, value in scope["headers"]:
-            if name == b"content-type":
-                content_type = value.decode("latin-1")
-            elif name == b"content-length":
-                content_length = int(value) if value.isdigit() else -1
-            elif name == b"idempotency-key":
-                key = value
-        nonlocal uploading
         try:
-            route.check(content_type)
-            if content_length > max_body:
-                raise body_too_large()
-            if uploading >= upload_slots:
-                raise uploads_full()
-            uploading += 1
-            try:
-                body = await read_body(receive, max_body, body_seconds)
-            finally:
-                uploading -= 1
-            if body is None:
-                # The body ended early: the client hung up (the answer then goes nowhere and the
-                # pipeline counts a client close), or the server rejected its framing (broken
-                # chunked encoding): the client must still get an answer.
-                scope[CLIENT_CLOSED_KEY] = True  # type: ignore[literal-required]
-                raise incomplete_body()
-            reply = await route.serve(app.state, route, Incoming(content_type, key, scope["query_string"], body))
+            reply = await receive_and_serve(app.state, route, scope, receive)
         except Problem as problem:
             await send_answer(send, *problem.render())
             return

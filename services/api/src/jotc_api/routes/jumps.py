@@ -32,24 +32,13 @@ from jotc_api.jumps import (
 )
 from jotc_api.openapi import WRITE_ERRORS, NoValidationOperation, answer_spec, problem, served_operation
 from jotc_api.parsing import JotcBody, JumpsBody
-from jotc_api.problems import incomplete_body
-from jotc_api.transport import SERVED, Answer, Incoming, Replay, ServedRoute, read_body
+from jotc_api.transport import SERVED, Answer, Replay, ServedRoute, receive_and_serve
 
 
 async def through_litestar(request: Request[Any, Any, Any]) -> Response[bytes]:
     """A served route's answer when Litestar itself routes the request (no fast path in front)."""
     served: ServedRoute = request.route_handler.opt[SERVED]
-    content_type = request.headers.get("content-type", "")
-    served.check(content_type)
-    key = request.headers.get("idempotency-key")
-    settings = request.app.state.settings
-    body = await read_body(request.receive, settings.max_body_bytes, settings.body_read_timeout)
-    if body is None:
-        raise incomplete_body()
-    incoming = Incoming(
-        content_type, key.encode("latin-1") if key is not None else None, request.scope["query_string"], body
-    )
-    reply = await served.serve(request.app.state, served, incoming)
+    reply = await receive_and_serve(request.app.state, served, request.scope, request.receive)
     return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.extra_headers())
 
 
