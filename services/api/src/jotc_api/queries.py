@@ -1,4 +1,4 @@
-"""Reads of recorded requests and statistics, and the erasure of a user's records."""
+"""Reads of recorded requests and statistics (erasure lives in erasure.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, delete, func, literal, or_, select, tuple_
+from sqlalchemy import case, func, literal, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jotc_api.tables import jump_requests, user_stats
+from jotc_api.tables import jump_requests, stats_totals, user_stats
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +57,16 @@ STATS_ORDER = {
 }
 
 
-async def stats_totals(engine: AsyncEngine) -> tuple[int, int]:
+async def read_totals(engine: AsyncEngine) -> tuple[int, int]:
+    """(requests, users) kept: the sum of stats_totals' shard rows, which triggers on user_stats
+    keep true in the same transaction as every change; no scan, whatever the number of users."""
+    totals = stats_totals.c
     async with engine.connect() as connection:
-        row = (await connection.execute(select(func.coalesce(func.sum(user_stats.c.requests), 0), func.count()))).one()
+        row = (
+            await connection.execute(
+                select(func.coalesce(func.sum(totals.requests), 0), func.coalesce(func.sum(totals.users), 0))
+            )
+        ).one()
     return int(row[0]), int(row[1])
 
 
@@ -146,16 +153,3 @@ async def requests_page(
         rows = (await connection.execute(result)).all()
     kept = [ListedRequest(*row) for row in rows[:limit] if row[4] is not None]
     return kept, len(kept) < len(rows)
-
-
-async def erase_user(engine: AsyncEngine, user: str) -> int:
-    """Delete a user's requests and statistics in one transaction; return how many requests.
-
-    The user's statistics row is locked first: a recorder batch for this user that is
-    committing at the same moment either finishes before (and its rows are deleted too) or
-    waits and then starts the user's statistics afresh, so rows and statistics always agree."""
-    async with engine.begin() as connection:
-        await connection.execute(select(user_stats.c.user_name).where(user_stats.c.user_name == user).with_for_update())
-        deleted = await connection.execute(delete(jump_requests).where(jump_requests.c.user_name == user))
-        await connection.execute(delete(user_stats).where(user_stats.c.user_name == user))
-    return int(deleted.rowcount or 0)

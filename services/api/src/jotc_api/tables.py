@@ -1,4 +1,4 @@
-"""The two tables as the API sees them. db-migrations owns the schema; a test proves these match.
+"""The tables as the API sees them. db-migrations owns the schema; a test proves these match.
 
 ``jump_requests.clouds`` is bit-packed: cloud ``i`` is bit ``i % 8`` (least
 significant first) of byte ``i // 8``, 1 = thunderhead, the numbering of
@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import BYTEA, UUID
 
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 metadata = MetaData()
 
@@ -75,6 +75,32 @@ user_stats = Table(
     CheckConstraint("requests >= 1", name="ck_user_stats_requests_positive"),
     Index("ix_user_stats_requests_user", "requests", "user_name"),
     Index("ix_user_stats_last_request_at_user", "last_request_at", "user_name"),
+)
+
+# The totals of user_stats, split over shard rows that triggers on user_stats keep true in the same
+# transaction as every change (db-migrations 0002); GET /admin/stats sums them instead of scanning.
+stats_totals = Table(
+    "stats_totals",
+    metadata,
+    Column("shard", SmallInteger, primary_key=True, autoincrement=False),
+    Column("requests", BigInteger, nullable=False, server_default=text("0")),
+    Column("users", BigInteger, nullable=False, server_default=text("0")),
+    CheckConstraint("shard BETWEEN 0 AND 15", name="ck_stats_totals_shard_range"),
+)
+
+# One erasure per user: the cutoff (requests recorded up to then are erased), progress, state.
+erasure_jobs = Table(
+    "erasure_jobs",
+    metadata,
+    Column("user_name", Text, primary_key=True),
+    Column("state", Text, nullable=False),
+    Column("cutoff", DateTime(timezone=True), nullable=False),
+    Column("deleted", BigInteger, nullable=False, server_default=text("0")),
+    Column("requested_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint(USER_NAME_LENGTH, name="ck_erasure_jobs_user_name_length"),
+    CheckConstraint("state IN ('running', 'done')", name="ck_erasure_jobs_state"),
 )
 
 

@@ -1,4 +1,5 @@
-"""The admin API: statistics, the listing of recorded requests, and erasure of a user's records.
+"""The admin API: statistics, the listing of recorded requests, and erasure of a user's records
+(erasure.py runs it in chunks; an erasure that outlives its request has a status route).
 
 Every route needs ``Authorization: Bearer <JOTC_ADMIN_TOKEN>``, compared in
 constant time; with no token configured every admin request is 401. Query
@@ -18,20 +19,23 @@ import uuid
 from datetime import datetime
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import quote
 
 import anyio.to_thread
 import msgspec
-from litestar import Request, Router, delete, get
+from litestar import Request, Response, Router, delete, get
 from litestar.connection import ASGIConnection
 from litestar.datastructures import ResponseHeader
 from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, Parameter
 from sqlalchemy.exc import SQLAlchemyError
 
+from jotc_api.erasure import ErasureJob, read_job
 from jotc_api.openapi import NoValidationOperation, problem
 from jotc_api.parsing import check_user
 from jotc_api.problems import FieldError, Problem, database_unavailable, validation_problem
-from jotc_api.queries import ListedRequest, erase_user, requests_page, stats_page, stats_totals
+from jotc_api.queries import ListedRequest, read_totals, requests_page, stats_page
 from jotc_api.settings import Settings
 from jotc_api.solver import Solution, solve
 from jotc_api.tables import unpack_clouds
@@ -166,6 +170,28 @@ class Erased(msgspec.Struct):
     deleted: int
 
 
+class ErasureStatus(msgspec.Struct):
+    user: str
+    state: str
+    deleted: int
+    requested_at: str
+    updated_at: str
+    finished_at: str | None
+    status_url: str
+
+
+def erasure_status(job: ErasureJob) -> ErasureStatus:
+    return ErasureStatus(
+        job.user,
+        job.state,
+        job.deleted,
+        job.requested_at.isoformat(),
+        job.updated_at.isoformat(),
+        job.finished_at.isoformat() if job.finished_at else None,
+        f"/admin/erasures/{quote(job.user, safe='')}",
+    )
+
+
 AUTH_ERRORS = {
     401: problem("Missing, malformed or wrong bearer token, or no token configured"),
     422: problem("A query parameter is unknown or out of range; errors names it"),
@@ -209,7 +235,7 @@ async def admin_stats(
         raise validation_problem(errors)
     engine = request.app.state.engine
     try:
-        total_requests, total_users = await stats_totals(engine)
+        total_requests, total_users = await read_totals(engine)
         rows = await stats_page(engine, sort, order == "desc", limit + 1, key)
     except SQLAlchemyError:
         raise unavailable() from None
@@ -295,27 +321,62 @@ def listed_items(rows: list[ListedRequest]) -> list[RequestItem]:
 @delete(
     "/users/{user:str}/requests",
     summary="Erase a user's requests and statistics",
+    description=(
+        "Erases the requests the user made up to now, in short chunks that never stall other writers. "
+        "200 when done within the request; 202 with the erasure's status when it continues in the background."
+    ),
     operation_class=NoValidationOperation,
     status_code=200,
-    responses=AUTH_ERRORS,
+    responses={
+        **AUTH_ERRORS,
+        202: ResponseSpec(data_container=ErasureStatus, description="Erasure continues in the background"),
+    },
 )
-async def admin_erase_user(request: Request[Any, Any, Any], user: FromPath[str]) -> Erased:
+async def admin_erase_user(request: Request[Any, Any, Any], user: FromPath[str]) -> Response[Erased | ErasureStatus]:
     errors: list[FieldError] = []
     name = check_user(user, errors)
     if errors:
         raise validation_problem(errors)
     try:
-        deleted = await erase_user(request.app.state.engine, name)
+        job = await request.app.state.eraser.erase(name)
     except SQLAlchemyError:
         raise unavailable() from None
-    if request.app.state.redis.client is not None:
-        await request.app.state.idempotency.forget_user(name)
-    return Erased(name, deleted)
+    if not job.done:
+        status = erasure_status(job)
+        return Response(status, status_code=202, headers={"Location": status.status_url})
+    await forget_erased(request.app.state, name)
+    return Response(Erased(name, job.deleted), status_code=200)
+
+
+async def forget_erased(state: Any, user: str) -> None:
+    """After an erasure, wherever it finished: the user's idempotency keys replay as 410."""
+    if state.redis.client is not None:
+        await state.idempotency.forget_user(user)
+
+
+@get(
+    "/erasures/{user:str}",
+    summary="The state of a user's last erasure",
+    operation_class=NoValidationOperation,
+    responses={**AUTH_ERRORS, 404: problem("No erasure was ever asked for this user")},
+)
+async def admin_erasure(request: Request[Any, Any, Any], user: FromPath[str]) -> ErasureStatus:
+    errors: list[FieldError] = []
+    name = check_user(user, errors)
+    if errors:
+        raise validation_problem(errors)
+    try:
+        job = await read_job(request.app.state.engine, name)
+    except SQLAlchemyError:
+        raise unavailable() from None
+    if job is None:
+        raise Problem(404, "not-found", "no erasure was asked for this user")
+    return erasure_status(job)
 
 
 admin_router = Router(
     path="/admin",
-    route_handlers=[admin_stats, admin_requests, admin_erase_user],
+    route_handlers=[admin_stats, admin_requests, admin_erase_user, admin_erasure],
     guards=[require_admin, strict_query],
     # Recorded requests and user names: no shared cache or browser keeps a copy.
     response_headers=[ResponseHeader(name="Cache-Control", value="no-store")],

@@ -1,0 +1,274 @@
+"""Erasure of a user's records in short chunks, so erasing a user of any size never stalls other writers.
+
+An erasure is a row of ``erasure_jobs``: the user, the cutoff (the moment it
+was asked; requests recorded up to then are erased, the user's later ones are
+kept), how many rows are gone, and its state. It runs as a series of chunks,
+each its own short transaction:
+
+1. delete up to ``chunk_rows`` of the user's requests with ``created_at <= cutoff``
+   (no statistics lock is held while they are deleted);
+2. lock the user's statistics row, subtract what was deleted, delete the row
+   when nothing is left (triggers keep ``stats_totals`` true in the same
+   transaction), and record the progress in ``erasure_jobs``; commit.
+
+The statistics row is held for milliseconds, at the end of each chunk, and a
+chunk locks that one row, so a recorder batch (which locks its users in
+sorted order) waits at most one chunk's tail and cannot deadlock with it.
+Rows and statistics agree after every chunk.
+
+One process runs a given job at a time: the runner holds a session advisory
+lock keyed by the user for as long as it works on it; a process that dies
+releases it with its connection. ``DELETE /admin/users/{user}/requests`` runs
+the job for a bounded time itself; what is left is finished by the
+background ``Eraser`` of some worker, which also resumes, at start-up and
+every ``poll_seconds``, every job still ``running`` (one left by a restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+import psycopg
+import structlog
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+log = structlog.get_logger("jotc.erasure")
+
+CHUNK_ROWS: Final = 5000
+INLINE_SECONDS: Final = 2.0
+POLL_SECONDS: Final = 10.0
+# pg_advisory_lock(class, key) class of erasure jobs: "JOTE"; the key is hashtext(user). Two users
+# whose names hash alike merely take turns.
+LOCK_CLASS: Final = 0x4A4F5445
+
+# Every statement that returns a job returns these columns, in ErasureJob's order.
+# A new job, or the same job again: a running job is left as it is (a second request is
+# idempotent); a finished one starts afresh with a new cutoff.
+START = text(
+    """
+    INSERT INTO erasure_jobs AS job (user_name, state, cutoff, deleted, requested_at, updated_at)
+    VALUES (:user, 'running', now(), 0, now(), now())
+    ON CONFLICT (user_name) DO UPDATE
+    SET state = 'running', cutoff = now(), deleted = 0, requested_at = now(), updated_at = now(),
+        finished_at = NULL
+    WHERE job.state = 'done'
+    RETURNING user_name, state, deleted, cutoff, requested_at, updated_at, finished_at
+    """
+)
+READ = text(
+    "SELECT user_name, state, deleted, cutoff, requested_at, updated_at, finished_at FROM erasure_jobs"
+    " WHERE user_name = :user"
+)
+RUNNING = text("SELECT user_name FROM erasure_jobs WHERE state = 'running' ORDER BY requested_at")
+TRY_LOCK = text("SELECT pg_try_advisory_lock(:class, hashtext(:user))")
+UNLOCK = text("SELECT pg_advisory_unlock(:class, hashtext(:user))")
+# Newest first from the cutoff, each chunk resuming after the last row of the one before (the
+# keyset), so no chunk walks the index entries its predecessors left dead: without it each chunk
+# re-reads every row deleted before it, and erasing 5,000,000 rows slows to a crawl. ctid: the
+# rows found are deleted where they lie, without a second index lookup each.
+DELETE_CHUNK = text(
+    """
+    WITH doomed AS (
+        SELECT ctid FROM jump_requests
+        WHERE user_name = :user AND created_at <= :cutoff AND (created_at, id) < (:after_at, :after_id)
+        ORDER BY created_at DESC, id DESC LIMIT :rows
+    ), gone AS (
+        DELETE FROM jump_requests WHERE ctid = ANY(ARRAY(SELECT ctid FROM doomed))
+        RETURNING created_at, id
+    )
+    SELECT count(*), (array_agg(created_at ORDER BY created_at, id))[1], (array_agg(id ORDER BY created_at, id))[1]
+    FROM gone
+    """
+)
+# The last pass, without the keyset, over the hour before the cutoff: a row whose batch began
+# before the cutoff but committed after the keyset had passed its place. Rows and statistics
+# agree either way; this makes the erasure complete.
+SWEEP_CHUNK = text(
+    """
+    WITH gone AS (
+        DELETE FROM jump_requests WHERE ctid = ANY(ARRAY(
+            SELECT ctid FROM jump_requests
+            WHERE user_name = :user AND created_at <= :cutoff AND created_at > :cutoff - interval '1 hour'
+            LIMIT :rows
+        ))
+        RETURNING 1
+    )
+    SELECT count(*), NULL, NULL FROM gone
+    """
+)
+LAST_ID = uuid.UUID(int=(1 << 128) - 1)
+LOCK_STATS = text("SELECT requests FROM user_stats WHERE user_name = :user FOR UPDATE")
+SUBTRACT = text("UPDATE user_stats SET requests = requests - :deleted WHERE user_name = :user")
+DROP_STATS = text("DELETE FROM user_stats WHERE user_name = :user")
+PROGRESS = text(
+    """
+    UPDATE erasure_jobs
+    SET deleted = deleted + :deleted, updated_at = now(),
+        state = CASE WHEN :last THEN 'done' ELSE state END,
+        finished_at = CASE WHEN :last THEN now() END
+    WHERE user_name = :user
+    RETURNING user_name, state, deleted, cutoff, requested_at, updated_at, finished_at
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureJob:
+    user: str
+    state: str  # running | done
+    deleted: int
+    cutoff: datetime
+    requested_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def done(self) -> bool:
+        return self.state == "done"
+
+
+async def start_job(engine: AsyncEngine, user: str) -> ErasureJob:
+    """The user's erasure: a new one, or the one already running."""
+    async with engine.begin() as connection:
+        row = (await connection.execute(START, {"user": user})).first()
+        if row is None:
+            row = (await connection.execute(READ, {"user": user})).one()
+    return ErasureJob(*row)
+
+
+async def read_job(engine: AsyncEngine, user: str) -> ErasureJob | None:
+    async with engine.connect() as connection:
+        row = (await connection.execute(READ, {"user": user})).first()
+    return ErasureJob(*row) if row is not None else None
+
+
+async def running_users(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as connection:
+        return list((await connection.execute(RUNNING)).scalars())
+
+
+async def run_job(
+    engine: AsyncEngine, user: str, *, chunk_rows: int = CHUNK_ROWS, seconds: float | None = None
+) -> ErasureJob | None:
+    """Work on the user's job, chunk by chunk, until it is done or ``seconds`` have passed.
+    Returns its state then, or None when another process is running it."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    async with engine.connect() as connection:
+        try:
+            locked = (await connection.execute(TRY_LOCK, {"class": LOCK_CLASS, "user": user})).scalar_one()
+            await connection.commit()
+            if not locked:
+                return None
+            job = await _run_locked(connection, user, chunk_rows, deadline)
+            await connection.execute(UNLOCK, {"class": LOCK_CLASS, "user": user})
+            await connection.commit()
+            return job
+        except BaseException:
+            # Mid-statement, cancelled or failed: the backend goes, and its advisory lock with it.
+            await connection.invalidate()
+            raise
+
+
+async def _run_locked(
+    connection: AsyncConnection, user: str, chunk_rows: int, deadline: float | None
+) -> ErasureJob | None:
+    row = (await connection.execute(READ, {"user": user})).first()
+    await connection.commit()
+    if row is None:
+        return None
+    job = ErasureJob(*row)
+    after: Keyset | None = (job.cutoff, LAST_ID)
+    while not job.done and (deadline is None or time.monotonic() < deadline):
+        job, after = await erase_chunk(connection, job, chunk_rows, after)
+    return job
+
+
+Keyset = tuple[datetime, uuid.UUID]
+
+
+async def erase_chunk(
+    connection: AsyncConnection, job: ErasureJob, chunk_rows: int, after: Keyset | None
+) -> tuple[ErasureJob, Keyset | None]:
+    """One short transaction: delete up to chunk_rows of the job's rows (after ``after``, or in
+    the last sweep when it is None), then settle the user's statistics and the job's progress
+    (the statistics row is locked only here, at the end). Returns the job and where to go on."""
+    user = job.user
+    parameters = {"user": user, "cutoff": job.cutoff, "rows": chunk_rows}
+    async with connection.begin():
+        if after is None:
+            found = (await connection.execute(SWEEP_CHUNK, parameters)).one()
+        else:
+            keyset = {"after_at": after[0], "after_id": after[1]}
+            found = (await connection.execute(DELETE_CHUNK, parameters | keyset)).one()
+        deleted = int(found[0])
+        # The keyset pass ends at its first short chunk; then the sweep, which ends the same way.
+        last = after is None and deleted < chunk_rows
+        if deleted:
+            requests = (await connection.execute(LOCK_STATS, {"user": user})).scalar_one_or_none()
+            if requests is not None and requests > deleted:
+                await connection.execute(SUBTRACT, {"user": user, "deleted": deleted})
+            elif requests is not None:
+                await connection.execute(DROP_STATS, {"user": user})
+        row = (await connection.execute(PROGRESS, {"user": user, "deleted": deleted, "last": last})).one()
+    following = None if after is None or deleted < chunk_rows else (found[1], found[2])
+    return ErasureJob(*row), following
+
+
+class Eraser:
+    """A worker's background runner: finishes the jobs that outlive their request, and resumes
+    those left running by a restart, at start-up and every ``poll_seconds``."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        on_finished: Callable[[str], Awaitable[None]],
+        *,
+        chunk_rows: int = CHUNK_ROWS,
+        poll_seconds: float = POLL_SECONDS,
+    ) -> None:
+        self._engine = engine
+        self._on_finished = on_finished
+        self._chunk_rows = chunk_rows
+        self._poll_seconds = poll_seconds
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._loop(), name="eraser")
+
+    async def erase(self, user: str, seconds: float = INLINE_SECONDS) -> ErasureJob:
+        """Start (or find) the user's erasure and work on it for up to ``seconds``; what is left
+        continues in the background."""
+        job = await start_job(self._engine, user)
+        if not job.done:
+            job = await run_job(self._engine, user, chunk_rows=self._chunk_rows, seconds=seconds) or job
+        if not job.done:
+            self._wake.set()
+        return job
+
+    async def close(self) -> None:
+        """Stop; a chunk in flight is rolled back and its job resumed by the next runner."""
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                for user in await running_users(self._engine):
+                    job = await run_job(self._engine, user, chunk_rows=self._chunk_rows)
+                    if job is not None and job.done:
+                        log.info("erasure finished", deleted=job.deleted)
+                        await self._on_finished(user)
+            except (SQLAlchemyError, psycopg.Error, OSError) as exc:
+                log.warning("erasure runner: database unavailable; retrying", error=str(exc).splitlines()[0])
+            except Exception:
+                log.exception("erasure runner failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
+            self._wake.clear()
