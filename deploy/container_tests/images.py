@@ -155,7 +155,8 @@ def debian_base(docker: str) -> None:
         extra = Path("/usr/local/share/ca-certificates")
         for certificate in extra.glob("*.crt") if extra.is_dir() else []:
             shutil.copy(certificate, rootfs / "usr/local/share/ca-certificates" / certificate.name)
-        run("chroot", str(rootfs), "update-ca-certificates", timeout=120)
+        # The host's TMPDIR (scripts/test gives tests a private one) does not exist inside the chroot.
+        run("chroot", str(rootfs), "update-ca-certificates", timeout=120, env={**os.environ, "TMPDIR": "/tmp"})
         for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for entry in (rootfs / cache).glob("*"):
                 if entry.is_file():
