@@ -196,3 +196,14 @@ def test_no_env_file_or_secret_is_committed() -> None:
     tracked = set(committed_files())
     assert ".env" not in tracked
     assert ".env.example" in tracked
+
+
+def test_retention_is_a_one_shot_under_its_own_profile() -> None:
+    assert "retention" not in compose_config()["services"]  # `up` never starts it
+    config = compose_config("--profile", "retention")
+    retention = config["services"]["retention"]
+    assert retention["command"] == ["jotc-retention"]
+    assert retention["image"] == config["services"]["api"]["image"]
+    assert retention["restart"] == "no"
+    assert "JOTC_RETENTION_DAYS" in retention["environment"]
+    assert retention["depends_on"]["migrate"]["condition"] == "service_completed_successfully"

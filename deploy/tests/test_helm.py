@@ -782,3 +782,28 @@ def test_migration_job_bounds_fit_inside_the_helm_timeout() -> None:
         "action": "FailJob",
         "onExitCodes": {"containerName": "migrate", "operator": "In", "values": [1, 4, 5]},
     }
+
+
+def test_retention_is_a_cronjob_only_when_days_are_set() -> None:
+    assert find(render("production-values"), "CronJob") == []
+    docs = render("production-values", "--set", "retention.days=90")
+    cron = one(docs, "CronJob", "-retention")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"] == ["jotc-retention"]
+    assert container["image"] == api_pod(docs)["containers"][0]["image"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["JOTC_RETENTION_DAYS"]["value"] == "90"
+    assert "DATABASE_URL" in env
+    assert pod["restartPolicy"] == "Never"
+    policy = one(docs, "NetworkPolicy", "-retention")
+    assert policy["spec"]["ingress"] == []
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "retention"
+
+
+def test_evaluation_postgresql_admits_the_retention_job() -> None:
+    docs = render("evaluation-values", "--set", "retention.days=30")
+    policy = one(docs, "NetworkPolicy", "-postgresql")
+    allowed = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][1]["values"]
+    assert "retention" in allowed

@@ -1,0 +1,235 @@
+"""Measure the API at scale: POST /jumps on an empty and on a populated database, the admin pages,
+the erasure of the heavy user with other users' POST latency during it, and a retention run.
+
+Run with the API's environment (httpx, psycopg), against a database filled by generate.sql;
+scripts/scale/README.md has the whole procedure. Prints one JSON document.
+
+    services/api/.venv/bin/python scripts/scale/measure.py \
+        --api services/api/.venv/bin/jotc-api --migrate services/db-migrations/.venv/bin/jotc-migrate \
+        --database postgresql://postgres@127.0.0.1:5432/jotc_scale_run [--retention-days 365]
+
+The erasure and the retention run change the database: measure a copy
+(CREATE DATABASE … TEMPLATE …).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+TOKEN = "scale-admin-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+HEAVY = "heavy"
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, '{"clouds":[0,0,1,0,0,1,0],"user":"bench-' .. (counter % 1000) .. '"}')
+end
+"""
+
+
+class Skip(Exception):
+    """--erasure-only: the measurements before the erasure are left out."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Api:
+    def __init__(self, binary: str, database_url: str, tmp: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "PORT": str(self.port),
+            "JOTC_HOST": "127.0.0.1",
+            "JOTC_WORKERS": "2",
+            "JOTC_ADMIN_TOKEN": TOKEN,
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"metrics-{self.port}"),
+        }
+        self.log = (tmp / f"api-{self.port}.log").open("wb")
+        self.process = subprocess.Popen([binary], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise SystemExit(f"the API did not become ready; see {self.log.name}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+        self.log.close()
+
+
+def wrk_post(base: str, tmp: Path, seconds: int = 15, connections: int = 16) -> dict[str, float]:
+    script = tmp / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"{base}/jumps"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    assert p99 is not None, out
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99[2]]
+    return {"requests_per_second": rate, "p99_ms": round(float(p99[1]) * scale, 2)}
+
+
+def timed_get(base: str, path: str, params: dict[str, Any], times: int = 7) -> float:
+    took = []
+    with httpx.Client(base_url=base, headers=AUTH, timeout=120) as http:
+        for _ in range(times):
+            started = time.perf_counter()
+            response = http.get(path, params=params)
+            took.append(time.perf_counter() - started)
+            assert response.status_code == 200, response.text
+    return round(statistics.median(took) * 1000, 1)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] * 1000, 1)
+
+
+async def erase_while_posting(base: str) -> dict[str, Any]:
+    """8 clients post (one request in five from the heavy user) while the heavy user is erased.
+    Every other-user POST that started during the erasure counts, whenever it finished."""
+    others: list[tuple[float, float]] = []  # (started, took)
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+
+        async def poster(number: int) -> None:
+            sent = 0
+            while not stop.is_set():
+                sent += 1
+                user = HEAVY if sent % 5 == 0 else f"other-{number}-{sent % 100}"
+                started = time.perf_counter()
+                await http.post("/jumps", json={"clouds": [0, 0, 1, 0, 0], "user": user})
+                if user != HEAVY:
+                    others.append((started, time.perf_counter() - started))
+
+        posters = [asyncio.create_task(poster(i)) for i in range(8)]
+        await asyncio.sleep(2)
+        started = time.perf_counter()
+        response = await http.delete(f"/admin/users/{HEAVY}/requests", headers=AUTH)
+        first_answer = time.perf_counter() - started
+        body = response.json()
+        while response.status_code == 202 and body.get("state") != "done":
+            await asyncio.sleep(0.5)
+            body = (await http.get(body["status_url"], headers=AUTH)).json()
+        ended = time.perf_counter()
+        took = ended - started
+        stop.set()
+        await asyncio.gather(*posters)
+    during = [latency for at, latency in others if started <= at <= ended]
+    return {
+        "first_answer": response.status_code,
+        "first_answer_seconds": round(first_answer, 2),
+        "erasure_seconds": round(took, 2),
+        "deleted": body["deleted"],
+        "other_posts_during": len(during),
+        "other_posts_per_second_during": round(len(during) / took, 1),
+        "other_p50_ms": percentile(during, 0.5),
+        "other_p99_ms": percentile(during, 0.99),
+        "other_max_ms": round(max(during) * 1000, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--api", required=True, help="the jotc-api executable to measure")
+    parser.add_argument("--migrate", required=True, help="jotc-migrate, for the empty database")
+    parser.add_argument("--database", required=True, help="the populated database (a copy: it is changed)")
+    parser.add_argument("--retention", help="jotc-retention; omitted: no retention run")
+    parser.add_argument("--retention-days", type=int, default=365)
+    parser.add_argument("--erasure-only", action="store_true", help="only the erasure (and retention)")
+    args = parser.parse_args()
+    results: dict[str, Any] = {}
+    server = args.database.rsplit("/", 1)[0]
+    with tempfile.TemporaryDirectory(prefix="jotc-scale-") as directory:
+        tmp = Path(directory)
+        empty = f"jotc_scale_empty_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{empty}"')
+        try:
+            if args.erasure_only:
+                raise Skip
+            subprocess.run(
+                [args.migrate, "upgrade"], env={**os.environ, "DATABASE_URL": f"{server}/{empty}"}, check=True
+            )
+            api = Api(args.api, f"{server}/{empty}", tmp)
+            try:
+                results["post_empty"] = wrk_post(api.base, tmp)
+            finally:
+                api.stop()
+        except Skip:
+            pass
+        finally:
+            with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{empty}" WITH (FORCE)')
+        with psycopg.connect(args.database) as db:
+            results["rows"], results["users"] = db.execute(
+                "SELECT (SELECT count(*) FROM jump_requests), (SELECT count(*) FROM user_stats)"
+            ).fetchone() or (0, 0)
+        api = Api(args.api, args.database, tmp)
+        try:
+            if not args.erasure_only:
+                results["post_populated"] = wrk_post(api.base, tmp)
+            results["admin_ms"] = {
+                "stats": timed_get(api.base, "/admin/stats", {}),
+                "stats_by_user": timed_get(api.base, "/admin/stats", {"sort": "user", "order": "asc"}),
+                "requests": timed_get(api.base, "/admin/requests", {}),
+                "requests_of_heavy": timed_get(api.base, "/admin/requests", {"user": HEAVY}),
+            }
+            results["erasure"] = asyncio.run(erase_while_posting(api.base))
+        finally:
+            api.stop()
+        if args.retention:
+            started = time.perf_counter()
+            run = subprocess.run(
+                [args.retention],
+                env={**os.environ, "DATABASE_URL": args.database, "JOTC_RETENTION_DAYS": str(args.retention_days)},
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            results["retention"] = {
+                "exit": run.returncode,
+                "seconds": round(time.perf_counter() - started, 1),
+                "said": run.stderr.strip(),
+            }
+    json.dump(results, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
