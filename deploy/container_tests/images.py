@@ -180,7 +180,8 @@ def uv_binaries(version: str, into: Path) -> None:
     """uv and uvx of the given release, taken from its PyPI wheel for this machine."""
     with tempfile.TemporaryDirectory(prefix="jotc-uv-wheel-") as download:
         run(
-            shutil.which("python3") or sys.executable,
+            # The interpreter this venv was made from: it has pip (the venv, made by uv, has none).
+            getattr(sys, "_base_executable", sys.executable),
             "-m",
             "pip",
             "download",
