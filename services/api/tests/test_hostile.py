@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 from conftest import DEFAULT_REDIS_URL, in_process
@@ -133,6 +134,18 @@ def test_admin_pages_are_bounded_by_clouds_not_only_rows(api: Any) -> None:
         if cursor is None:
             break
     assert seen == list(reversed(made))
+
+
+def test_a_finished_erasure_names_nobody(api: Any, database_url: str) -> None:
+    user = "forget-my-name@example.com"
+    assert api.post("/jumps", json={"clouds": [0, 0], "user": user}).status_code == 201
+    assert api.delete(f"/admin/users/{user}/requests", headers=ADMIN).json()["deleted"] == 1
+    status = api.get(f"/admin/erasures/{user}", headers=ADMIN)
+    assert status.status_code == 200
+    assert status.json()["state"] == "done"
+    with psycopg.connect(database_url) as db:
+        rows = db.execute("SELECT user_name FROM erasure_jobs").fetchall()
+    assert all(user not in str(row) for row in rows)
 
 
 def test_erasure_reaches_idempotency_replays(api: Any) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -64,10 +65,19 @@ START = text(
     RETURNING user_name, state, deleted, cutoff, requested_at, updated_at, finished_at
     """
 )
+# A finished job keeps no name: its row is renamed to a digest of the name (it holds nothing else
+# of the user), so the status stays readable by whoever knows the name, and nothing names the user.
+
+
+def pseudonym(user: str) -> str:
+    return "sha256:" + hashlib.sha256(user.encode()).hexdigest()
+
+
 READ = text(
-    "SELECT user_name, state, deleted, cutoff, requested_at, updated_at, finished_at FROM erasure_jobs"
-    " WHERE user_name = :user"
+    "SELECT CAST(:user AS text), state, deleted, cutoff, requested_at, updated_at, finished_at FROM erasure_jobs"
+    " WHERE user_name IN (:user, :pseudonym) ORDER BY state = 'running' DESC LIMIT 1"
 )
+FORGET_EARLIER = text("DELETE FROM erasure_jobs WHERE user_name = :pseudonym")
 RUNNING = text("SELECT user_name FROM erasure_jobs WHERE state = 'running' ORDER BY requested_at")
 TRY_LOCK = text("SELECT pg_try_advisory_lock(:class, hashtext(:user))")
 UNLOCK = text("SELECT pg_advisory_unlock(:class, hashtext(:user))")
@@ -114,9 +124,10 @@ PROGRESS = text(
     UPDATE erasure_jobs
     SET deleted = deleted + :deleted, updated_at = now(),
         state = CASE WHEN :last THEN 'done' ELSE state END,
-        finished_at = CASE WHEN :last THEN now() END
+        finished_at = CASE WHEN :last THEN now() END,
+        user_name = CASE WHEN :last THEN :pseudonym ELSE user_name END
     WHERE user_name = :user
-    RETURNING user_name, state, deleted, cutoff, requested_at, updated_at, finished_at
+    RETURNING CAST(:user AS text), state, deleted, cutoff, requested_at, updated_at, finished_at
     """
 )
 
@@ -141,13 +152,13 @@ async def start_job(engine: AsyncEngine, user: str) -> ErasureJob:
     async with engine.begin() as connection:
         row = (await connection.execute(START, {"user": user})).first()
         if row is None:
-            row = (await connection.execute(READ, {"user": user})).one()
+            row = (await connection.execute(READ, {"user": user, "pseudonym": pseudonym(user)})).one()
     return ErasureJob(*row)
 
 
 async def read_job(engine: AsyncEngine, user: str) -> ErasureJob | None:
     async with engine.connect() as connection:
-        row = (await connection.execute(READ, {"user": user})).first()
+        row = (await connection.execute(READ, {"user": user, "pseudonym": pseudonym(user)})).first()
     return ErasureJob(*row) if row is not None else None
 
 
@@ -181,7 +192,7 @@ async def run_job(
 async def _run_locked(
     connection: AsyncConnection, user: str, chunk_rows: int, deadline: float | None
 ) -> ErasureJob | None:
-    row = (await connection.execute(READ, {"user": user})).first()
+    row = (await connection.execute(READ, {"user": user, "pseudonym": pseudonym(user)})).first()
     await connection.commit()
     if row is None:
         return None
@@ -218,7 +229,10 @@ async def erase_chunk(
                 await connection.execute(SUBTRACT, {"user": user, "deleted": deleted})
             elif requests is not None:
                 await connection.execute(DROP_STATS, {"user": user})
-        row = (await connection.execute(PROGRESS, {"user": user, "deleted": deleted, "last": last})).one()
+        if last:
+            await connection.execute(FORGET_EARLIER, {"pseudonym": pseudonym(user)})  # an earlier erasure's row
+        progress = {"user": user, "deleted": deleted, "last": last, "pseudonym": pseudonym(user)}
+        row = (await connection.execute(PROGRESS, progress)).one()
     following = None if after is None or deleted < chunk_rows else (found[1], found[2])
     return ErasureJob(*row), following
 
