@@ -133,6 +133,16 @@ def read_cursor(raw: str | None, kind: str, errors: list[FieldError]) -> list[An
     return None
 
 
+def storable(value: Any) -> bool:
+    """What PostgreSQL can compare with a column: a bigint, or text without NUL (a forged cursor
+    with anything else would fail in the database, and be reported as an outage)."""
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    if isinstance(value, str):
+        return "\x00" not in value
+    return True
+
+
 def unavailable() -> Problem:
     return database_unavailable("PostgreSQL is unavailable; try again")
 
@@ -227,7 +237,7 @@ async def admin_stats(
             except ValueError:
                 value = None
         expected = {"requests": int, "user": str, "last_request_at": datetime}[sort]
-        if isinstance(value, expected) and not isinstance(value, bool):
+        if isinstance(value, expected) and not isinstance(value, bool) and storable(value) and storable(after[1]):
             key = (value, after[1])
         else:
             errors.append(FieldError("cursor", BAD_CURSOR))
