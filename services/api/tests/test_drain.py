@@ -102,6 +102,9 @@ def test_sigterm_drains_then_stops_and_keep_alive_clients_are_told(tmp_root: Pat
 
         server.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
+        with httpx.Client(base_url=server.base_url, timeout=3) as probe:  # the signal is handled
+            while probe.get("/readyz").status_code != 503:
+                assert time.monotonic() - signalled < 1, "the drain did not start within 1 s"
         readiness: Counter[tuple[int, str]] = Counter()
         acknowledged: list[str] = []
         # /readyz on fresh connections (they reach both workers) for the whole window; one kept
