@@ -43,6 +43,7 @@ def problem_type(response: Any) -> str:
         (b'{"clouds":[0,0]}', "application/json; charset=UTF-8", 201),
         (b"2\n0 " + b"0" * 5000 + b"\n", "text/plain", 400),
         (b"2\n0 0\n", "text/plain; charset=us-ascii", 201),
+        (b'{"clouds":[0,0]}', "application/json; charset=utf-8; charset=utf-16", 415),
     ],
 )
 def test_inputs_that_reached_a_500_are_answered_plainly(api: Any, body: bytes, content_type: str, status: int) -> None:
@@ -285,3 +286,23 @@ def test_admin_refusals_are_never_cached_either(api: Any) -> None:
     assert refused.headers["cache-control"] == "no-store"
     assert api.get("/admin/stats", params={"limit": "0"}, headers=ADMIN).headers["cache-control"] == "no-store"
     assert api.get("/admin/stats", headers=ADMIN).headers.get_list("cache-control") == ["no-store"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate, gzip"])
+def test_compressed_bodies_are_refused_not_misread(api: Any, encoding: str) -> None:
+    response = api.post(
+        "/jumps",
+        content=b'{"clouds":[0,0]}',
+        headers={"content-type": "application/json", "content-encoding": encoding},
+    )
+    assert response.status_code == 415
+    assert problem_type(response) == "/problems/unsupported-media-type"
+
+
+def test_identity_encoding_is_accepted(api: Any) -> None:
+    response = api.post(
+        "/jumps",
+        content=b'{"clouds":[0,0]}',
+        headers={"content-type": "application/json", "content-encoding": "identity"},
+    )
+    assert response.status_code == 201

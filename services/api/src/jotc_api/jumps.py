@@ -91,14 +91,14 @@ def body_kind(content_type: str, *, text_allowed: bool) -> str:
         found = TEXT
     else:
         found = ""
-    charset = next(
-        (
-            value.strip().strip('"').lower()
-            for name, _, value in (p.partition("=") for p in parameters.split(";"))
-            if name.strip().lower() == "charset"
-        ),
-        None,
-    )
+    charsets = [
+        value.strip().strip('"').lower()
+        for name, _, value in (p.partition("=") for p in parameters.split(";"))
+        if name.strip().lower() == "charset"
+    ]
+    charset = charsets[0] if charsets else None
+    if len(charsets) > 1:  # which one a proxy in front believed is anyone's guess: refuse
+        raise Problem(415, "unsupported-media-type", "the charset parameter is given more than once")
     if found and (charset is None or charset in CHARSETS[found]):
         return found
     if found:

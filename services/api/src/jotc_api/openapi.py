@@ -167,7 +167,7 @@ WRITE_ERRORS = {
     409: problem("The first request with this Idempotency-Key is still in flight; see Retry-After"),
     410: problem("This Idempotency-Key's request was recorded, then erased"),
     413: problem("Body larger than JOTC_MAX_BODY_BYTES"),
-    415: problem("A Content-Type or charset this route does not accept (see its request body)"),
+    415: problem("A Content-Type, charset or Content-Encoding this route does not accept (see its request body)"),
     422: problem(
         "A validation rule is broken (errors names each field), the last cloud is unreachable (type ends in "
         "/unreachable, blocked_at set), or an Idempotency-Key is reused with a different request"

@@ -26,6 +26,7 @@ from jotc_api.problems import (
     Problem,
     body_timeout,
     body_too_large,
+    clip,
     incomplete_body,
     uploads_full,
     validation_problem,
@@ -152,7 +153,12 @@ class Uploads:
             self.busy -= 1
 
 
-SINGLE_FIELDS = {b"content-type": "Content-Type", b"content-length": "Content-Length", b"idempotency-key": None}
+SINGLE_FIELDS = {
+    b"content-type": "Content-Type",
+    b"content-length": "Content-Length",
+    b"content-encoding": "Content-Encoding",
+    b"idempotency-key": None,
+}
 
 
 def request_fields(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, int, bytes | None]:
@@ -167,6 +173,12 @@ def request_fields(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, int, by
                     raise validation_problem([FieldError("Idempotency-Key", "must be given at most once")])
                 raise Problem(400, "bad-request", f"{field} must be given at most once")
             found[name] = value
+    encoding = found.get(b"content-encoding", b"identity").strip().lower()
+    if encoding != b"identity":
+        # Bodies are read as sent: a compressed one would be parsed as if it were not.
+        raise Problem(
+            415, "unsupported-media-type", f"Content-Encoding {clip(encoding.decode('latin-1'))!r} is not accepted"
+        )
     length = found.get(b"content-length", b"")
     return (
         found.get(b"content-type", b"").decode("latin-1"),
