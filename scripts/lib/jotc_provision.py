@@ -1,0 +1,389 @@
+"""Provisioning, written once: free ports, waiting on a condition, PostgreSQL and Redis (found, or
+throwaway ones started from the local binaries), fresh databases, and starting a server and waiting
+for it. scripts/test, scripts/dev, scripts/bench and every test suite use this module and nothing
+else for these jobs.
+
+The standard library only, so the scripts can run it with the machine's python3 before any
+environment exists; creating and dropping databases needs psycopg, imported where that is done (every
+environment that does it has psycopg).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+T = TypeVar("T")
+
+
+class ProvisionError(Exception):
+    """Something to run against could not be found or started; the message says what to do."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Does something accept TCP connections at host:port?"""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def wait_until(condition: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.02) -> T:
+    """Poll condition() until it returns something true (a non-empty list, True, an object), and
+    return that; raise TimeoutError naming `what` when `timeout` seconds pass first. The way to
+    wait for something to happen: never a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g} s")
+        time.sleep(interval)
+
+
+def http_status(url: str, timeout: float = 2) -> int | None:
+    """The status URL answers with, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own servers
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except (OSError, ValueError):
+        return None
+
+
+def wait_http(
+    url: str, process: subprocess.Popen[Any] | None = None, *, timeout: float = 60, log: Path | None = None
+) -> None:
+    """Wait until URL answers 200. Fails at once if `process` (the server behind it) exits, with the
+    end of its log when one is named."""
+
+    def answered() -> bool:
+        if process is not None and process.poll() is not None:
+            tail = f":\n{tail_of(log)}" if log is not None else ""
+            raise ProvisionError(f"the process behind {url} exited with {process.returncode}{tail}")
+        return http_status(url) == 200
+
+    try:
+        wait_until(answered, timeout=timeout, what=f"{url} answering 200", interval=0.05)
+    except TimeoutError as error:
+        tail = f"\n{tail_of(log)}" if log is not None else ""
+        raise ProvisionError(f"{error}{tail}") from None
+
+
+def tail_of(log: Path | None, lines: int = 40) -> str:
+    if log is None or not log.exists():
+        return "(no log)"
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 30) -> int:
+    """SIGTERM, then SIGKILL if it is still there after `timeout` seconds; its exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+@dataclass
+class Server:
+    """A process started by start_server(): its log, and stop()."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path | None = None  # None: its output goes where this process's goes
+    env: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        return stop_process(self.process, timeout)
+
+
+def spawn(command: list[str], *, env: Mapping[str, str], cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start command with its output where this process's goes."""
+    return subprocess.Popen(command, env=dict(env), cwd=cwd)
+
+
+def start_server(
+    command: list[str],
+    *,
+    env: Mapping[str, str],
+    log_path: Path,
+    ready_url: str | None = None,
+    timeout: float = 60,
+    cwd: Path | None = None,
+) -> Server:
+    """Start command with its output in log_path and, given ready_url, wait until that answers 200;
+    a server that exits or never answers is stopped and reported with its log."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(command, env=dict(env), stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+    server = Server(process, log_path, dict(env))
+    if ready_url is not None:
+        try:
+            wait_http(ready_url, process, timeout=timeout, log=log_path)
+        except BaseException:
+            server.stop(timeout=5)
+            raise
+    return server
+
+
+# PostgreSQL URLs: libpq's form, postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE.
+
+
+def with_database(url: str, database: str) -> str:
+    """url naming another database on the same server (user, password, host and options kept)."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + urllib.parse.quote(database)))
+
+
+def shown(url: str) -> str:
+    """url with its password replaced by ***, for logs and messages."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def admin_sql(server_url: str, statement: str) -> None:
+    import psycopg  # only where databases are made: the scripts' own Python lacks it
+
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(statement)
+
+
+def create_database(server_url: str, name: str, *, exist_ok: bool = False) -> str:
+    """Create database `name` on the server (kept if it exists and exist_ok); its URL."""
+    import psycopg
+
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists is None or not exist_ok:
+            admin.execute(f'CREATE DATABASE "{name}"')
+    return with_database(server_url, name)
+
+
+def drop_database(server_url: str, name: str) -> None:
+    admin_sql(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def migrate(database_url: str, command: str, *, timeout: float = 120) -> None:
+    """Bring database_url to the schema's head with jotc-migrate (services/db-migrations)."""
+    result = subprocess.run(
+        [command, "upgrade"],
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        raise ProvisionError(f"jotc-migrate upgrade failed ({result.returncode}):\n{result.stderr}")
+
+
+@contextmanager
+def fresh_database(server_url: str, *, prefix: str = "jotc_test", migrate_with: str | None = None) -> Iterator[str]:
+    """A new database on the server, migrated to head with `migrate_with` when given (jotc-migrate's
+    path); dropped afterwards, connections and all."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    url = create_database(server_url, name)
+    try:
+        if migrate_with is not None:
+            migrate(url, migrate_with)
+        yield url
+    finally:
+        drop_database(server_url, name)
+
+
+# Throwaway servers, from the binaries of this machine.
+
+
+def pg_binary(tool: str) -> str | None:
+    found = shutil.which(tool)
+    if found:
+        return found
+
+    def version(path: Path) -> int:
+        return int(path.parts[-3]) if path.parts[-3].isdigit() else 0
+
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{tool}"), key=version)
+    return str(candidates[-1]) if candidates else None
+
+
+def as_postgres() -> list[str]:
+    """PostgreSQL refuses to run as root: as root, its commands run as the postgres user."""
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+@contextmanager
+def throwaway_postgres(directory: Path) -> Iterator[str]:
+    """A private PostgreSQL (trust auth, fsync off) on a free port, its data in directory; stopped
+    and removed afterwards. Yields the URL of its postgres database."""
+    initdb, pg_ctl = pg_binary("initdb"), pg_binary("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        raise ProvisionError(
+            "no PostgreSQL: set DATABASE_URL, start a server on 127.0.0.1:5432, or install PostgreSQL's "
+            "server binaries (Debian: apt-get install postgresql) so a throwaway one can be started"
+        )
+    data = directory / "postgres"
+    data.mkdir(parents=True)
+    run_as = as_postgres()
+    if run_as:
+        shutil.chown(data, "postgres")
+    port = free_port()
+    log = data / "server.log"
+    initialised = subprocess.run(
+        [*run_as, initdb, "-D", str(data / "db"), "-U", "postgres", "--auth=trust", "--no-sync"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if initialised.returncode != 0:
+        raise ProvisionError(f"initdb failed:\n{initialised.stdout}{initialised.stderr}")
+    options = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c max_connections=200"
+    started = subprocess.run(
+        [*run_as, pg_ctl, "-D", str(data / "db"), "-l", str(log), "-w", "-t", "60", "-o", options, "start"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if started.returncode != 0:
+        raise ProvisionError(f"PostgreSQL did not start:\n{tail_of(log)}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*run_as, pg_ctl, "-D", str(data / "db"), "-m", "immediate", "-w", "stop"],
+            capture_output=True,
+            check=False,
+        )
+
+
+class RedisServer:
+    """A private redis-server on a free port (no persistence) that a test may kill and start again."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ProvisionError(
+                "no Redis: set REDIS_URL, start a server on 127.0.0.1:6379, or install redis-server "
+                "(Debian: apt-get install redis-server) so a throwaway one can be started"
+            )
+        self.binary = binary
+        self.port = port or free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        command = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(
+            [*command, "--dir", str(self.directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        process = self.process
+
+        def listening() -> bool:
+            if process.poll() is not None:
+                raise ProvisionError(f"redis-server exited with {process.returncode} (port {self.port})")
+            return port_open("127.0.0.1", self.port, timeout=0.2)
+
+        wait_until(listening, timeout=10, what=f"redis-server on port {self.port}")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@contextmanager
+def throwaway_redis(directory: Path) -> Iterator[str]:
+    server = RedisServer(directory / "redis")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.kill()
+
+
+def local_default(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    return port_open(parts.hostname or "127.0.0.1", parts.port or 0)
+
+
+@dataclass(frozen=True)
+class Servers:
+    """What to run against: a PostgreSQL server URL whose role may create databases, a Redis URL,
+    and a line for each saying where it came from."""
+
+    database_url: str
+    redis_url: str
+    said: tuple[str, ...]
+
+
+@contextmanager
+def servers(
+    env: Mapping[str, str] | None = None, *, throwaway: bool = False, scratch: Path | None = None
+) -> Iterator[Servers]:
+    """PostgreSQL and Redis to run against: DATABASE_URL / REDIS_URL as given; else servers on the
+    default local ports; else (always, with throwaway) private ones started for the block and
+    stopped after it."""
+    env = os.environ if env is None else env
+    with ExitStack() as stack:
+
+        def directory() -> Path:
+            nonlocal scratch
+            if scratch is None:
+                scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jotc-servers.")))
+                scratch.chmod(0o755)  # a throwaway PostgreSQL runs as postgres and keeps its data inside
+            return scratch
+
+        def choose(name: str, variable: str, default: str, start: Callable[[Path], Any]) -> tuple[str, str]:
+            if env.get(variable) and not throwaway:
+                return env[variable], f"{name}: {variable} as given ({shown(env[variable])})"
+            if not throwaway and local_default(default):
+                return default, f"{name}: the local server, {default}"
+            url = str(stack.enter_context(start(directory())))
+            return url, f"{name}: a throwaway server, {url}"
+
+        database_url, said_database = choose("PostgreSQL", "DATABASE_URL", DEFAULT_DATABASE_URL, throwaway_postgres)
+        redis_url, said_redis = choose("Redis", "REDIS_URL", DEFAULT_REDIS_URL, throwaway_redis)
+        said = [said_database, said_redis]
+        yield Servers(database_url, redis_url, tuple(said))

@@ -1,0 +1,294 @@
+"""scripts/test: lint, type-check and test JOTC against real PostgreSQL and Redis, then the deployment
+checks; print a summary; exit non-zero on any failure. The tree and the temp directory must be left
+as they were found. `scripts/test --help` says how to run one tier, one service or one test."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import common
+import jotc_provision
+from common import ROOT, say
+
+TIERS = ("unit", "integration", "system")
+# pytest-xdist processes per suite (PYTEST_WORKERS overrides them all). The suites run at the same
+# time, and most of their tests wait on servers, sockets and PostgreSQL rather than compute.
+WORKERS = {"api": 3, "db-migrations": 2, "loadtest": 2, "deploy": 2}
+USAGE = """\
+usage: scripts/test [--tier TIER] [--throwaway] [NAME ...] [-- PYTEST_ARGS ...]
+
+Lints, type-checks and tests JOTC; prints a summary and exits non-zero on any failure.
+
+  (no NAME)      everything: hadolint, each service, deploy, compose, then the leftover check
+  NAME           only these: a service (db-migrations, api, loadtest), deploy (Compose config,
+                 scripts/dev end to end, the bootstrap, the Helm chart), or compose (the
+                 containers in a real Docker engine, deploy/container_tests)
+  --tier TIER    only one tier of the services' tests, and no linters:
+                   unit         pure logic, in process: no server, database or sleep (seconds)
+                   integration  through HTTP in process (Litestar's test client) or jotc-migrate,
+                                against real PostgreSQL and Redis
+                   system       real servers: Granian processes, signals, faults, Locust
+  --throwaway    start private PostgreSQL and Redis even if local ones run
+  -- ARGS        extra arguments for every pytest run (e.g. -- -x -k upgrade)
+  -h, --help     this text
+
+One test: scripts/test api -- tests/unit/test_solver.py::test_reference_samples
+(the path is relative to the service's directory).
+
+PostgreSQL: DATABASE_URL if set (a server whose role may create databases: every test makes
+its own fresh database and drops it), else 127.0.0.1:5432, else a throwaway server from the
+local binaries. Redis likewise with REDIS_URL / 127.0.0.1:6379.
+
+Tools: uv and helm are the pinned ones in .tools/ (installed on first use, scripts/tools/);
+JOTC_SYSTEM_TOOLS=1 uses the machine's own uv and helm instead when it has them. Every tool the
+tests run is locked in the uv.lock of the suite that runs it.
+"""
+
+# Kept by design: the caches and environments that are meant to stay.
+KEPT = (".venv", ".tools", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".hypothesis")
+# Left in the tests' TMPDIR by design, and gone with it: pytest's last base temp directories, uv's
+# lock files, and the grammar cache of lark (python-hcl2, in checkov).
+TMP_KEPT = ("pytest-of-", "uv-", ".lark_cache_")
+
+
+@dataclass
+class Run:
+    results: list[str] = field(default_factory=list)
+    failed: bool = False
+
+    def step(self, name: str, action: Callable[[], bool]) -> bool:
+        say(name)
+        started = time.monotonic()
+        ok = action()
+        self.record(ok, f"{name} ({time.monotonic() - started:.0f} s)")
+        return ok
+
+    def command(self, name: str, command: Sequence[str], cwd: Path = ROOT) -> bool:
+        return self.step(name, lambda: subprocess.run(list(command), cwd=cwd, check=False).returncode == 0)
+
+    def together(self, jobs: list[tuple[str, list[str], Path]], logs: Path) -> None:
+        """Run jobs (name, command, directory) at the same time, each one's output kept in a log and
+        printed whole when it ends: the test suites mostly wait on servers, sockets and databases,
+        so they overlap well even on two cores."""
+        if len(jobs) == 1:
+            self.command(*jobs[0])
+            return
+        logs.mkdir(exist_ok=True)
+        running = []
+        for number, (name, command, cwd) in enumerate(jobs):
+            say(f"{name}: started (output shown when it ends)")
+            log = logs / f"{number}.log"
+            with log.open("wb") as out:
+                process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+            running.append((name, process, log, time.monotonic()))
+        while running:
+            for entry in list(running):
+                name, process, log, started = entry
+                if process.poll() is None:
+                    continue
+                running.remove(entry)
+                say(f"{name}: ended, exit status {process.returncode}")
+                sys.stdout.write(log.read_text(errors="replace"))
+                sys.stdout.flush()
+                self.record(process.returncode == 0, f"{name} ({time.monotonic() - started:.0f} s)")
+            time.sleep(0.2)  # the poll interval of a loop that waits for processes to end
+
+    def record(self, ok: bool, line: str) -> None:
+        self.results.append(f"{'PASS' if ok else 'FAIL'}  {line}")
+        self.failed = self.failed or not ok
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    extra: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, extra = argv[:at], argv[at + 1 :]
+    parser = argparse.ArgumentParser(
+        prog="scripts/test", usage=USAGE.splitlines()[0].removeprefix("usage: "), add_help=False
+    )
+    parser.add_argument("-h", "--help", action="store_true")
+    parser.add_argument("--throwaway", action="store_true")
+    parser.add_argument("--tier", choices=TIERS)
+    parser.add_argument("names", nargs="*")
+    args = parser.parse_args(argv)
+    if args.help:
+        print(USAGE, end="")
+        raise SystemExit(0)
+    args.pytest_args = extra
+    known = common.services()
+    for name in args.names:
+        if name not in (*known, "deploy", "compose"):
+            parser.error(f"no service named {name} (services/{name}/pyproject.toml; see scripts/test --help)")
+    return args
+
+
+def workers(default: int) -> str:
+    return os.environ.get("PYTEST_WORKERS", str(default))
+
+
+def pytest_options(tier: str | None, extra: list[str], spread: int) -> list[str]:
+    """A tier's directory, or the whole suite with its coverage report and floor (fail_under in the
+    service's pyproject.toml); spread over that many processes (pytest-xdist), the unit tier aside,
+    unless the caller gave pytest arguments of their own (-x, -k, one test: one process, no floor)."""
+    options = [f"tests/{tier}"] if tier else []
+    if extra:
+        return [*options, *extra]
+    if tier != "unit":  # the unit tier is done in seconds: starting more processes costs more than it saves
+        options += ["--numprocesses", workers(spread)]
+    if tier is None:
+        options += ["--cov", "--cov-report=term-missing:skip-covered"]
+    return options
+
+
+def tree_state() -> set[str]:
+    lines = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=all", "--ignored=matching"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.splitlines()
+    return {line for line in lines if not any(part in KEPT for part in Path(line[3:]).parts)}
+
+
+def listing(directory: Path) -> set[str]:
+    return {path.name for path in directory.iterdir()}
+
+
+def dockerfiles() -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*Dockerfile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [str(ROOT / line) for line in out.split()]
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    everything = not args.names
+    wanted = set(args.names)
+    chosen = [service for service in common.services() if everything or service in wanted]
+    deploy_wanted = (everything and args.tier is None) or "deploy" in wanted
+    compose_wanted = (everything and args.tier is None) or "compose" in wanted
+    needs_servers = args.tier != "unit" and (chosen or deploy_wanted)
+
+    system_tmp = Path(tempfile.gettempdir())
+    tree_before, tmp_before = tree_state(), listing(system_tmp)
+    run = Run()
+    with ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jotc.")))
+        scratch.chmod(0o755)  # a throwaway PostgreSQL runs as postgres and keeps its data inside
+        tests_tmp = scratch / "tmp"
+        tests_tmp.mkdir()
+        os.environ["TMPDIR"] = str(tests_tmp)
+        tempfile.tempdir = None  # this process's own temporary files follow TMPDIR too
+
+        common.use_uv()
+        if needs_servers:
+            found = stack.enter_context(jotc_provision.servers(throwaway=args.throwaway, scratch=scratch))
+            for line in found.said:
+                say(line)
+            os.environ["DATABASE_URL"], os.environ["REDIS_URL"] = found.database_url, found.redis_url
+        os.environ["JOTC_MIGRATE"] = common.venv_command("db-migrations", "jotc-migrate")
+        os.environ["JOTC_API"] = common.venv_command("api", "jotc-api")
+
+        deploy = ROOT / "deploy"
+        deploy_synced = False
+        if (chosen and args.tier is None) or deploy_wanted or compose_wanted:
+            deploy_synced = run.step("deploy: uv sync --locked (the checks' tools)", lambda: common.sync(deploy))
+        if deploy_synced and args.tier is None and (chosen or deploy_wanted) and (files := dockerfiles()):
+            run.command(f"hadolint: {' '.join(files)}", [str(deploy / ".venv/bin/hadolint"), *files])
+
+        # Every service's locked environment first, tested or not: the API's tests migrate with
+        # db-migrations' command, and the load test's tests run the API.
+        synced = []
+        if chosen:
+            for service in common.services():
+                if common.sync(common.SERVICES / service):
+                    synced.append(service)
+                else:
+                    hint = f"is uv.lock up to date? run uv lock in services/{service}"
+                    run.record(False, f"{service}: uv sync --locked ({hint})")
+
+        suites: list[tuple[str, list[str], Path]] = []  # the test suites, run together once linted
+        for service in chosen:
+            if service not in synced:
+                continue
+            directory = common.SERVICES / service
+            paths = ["src", "tests"]
+            if args.tier is None:
+                run.command(f"{service}: ruff check", ["uv", "run", "--no-sync", "ruff", "check", *paths], directory)
+                run.command(
+                    f"{service}: ruff format --check",
+                    ["uv", "run", "--no-sync", "ruff", "format", "--check", "--quiet", *paths],
+                    directory,
+                )
+                run.command(
+                    f"{service}: mypy --strict src", ["uv", "run", "--no-sync", "mypy", "--strict", "src"], directory
+                )
+            if args.tier is not None and not (directory / "tests" / args.tier).is_dir():
+                continue
+            name = f"{service}: pytest" + (f" ({args.tier} tier)" if args.tier else ", with coverage")
+            options = pytest_options(args.tier, args.pytest_args, WORKERS.get(service, 2))
+            suites.append((name, ["uv", "run", "--no-sync", "pytest", *options], directory))
+
+        if deploy_synced and deploy_wanted:
+            common.use_helm()
+            # The deployment tests, the container stage and the scripts' own Python, under deploy's rules.
+            checked = ["tests", "container_tests", "../scripts/lib"]
+            run.command("deploy: ruff check", ["uv", "run", "--no-sync", "ruff", "check", *checked], deploy)
+            run.command(
+                "deploy: ruff format --check",
+                ["uv", "run", "--no-sync", "ruff", "format", "--check", "--quiet", *checked],
+                deploy,
+            )
+            run.command(
+                "deploy: mypy --strict (container stage, scripts)",
+                ["uv", "run", "--no-sync", "mypy", "--strict", "container_tests", "../scripts/lib"],
+                deploy,
+            )
+            spread = [] if args.pytest_args else ["--numprocesses", workers(WORKERS["deploy"])]
+            suites.append(("deploy: pytest", ["uv", "run", "--no-sync", "pytest", *spread, *args.pytest_args], deploy))
+        run.together(suites, scratch / "logs")
+        if deploy_synced and compose_wanted:
+            run.command(
+                "compose: containers in a real Docker engine",
+                ["uv", "run", "--no-sync", "pytest", "container_tests", *args.pytest_args],
+                deploy,
+            )
+
+        def leftovers() -> bool:
+            tree = sorted(tree_state() - tree_before)
+            tmp = sorted(listing(system_tmp) - tmp_before - {scratch.name})
+            ours = sorted(name for name in listing(tests_tmp) if not name.startswith(TMP_KEPT))
+            if tree:
+                print("left in the work tree (git status):", *tree, sep="\n  ", file=sys.stderr)
+            if tmp:
+                said = f"new in {system_tmp} during the run (or made by another program meanwhile):"
+                print(said, *tmp, sep="\n  ", file=sys.stderr)
+            if ours:
+                print("left in the tests' TMPDIR:", *ours, sep="\n  ", file=sys.stderr)
+            return not (tree or tmp or ours)
+
+        run.step("leftovers: the work tree and the temp directory as they were found", leftovers)
+
+    print("\nSummary")
+    for line in run.results:
+        print(f"  {line}")
+    print("scripts/test: FAILED" if run.failed else "scripts/test: all passed")
+    return 1 if run.failed else 0
+
+
+if __name__ == "__main__":
+    common.run_script(main)
