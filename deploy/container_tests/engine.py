@@ -7,6 +7,7 @@ images stay cached between runs. Nothing here configures the engine beyond start
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -53,8 +54,11 @@ def answers(cli: str) -> bool:
 def apt_install(*packages: str) -> None:
     """Debian packages, as root: the container stage's only install step outside the project's files."""
     environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run("apt-get", "update", "-qq", timeout=600, env=environment)
-    run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages, timeout=900, env=environment)
+    # One apt-get at a time across the test processes (pytest-xdist): apt refuses to run beside itself.
+    with open("/var/lib/apt/lists/jotc-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        run("apt-get", "update", "-qq", timeout=600, env=environment)
+        run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages, timeout=900, env=environment)
 
 
 def can_install() -> bool:

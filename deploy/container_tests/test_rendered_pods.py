@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import REPORT, ROOT, project
 from engine import Engine, run
 from images import Provided
 from pods import Cluster, Kubelet, Manifest, Pod
+from stage import REPORT, ROOT, project
 
 CHART = ROOT / "deploy/helm/jotc"
 VALUES = [CHART / "ci/evaluation-values.yaml", Path(__file__).with_name("rendered-values.yaml")]

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from conftest import Project, env_example, project
 from engine import Engine, run
 from images import Provided
+from stage import Project, env_example, project
 
 GAME = {"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "container-stage@example.com"}
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
-from conftest import ROOT
+from support import ROOT
 
 BENCH = ROOT / "scripts/bench"
 

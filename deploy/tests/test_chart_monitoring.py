@@ -14,13 +14,14 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT
-from test_helm import one, render
+from chart import one, render
+from support import ROOT
 
 API_SOURCE = ROOT / "services/api/src"
 MONITORING = ("--set", "api.grafanaDashboard.enabled=true,api.prometheusRule.enabled=true")
@@ -141,6 +142,7 @@ def promtool() -> str:
         assert spec is not None
         assert spec.loader is not None
         engine = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = engine  # dataclasses look their module up there
         spec.loader.exec_module(engine)
         engine.apt_install("prometheus")
         found = shutil.which("promtool")

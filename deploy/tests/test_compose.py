@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, committed_files, compose, compose_binary, compose_config
+from support import ROOT, committed_files, compose, compose_binary, compose_config
 
 VARIANTS = {
     "default": (),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from conftest import ROOT
+from support import ROOT
 
 SERVER = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
 # What scripts/dev reads from the environment before .env: unset, so the test's .env decides.

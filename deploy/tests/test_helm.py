@@ -4,22 +4,14 @@ Kubernetes schemas, and assert what the chart promises on the rendered objects."
 from __future__ import annotations
 
 import base64
-import copy
-import functools
 import re
-import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import ROOT
-
-CHART = ROOT / "deploy/helm/jotc"
-VALUES = {"default": None, **{path.stem: path for path in sorted((CHART / "ci").glob("*.yaml"))}}
+from chart import CHART, VALUES, find, invalid_on, one, render, run_helm, values_args
 
 # The oldest Kubernetes minor on which every field the chart uses exists and is on by default:
 # lifecycle.preStop.sleep (PodLifecycleSleepAction) is alpha and off in 1.29, beta and on in 1.30;
@@ -36,49 +28,6 @@ FIELD_ON_BY_DEFAULT_SINCE = {
 KUBERNETES_MINORS = [
     minor for minor in range(OLDEST_MINOR, 100) if f"1.{minor}.0" in kubernetes_validate.utils.all_versions()
 ]
-
-
-def helm() -> str:
-    found = shutil.which("helm") or str(ROOT / ".tools/helm/helm")
-    if not Path(found).exists():
-        pytest.exit("helm not found: scripts/test installs it (.tools/helm), or put helm on PATH", returncode=2)
-    return found
-
-
-def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([helm(), *args], capture_output=True, text=True, check=False, timeout=120)
-
-
-def values_args(name: str) -> list[str]:
-    path = VALUES[name]
-    return ["-f", str(path)] if path else []
-
-
-@functools.cache
-def rendered_text(name: str, *extra: str) -> str:
-    """helm template's output, once per set of arguments for the whole run (renders are pure)."""
-    result = run_helm("template", "rel", str(CHART), "--namespace", "jotc", *values_args(name), *extra)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-@functools.cache
-def _parsed(name: str, *extra: str) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(rendered_text(name, *extra)) if doc]
-
-
-def render(name: str, *extra: str) -> list[dict[str, Any]]:
-    return copy.deepcopy(_parsed(name, *extra))
-
-
-def find(docs: list[dict[str, Any]], kind: str, name_part: str = "") -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] == kind and name_part in d["metadata"]["name"]]
-
-
-def one(docs: list[dict[str, Any]], kind: str, name_part: str = "") -> dict[str, Any]:
-    found = find(docs, kind, name_part)
-    assert len(found) == 1, [d["metadata"]["name"] for d in found]
-    return found[0]
 
 
 @pytest.mark.parametrize("name", VALUES)
@@ -101,19 +50,6 @@ def test_helm_refuses_a_cluster_older_than_kube_version() -> None:
     assert "kubeVersion" in older.stderr or "incompatible" in older.stderr, older.stderr
     oldest = run_helm("template", "rel", str(CHART), "--kube-version", f"1.{OLDEST_MINOR}.0")
     assert oldest.returncode == 0, oldest.stderr
-
-
-def invalid_on(minor: int, docs: list[dict[str, Any]]) -> list[str]:
-    """Every schema error of these manifests on Kubernetes 1.<minor>, strictly (unknown fields too)."""
-    errors = []
-    for doc in docs:
-        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
-            continue  # CRDs of the Prometheus Operator: not in the Kubernetes schemas
-        try:
-            kubernetes_validate.validate(doc, f"1.{minor}.0", strict=True)
-        except kubernetes_validate.ValidationError as error:
-            errors.append(f"1.{minor}: {doc['kind']} {doc['metadata']['name']}: {error.message} at {error.path}")
-    return errors
 
 
 # The ci/ files and the switches they leave off: the dashboard, alerts and a UI swarm with workers

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, committed_files, pinned
-from test_helm import CHART, VALUES, run_helm, values_args
+from chart import CHART, VALUES, run_helm, values_args
+from support import ROOT, committed_files, venv_tool
 
 SKIPS: dict[str, dict[str, str]] = yaml.safe_load((ROOT / "deploy/checkov-skips.yaml").read_text())
 
@@ -20,13 +20,7 @@ SKIPS: dict[str, dict[str, str]] = yaml.safe_load((ROOT / "deploy/checkov-skips.
 def checkov(*args: str) -> list[dict[str, Any]]:
     result = subprocess.run(
         [
-            "uv",
-            "tool",
-            "run",
-            "--quiet",
-            "--from",
-            pinned("checkov"),
-            "checkov",
+            venv_tool("checkov"),
             "--quiet",
             "--compact",
             "-o",
@@ -87,7 +81,7 @@ def test_a_finding_outside_the_list_would_fail(framework: str) -> None:
 def secrets_found(*files: str, cwd: Path = ROOT) -> set[tuple[str, str]]:
     """(file, hashed secret) of every finding of detect-secrets in these files."""
     result = subprocess.run(
-        ["uv", "tool", "run", "--quiet", "--from", pinned("detect-secrets"), "detect-secrets", "scan", *files],
+        [venv_tool("detect-secrets"), "scan", *files],
         cwd=cwd,
         capture_output=True,
         text=True,

