@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -121,11 +122,13 @@ def create_app(
     configure_logs: bool = True,
     fast_path: bool = True,
     drain: DrainFlag | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> ASGIApp:
     """The application that runs, outside in: the response pipeline (request id, CORS, headers,
     metrics, access log, last-resort 500), rate limiting (when JOTC_RATE_LIMIT is set), the fast
     path for the served routes, then Litestar. Every answer, 404s and crashes included, is counted
-    and leaves through the pipeline. ``fast_path=False`` leaves the served routes to Litestar."""
+    and leaves through the pipeline. ``fast_path=False`` leaves the served routes to Litestar;
+    ``clock`` is the wall clock of rate limiting's windows (tests give their own)."""
     if configure_logs:
         configure_logging(settings.log_level, settings.log_format)
     link = redis if redis is not None else RedisLink(settings.redis_url)
@@ -133,7 +136,7 @@ def create_app(
     litestar = create_litestar(settings, link, drain)
     app: ASGIApp = transport.fast_path(litestar, litestar) if fast_path else litestar
     if settings.rate_limit is not None:
-        app = rate_limit_middleware(RateLimiter(settings.rate_limit, link, settings.trusted_proxies), app)
+        app = rate_limit_middleware(RateLimiter(settings.rate_limit, link, settings.trusted_proxies, clock=clock), app)
     return response_pipeline(
         app, cors=cors_config(settings.cors_origins), access=settings.access_log, fmt=settings.log_format, drain=drain
     )

@@ -1,18 +1,17 @@
-"""Start-up: a bad setting stops jotc-api with one line naming the variable; worker sizing."""
+"""Start-up: a bad setting stops jotc-api with one line naming the variable; worker sizing. In
+process: jotc-api's main() with the server itself replaced (tests/system/test_start_up.py runs the
+command once)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from jotc_api import server
-from jotc_api.settings import SettingsError, load_settings
+from jotc_api.settings import Settings, SettingsError, load_settings
 
-JOTC_API = str(Path(sys.executable).with_name("jotc-api"))
 GOOD = {"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/jotc"}
 
 
@@ -42,14 +41,30 @@ GOOD = {"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/jotc"}
         ("JOTC_MAX_HEADER_BYTES", "100"),
     ],
 )
-def test_bad_setting_stops_start_up_with_one_line_naming_it(variable: str, value: str) -> None:
-    env = {**os.environ, **GOOD, "PORT": "4999", variable: value}
-    result = subprocess.run([JOTC_API], env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+def test_bad_setting_stops_start_up_with_one_line_naming_it(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started: list[Settings] = []
+    monkeypatch.setattr(server, "run", started.append)
+    for name, setting in {**GOOD, "PORT": "4999", variable: value}.items():
+        monkeypatch.setenv(name, setting)
+    with pytest.raises(SystemExit) as exited:
+        server.main()
+    assert exited.value.code == 2, f"{variable}={value!r} did not stop start-up with status 2"
+    assert started == [], "the server was started despite the bad setting"
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {lines}"
     assert lines[0].startswith("jotc-api: ")
-    assert variable in lines[0]
+    assert variable in lines[0], f"the line does not name {variable}: {lines[0]}"
+
+
+def test_good_settings_start_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[Settings] = []
+    monkeypatch.setattr(server, "run", started.append)
+    for name, setting in {**GOOD, "PORT": "4999"}.items():
+        monkeypatch.setenv(name, setting)
+    server.main()
+    assert [settings.port for settings in started] == [4999]
 
 
 def test_missing_database_url_is_named() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from conftest import in_process
+from support import in_process
 
 from jotc_api.problems import KINDS
 

@@ -12,6 +12,7 @@ import os
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,12 +20,13 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from conftest import ApiServer, fresh_database, migrate_command, start_api
+from jotc_provision import wait_until
+from support import ApiServer, fresh_database, migrate_command, start_api
 
 from jotc_api.schema_compat import judge
 from jotc_api.tables import SCHEMA_REVISION
 
-REVISIONS = Path(__file__).resolve().parents[2] / "db-migrations" / "tests" / "revisions"
+REVISIONS = Path(__file__).resolve().parents[3] / "db-migrations" / "tests" / "revisions"
 BODY = {"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "compat@example.com"}
 
 
@@ -50,12 +52,18 @@ def api_on(database_url: str, tmp: Path) -> Iterator[ApiServer]:
 
 
 def wait_ready(server: ApiServer) -> httpx.Response:
-    deadline = time.monotonic() + 15
-    while True:
-        response = httpx.get(f"{server.base_url}/readyz", timeout=5)
-        if response.status_code == 200 or time.monotonic() > deadline:
-            return response
-        time.sleep(0.1)
+    """/readyz's answer once it is 200 (within 15 s; otherwise its last answer is the failure)."""
+    answers: list[httpx.Response] = []
+
+    def ready() -> bool:
+        answers.append(httpx.get(f"{server.base_url}/readyz", timeout=5))
+        return answers[-1].status_code == 200
+
+    try:
+        wait_until(ready, timeout=15, what="/readyz answering 200", interval=0.05)
+    except TimeoutError as error:
+        raise AssertionError(f"{error}; its last answer: {answers[-1].status_code} {answers[-1].text}") from None
+    return answers[-1]
 
 
 class Traffic:
@@ -87,15 +95,19 @@ def test_a_running_build_stays_ready_and_records_while_the_schema_moves_one_revi
     with fresh_database() as url, api_on(url, tmp_root) as api:
         assert wait_ready(api).status_code == 200
         with Traffic(api) as traffic:
-            time.sleep(0.5)
+            # Steady traffic first, then the migration under it, then traffic on the new schema.
+            wait_until(lambda: len(traffic.posted) >= 5, timeout=15, what="the traffic under way (5 POSTs answered)")
             upgraded = jotc_migrate(url, "upgrade", scenario="expand")
             before = len(traffic.ready)
-            while len(traffic.ready) < before + 20:
-                time.sleep(0.05)
-        assert upgraded.returncode == 0, upgraded.stderr
+            wait_until(
+                lambda: len(traffic.ready) >= before + 20,
+                timeout=30,
+                what="20 more /readyz answers after the migration",
+            )
+        assert upgraded.returncode == 0, f"jotc-migrate upgrade exited {upgraded.returncode}:\n{upgraded.stderr}"
         assert "to t_expand" in upgraded.stderr
-        assert set(traffic.ready) == {200}, traffic.ready
-        assert set(traffic.posted) == {201}, traffic.posted
+        assert set(traffic.ready) == {200}, f"/readyz was not always 200: {Counter(traffic.ready)}"
+        assert set(traffic.posted) == {201}, f"POST /jumps was not always 201: {Counter(traffic.posted)}"
         schema = httpx.get(f"{api.base_url}/readyz").json()["checks"]["schema"]
         assert schema["status"] == "ok"
         assert schema["revision"] == SCHEMA_REVISION
@@ -107,7 +119,7 @@ def test_a_rolled_back_build_comes_up_ready_on_a_newer_compatible_schema(tmp_roo
         assert jotc_migrate(url, "upgrade", scenario="expand").returncode == 0
         # The rolled-back pod: its init container (this build's jotc-migrate, no t_expand file) ...
         init = jotc_migrate(url, "check", "--wait", "5")
-        assert init.returncode == 0, init.stderr
+        assert init.returncode == 0, f"jotc-migrate check exited {init.returncode}:\n{init.stderr}"
         # ... then the API itself, which serves and records.
         with api_on(url, tmp_root) as api:
             ready = wait_ready(api)
@@ -146,12 +158,13 @@ def test_posts_keep_answering_201_while_a_migration_waits_behind_a_long_reader(t
             )
             elapsed = time.monotonic() - started
             reader.rollback()
-        assert stuck.returncode == 3, stuck.stderr
+        assert stuck.returncode == 3, f"the stuck migration exited {stuck.returncode}, not 3:\n{stuck.stderr}"
         assert "gave up after 3 attempts" in stuck.stderr
-        assert elapsed < 3 * 1 + 1 + 2 + 10  # attempts x lock_timeout + back-off + start-up
-        assert len(traffic.posted) > 10
-        assert set(traffic.posted) == {201}, traffic.posted
-        assert set(traffic.ready) == {200}
+        # attempts x lock_timeout + back-off + start-up
+        assert elapsed < 3 * 1 + 1 + 2 + 10, f"the stuck migration took {elapsed:.1f} s to give up"
+        assert len(traffic.posted) > 10, f"only {len(traffic.posted)} POSTs while the migration waited"
+        assert set(traffic.posted) == {201}, f"POST /jumps was not always 201: {Counter(traffic.posted)}"
+        assert set(traffic.ready) == {200}, f"/readyz was not always 200: {Counter(traffic.ready)}"
 
 
 @pytest.mark.parametrize(

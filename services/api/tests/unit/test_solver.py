@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import deque
 
 import pytest
@@ -81,8 +82,21 @@ def games(draw: st.DrawFn, max_n: int = 300) -> tuple[bytes, int]:
     k = draw(st.integers(1, 7))
     n = draw(st.integers(2, max_n))
     density = draw(st.sampled_from([0.0, 0.05, 0.3, 0.5, 0.7]))
-    inner = draw(st.lists(st.floats(0, 1), min_size=n - 2, max_size=n - 2))
-    return bytes([0, *(1 if x < density else 0 for x in inner), 0][:n]) if n > 1 else bytes(n), k
+    # The clouds from a drawn seed: drawing hundreds of floats one by one made these tests slow;
+    # Hypothesis still shrinks n, k, density and the seed.
+    rng = random.Random(draw(st.integers(0, 2**32 - 1)))  # noqa: S311 - test data, not secrets
+    inner = [1 if rng.random() < density else 0 for _ in range(n - 2)]
+    return bytes([0, *inner, 0][:n]), k
+
+
+def playable(c: bytes) -> bytes:
+    """c with every thunderhead that follows another made a cumulus: a classic game (max_jump 2)
+    that can always be won."""
+    out = bytearray(c)
+    for i in range(1, len(out)):
+        if out[i] and out[i - 1]:
+            out[i] = 0
+    return bytes(out)
 
 
 @settings(max_examples=600, deadline=None)
@@ -100,9 +114,10 @@ def test_solver_matches_the_oracles(game: tuple[bytes, int]) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(games(max_n=400).filter(lambda game: first_blocking_run(game[0], 2) is None))
+@given(games(max_n=400))
 def test_vectorised_classic_game_matches_the_walk(game: tuple[bytes, int]) -> None:
-    c, _ = game
+    c = playable(game[0])
+    assert first_blocking_run(c, 2) is None
     assert solver._classic_vectorised(c) == Solution(len(naive_greedy_path(c, 2)) - 1, naive_greedy_path(c, 2))
 
 

@@ -1,17 +1,17 @@
-"""The admin API through the real server: auth, statistics, listing, erasure, hostile parameters."""
+"""The admin API in process against real PostgreSQL: auth, statistics, listing, erasure, hostile
+parameters. Erasure racing new requests on the real server: tests/system/test_admin_race.py."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from conftest import ADMIN_TOKEN, ApiServer, fresh_database, start_api
+from support import ADMIN_TOKEN, TEST_SETTINGS, fresh_database, in_process
 
 Connection = psycopg.Connection[tuple[object, ...]]
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -54,15 +54,12 @@ def test_delete_needs_the_token_too(client: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize("token", ["", "   "])
-def test_no_configured_token_refuses_every_admin_request(tmp_root: Path, database_url: str, token: str) -> None:
-    server = start_api(database_url, tmp_root, JOTC_WORKERS="1", JOTC_ADMIN_TOKEN=token)
-    try:
+def test_no_configured_token_refuses_every_admin_request(database_url: str, token: str) -> None:
+    with in_process(database_url, JOTC_ADMIN_TOKEN=token) as http:
         for headers in ({}, {"authorization": "Bearer"}, {"authorization": "Bearer anything"}, AUTH):
-            response = httpx.get(f"{server.base_url}/admin/stats", headers=headers)
-            assert response.status_code == 401
+            response = http.get("/admin/stats", headers=headers)
+            assert response.status_code == 401, f"{headers}: {response.status_code}"
             assert response.headers["www-authenticate"].startswith("Bearer")
-    finally:
-        server.stop()
 
 
 def test_stats_count_requests_per_user(client: httpx.Client) -> None:
@@ -92,18 +89,19 @@ def walk(client: httpx.Client, path: str, params: dict[str, Any], field: str) ->
     raise AssertionError("pagination did not end")
 
 
+@pytest.fixture(scope="module")
+def seven_users() -> Iterator[httpx.Client]:
+    """A database of its own holding exactly seven users, 1 to 3 requests each."""
+    with fresh_database() as url, in_process(url, **TEST_SETTINGS) as http:
+        for i in range(7):
+            record(http, f"user-{i}", times=1 + i % 3)
+        yield http
+
+
 @pytest.mark.parametrize("sort", ["requests", "user", "last_request_at"])
 @pytest.mark.parametrize("order", ["asc", "desc"])
-def test_stats_keyset_pages_cover_every_user_once_in_order(tmp_root: Path, sort: str, order: str) -> None:
-    with fresh_database() as url:
-        server = start_api(url, tmp_root, JOTC_WORKERS="1")
-        try:
-            with httpx.Client(base_url=server.base_url) as http:
-                for i in range(7):
-                    record(http, f"user-{i}", times=1 + i % 3)
-                users = walk(http, "/admin/stats", {"sort": sort, "order": order, "limit": 2}, "users")
-        finally:
-            server.stop()
+def test_stats_keyset_pages_cover_every_user_once_in_order(seven_users: httpx.Client, sort: str, order: str) -> None:
+    users = walk(seven_users, "/admin/stats", {"sort": sort, "order": order, "limit": 2}, "users")
     assert sorted(u["user"] for u in users) == [f"user-{i}" for i in range(7)]
     key = {
         "requests": lambda u: (u["requests"], u["user"]),
@@ -163,33 +161,6 @@ def test_erasure_removes_requests_and_statistics_and_is_idempotent(client: httpx
     assert client.get(f"/jumps/{ids[0]}").status_code == 404
     again = client.delete(f"/admin/users/{user}/requests", headers=AUTH)
     assert (again.status_code, again.json()) == (200, {"user": user, "deleted": 0})
-
-
-def test_erasure_racing_new_requests_leaves_stats_that_agree(api: ApiServer, db: Connection) -> None:
-    user = unique("race")
-
-    async def scenario() -> None:
-        async with httpx.AsyncClient(base_url=api.base_url, timeout=30) as http:
-
-            async def posts() -> None:
-                for _ in range(15):
-                    await asyncio.gather(
-                        *(http.post("/jumps", json={"clouds": [0, 0], "user": user}) for _ in range(8))
-                    )
-
-            async def deletes() -> None:
-                for _ in range(15):
-                    response = await http.delete(f"/admin/users/{user}/requests", headers=AUTH)
-                    assert response.status_code == 200
-                    await asyncio.sleep(0.01)
-
-            await asyncio.gather(posts(), deletes())
-
-    asyncio.run(scenario())
-    rows = db.execute("SELECT count(*) FROM jump_requests WHERE user_name = %s", (user,)).fetchone()
-    stats = db.execute("SELECT requests FROM user_stats WHERE user_name = %s", (user,)).fetchone()
-    assert rows is not None
-    assert (stats[0] if stats else 0) == rows[0]
 
 
 def test_user_names_with_reserved_characters_are_erased(client: httpx.Client) -> None:

@@ -1,29 +1,48 @@
 """jotc-retention against real PostgreSQL: old requests go, in chunks, and statistics and totals stay
-exactly those of what remains."""
+exactly those of what remains. Its main() runs in process; the command itself runs once."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
-from pathlib import Path
+from contextlib import redirect_stderr
+from unittest import mock
 
 import psycopg
-from conftest import BIN, fresh_database
-from test_erasure_at_scale import agreement, plant
+from support import BIN, agreement, fresh_database, plant
+
+from jotc_api import retention as jotc_retention
 
 
 def retention(url: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    """jotc-retention's main() in this process: its exit status and what it wrote to stderr."""
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("JOTC_RETENTION_")}
+    patched = mock.patch.dict(os.environ, {**environ, "DATABASE_URL": url, **env}, clear=True)
+    with patched, redirect_stderr(io.StringIO()) as said:
+        try:
+            jotc_retention.main()
+            status = 0
+        except SystemExit as exited:
+            status = int(exited.code or 0)
+    return subprocess.CompletedProcess(["jotc-retention"], status, "", said.getvalue())
+
+
+def test_the_command_runs_and_says_retention_is_off_unless_configured() -> None:
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("JOTC_RETENTION_")}
+    ran = subprocess.run(
         [str(BIN / "jotc-retention")],
-        env={**os.environ, "DATABASE_URL": url, **env},
+        env={**environ, "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"},
         capture_output=True,
         text=True,
         check=False,
         timeout=120,
     )
+    assert (ran.returncode, ran.stderr.count("\n")) == (0, 1), ran.stderr
+    assert "kept forever" in ran.stderr
 
 
-def test_retention_removes_old_requests_and_keeps_statistics_true(tmp_root: Path) -> None:
+def test_retention_removes_old_requests_and_keeps_statistics_true() -> None:
     with fresh_database() as url:
         plant(url, "old@example.com", 700, age="40 days")  # all older than 30 days
         plant(url, "mixed@example.com", 300, age="40 days")
@@ -65,7 +84,7 @@ def test_retention_removes_old_requests_and_keeps_statistics_true(tmp_root: Path
         assert "deleted 0 requests" in again.stderr
 
 
-def test_retention_is_off_unless_configured_and_bad_settings_are_named(tmp_root: Path) -> None:
+def test_retention_is_off_unless_configured_and_bad_settings_are_named() -> None:
     with fresh_database() as url:
         off = retention(url)
         assert off.returncode == 0

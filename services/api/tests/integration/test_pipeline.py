@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import in_process
+from support import in_process
 
 from jotc_api import jumps
 

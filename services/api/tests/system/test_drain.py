@@ -22,8 +22,9 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from conftest import DEFAULT_REDIS_URL, ApiServer, free_port, fresh_database, start_api
+from jotc_provision import DEFAULT_REDIS_URL, free_port, wait_until
 from litestar.testing import TestClient
+from support import ApiServer, fresh_database, start_api
 
 from jotc_api.app import create_app
 from jotc_api.drain import DrainFlag
@@ -57,6 +58,17 @@ def closed_by_server(sock: socket.socket) -> bool:
 
 def port_of(server: ApiServer) -> int:
     return int(server.base_url.rsplit(":", 1)[1])
+
+
+def threads_of(pid: int) -> int:
+    """How many threads process pid runs (its main process starts one when a SIGTERM begins the
+    drain timer: the sign that the signal was handled)."""
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def posts_answered(server: ApiServer) -> int:
+    """POST /jumps answers in the server's access log (written in batches every 0.2 s)."""
+    return server.log().count('"method":"POST","path":"/jumps"')
 
 
 def recorded(database_url: str, ids: list[str]) -> int:
@@ -93,73 +105,101 @@ def test_while_draining_readyz_is_503_healthz_200_and_every_answer_closes_the_co
 def test_sigterm_drains_then_stops_and_keep_alive_clients_are_told(tmp_root: Path) -> None:
     with fresh_database() as database_url:
         server = start_api(database_url, tmp_root, JOTC_DRAIN_SECONDS=str(DRAIN_SECONDS))
-        port = port_of(server)
-        kept = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
-        for sock in kept:  # kept-alive connections, idle when the signal comes
-            status, headers, _ = exchange(sock, "POST", "/jumps", BODY)
-            assert status == 201
-            assert "connection" not in headers
+        try:
+            port = port_of(server)
+            kept = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+            for sock in kept:  # kept-alive connections, idle when the signal comes
+                status, headers, _ = exchange(sock, "POST", "/jumps", BODY)
+                assert status == 201
+                assert "connection" not in headers
 
-        server.process.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        with httpx.Client(base_url=server.base_url, timeout=3) as probe:  # the signal is handled
-            while probe.get("/readyz").status_code != 503:
-                assert time.monotonic() - signalled < 1, "the drain did not start within 1 s"
-        readiness: Counter[tuple[int, str]] = Counter()
-        acknowledged: list[str] = []
-        # /readyz on fresh connections (they reach both workers) for the whole window; one kept
-        # connection after another sends a POST, the last one just before the delay ends.
-        while time.monotonic() - signalled < DRAIN_SECONDS - 0.3:
-            with socket.create_connection(("127.0.0.1", port), timeout=3) as probe:
-                status, headers, body = exchange(probe, "GET", "/readyz")
-                readiness[(status, json.loads(body)["status"])] += 1
-                assert headers.get("connection") == "close"
-            with socket.create_connection(("127.0.0.1", port), timeout=3) as probe:
-                assert exchange(probe, "GET", "/healthz")[0] == 200
-            elapsed = time.monotonic() - signalled
-            if kept and elapsed > (5 - len(kept)) * (DRAIN_SECONDS - 0.5) / 4:
-                sock = kept.pop()
-                status, headers, body = exchange(sock, "POST", "/jumps", BODY)
-                assert status == 201, body
-                assert headers.get("connection") == "close"
-                acknowledged.append(json.loads(body)["id"])
-                assert closed_by_server(sock)  # the server closes it after the answer, not before
-                sock.close()
-            time.sleep(0.1)
-        assert not kept
-        assert set(readiness) == {(503, "draining")}, readiness
+            server.process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            with httpx.Client(base_url=server.base_url, timeout=3) as probe:  # the signal is handled
+                wait_until(
+                    lambda: probe.get("/readyz").status_code == 503,
+                    timeout=max(0.0, signalled + 1 - time.monotonic()),  # 1 s from the signal
+                    what="the drain starting (/readyz 503) within 1 s of SIGTERM",
+                    interval=0.01,
+                )
+            readiness: Counter[tuple[int, str]] = Counter()
+            acknowledged: list[str] = []
+            # /readyz on fresh connections (they reach both workers) for the whole window; one kept
+            # connection after another sends a POST, the last one just before the delay ends.
+            while time.monotonic() - signalled < DRAIN_SECONDS - 0.3:
+                with socket.create_connection(("127.0.0.1", port), timeout=3) as probe:
+                    status, headers, body = exchange(probe, "GET", "/readyz")
+                    readiness[(status, json.loads(body)["status"])] += 1
+                    assert headers.get("connection") == "close"
+                with socket.create_connection(("127.0.0.1", port), timeout=3) as probe:
+                    assert exchange(probe, "GET", "/healthz")[0] == 200
+                elapsed = time.monotonic() - signalled
+                if kept and elapsed > (5 - len(kept)) * (DRAIN_SECONDS - 0.5) / 4:
+                    sock = kept.pop()
+                    status, headers, body = exchange(sock, "POST", "/jumps", BODY)
+                    assert status == 201, f"POST on a kept connection during the drain: {status} {body!r}"
+                    assert headers.get("connection") == "close"
+                    acknowledged.append(json.loads(body)["id"])
+                    assert closed_by_server(sock), "a kept connection stayed open after its Connection: close answer"
+                    sock.close()
+                time.sleep(0.1)  # the pace of the probes across the drain window, not a wait for anything
+            assert not kept, f"{len(kept)} kept connection(s) never got to send during the drain"
+            assert set(readiness) == {(503, "draining")}, (
+                f"/readyz during the drain was not always 503: {dict(readiness)}"
+            )
 
-        code = server.process.wait(timeout=DRAIN_SECONDS + 30)
-        stopped = time.monotonic() - signalled
-        assert code == 0, server.log()
-        assert DRAIN_SECONDS <= stopped < DRAIN_SECONDS + 5
-        with pytest.raises(ConnectionRefusedError):  # and now the listener is closed
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        assert "recorder drained" in server.log()
-        assert recorded(database_url, acknowledged) == len(acknowledged)
-        print(f"\ndrain: /readyz {dict(readiness)}; exit {stopped:.2f} s after SIGTERM (delay {DRAIN_SECONDS} s)")
+            code = server.process.wait(timeout=DRAIN_SECONDS + 30)
+            stopped = time.monotonic() - signalled
+            assert code == 0, f"the server exited with {code} after the drain:\n{server.log()}"
+            assert DRAIN_SECONDS <= stopped < DRAIN_SECONDS + 5, (
+                f"the server exited {stopped:.2f} s after SIGTERM, not {DRAIN_SECONDS} to {DRAIN_SECONDS + 5} s"
+            )
+            with pytest.raises(ConnectionRefusedError):  # and now the listener is closed
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            assert "recorder drained" in server.log(), f"the recorder did not say it drained:\n{server.log()}"
+            assert recorded(database_url, acknowledged) == len(acknowledged), "an acknowledged request has no row"
+            print(f"\ndrain: /readyz {dict(readiness)}; exit {stopped:.2f} s after SIGTERM (delay {DRAIN_SECONDS} s)")
+        finally:  # a no-op once it has stopped
+            server.stop(timeout=5)
 
 
 def test_sigusr1_starts_the_drain_and_a_second_sigterm_cuts_it_short(tmp_root: Path) -> None:
     with fresh_database() as database_url:
         server = start_api(database_url, tmp_root, JOTC_DRAIN_SECONDS="60")
-        with httpx.Client(base_url=server.base_url, timeout=5) as client:
-            assert client.get("/readyz").status_code == 200
-            server.process.send_signal(signal.SIGUSR1)
-            deadline = time.monotonic() + 5
-            while client.get("/readyz").status_code != 503:
-                assert time.monotonic() < deadline, "SIGUSR1 did not start the drain"
-                time.sleep(0.05)
-            assert client.get("/healthz").status_code == 200
-            answer = client.post("/jumps", json=BODY)
-            assert answer.status_code == 201
-            assert answer.headers["connection"] == "close"
-            server.process.send_signal(signal.SIGTERM)  # the drain goes on: 60 s from SIGUSR1
-            time.sleep(0.5)
-            assert server.process.poll() is None
-            assert client.post("/jumps", json=BODY).status_code == 201
-        server.process.send_signal(signal.SIGTERM)
-        assert server.process.wait(timeout=15) == 0, server.log()
+        try:
+            with httpx.Client(base_url=server.base_url, timeout=5) as client:
+                assert client.get("/readyz").status_code == 200
+                server.process.send_signal(signal.SIGUSR1)
+                wait_until(
+                    lambda: client.get("/readyz").status_code == 503,
+                    timeout=5,
+                    what="SIGUSR1 starting the drain (/readyz 503)",
+                )
+                assert client.get("/healthz").status_code == 200
+                answer = client.post("/jumps", json=BODY)
+                assert answer.status_code == 201
+                assert answer.headers["connection"] == "close"
+                threads = threads_of(server.process.pid)
+                server.process.send_signal(signal.SIGTERM)  # the drain goes on: 60 s from SIGUSR1
+                # Handled once the main process has started its drain timer (one more thread), or
+                # wrongly, by exiting: either way the wait ends, and the assertion says which.
+                wait_until(
+                    lambda: server.process.poll() is not None or threads_of(server.process.pid) > threads,
+                    timeout=10,
+                    what="the main process handling SIGTERM (its drain timer thread starting)",
+                )
+                assert server.process.poll() is None, f"SIGTERM during the drain stopped the server:\n{server.log()}"
+                assert client.post("/jumps", json=BODY).status_code == 201
+            server.process.send_signal(signal.SIGTERM)
+            try:
+                code = server.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(
+                    f"the second SIGTERM did not stop the server within 15 s:\n{server.log()}"
+                ) from None
+            assert code == 0, f"the server exited with {code} after the second SIGTERM:\n{server.log()}"
+        finally:  # a no-op once it has stopped
+            server.stop(timeout=5)
 
 
 # --- two instances behind HAProxy -----------------------------------------------------------------
@@ -199,10 +239,16 @@ class Balancer:
         return {row["svname"]: row["status"] for row in rows if row["pxname"] == "api"}
 
     def wait_until(self, server: str, status: str, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while (found := self.states().get(server)) != status:
-            assert time.monotonic() < deadline, f"HAProxy says {server} is {found}, not {status}"
-            time.sleep(0.1)
+        found: list[str | None] = [None]
+
+        def reached() -> bool:
+            found[0] = self.states().get(server)
+            return found[0] == status
+
+        try:
+            wait_until(reached, timeout=timeout, what=f"HAProxy marking {server} {status}", interval=0.05)
+        except TimeoutError as error:
+            raise AssertionError(f"HAProxy says {server} is {found[0]}, not {status}: {error}") from None
 
 
 @contextmanager
@@ -238,11 +284,12 @@ backend api
     with log_path.open("wb") as log_file:
         process = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 10
-        while not control.exists():
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "haproxy did not start"
-            time.sleep(0.05)
+
+        def started() -> bool:
+            assert process.poll() is None, f"haproxy exited with {process.returncode}:\n{log_path.read_text()}"
+            return control.exists()
+
+        wait_until(started, timeout=10, what="haproxy starting (its stats socket appearing)")
         yield Balancer(f"http://127.0.0.1:{front}", control)
     finally:
         process.terminate()
@@ -280,7 +327,7 @@ async def steady_load(url: str, rate: float, stop: asyncio.Event) -> list[Outcom
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             n += 1
-            await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))
+            await asyncio.sleep(max(0.0, started + n / rate - time.monotonic()))  # the pace of the load
         await asyncio.gather(*tasks)
     return outcomes
 
@@ -297,8 +344,16 @@ def test_instances_restarted_in_turn_behind_a_balancer_that_does_not_retry_lose_
                 for name in ports:
                     balancer.wait_until(name, "UP")
 
+                def both_serve_the_load(what: str) -> None:
+                    wait_until(
+                        lambda: all(posts_answered(server) >= 20 for server in instances.values()),
+                        timeout=20,
+                        what=f"{what}: 20 POST /jumps answered by each instance",
+                        interval=0.05,
+                    )
+
                 def restart_in_turn(rounds: int) -> None:
-                    time.sleep(1)
+                    both_serve_the_load("the load reaching both instances before the first restart")
                     for _ in range(rounds):
                         for name in ports:
                             signalled = time.monotonic()
@@ -307,7 +362,7 @@ def test_instances_restarted_in_turn_behind_a_balancer_that_does_not_retry_lose_
                             exits.append((name, code, time.monotonic() - signalled))
                             instances[name] = start_api(database_url, tmp_root, port=ports[name], **env)
                             balancer.wait_until(name, "UP")
-                    time.sleep(1)
+                    both_serve_the_load("the load reaching both restarted instances")
 
                 async def scenario() -> list[Outcome]:
                     stop = asyncio.Event()
@@ -329,6 +384,6 @@ def test_instances_restarted_in_turn_behind_a_balancer_that_does_not_retry_lose_
             f"{len(exits)} restarts (exit after SIGTERM: {', '.join(f'{t:.2f} s' for _, _, t in exits)}); "
             f"answers {dict(Counter(o.status for o in outcomes))}; {len(failed)} failed"
         )
-        assert all(code == 0 for _, code, _ in exits), exits
-        assert not failed, failed[:10]
-        assert recorded(database_url, ids) == len(ids)  # every 201 has its row
+        assert all(code == 0 for _, code, _ in exits), f"an instance exited non-zero after SIGTERM: {exits}"
+        assert not failed, f"{len(failed)} of {len(outcomes)} requests failed through the balancer: {failed[:10]}"
+        assert recorded(database_url, ids) == len(ids), "an acknowledged request has no row"

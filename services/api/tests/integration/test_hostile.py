@@ -11,7 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 import redis
-from conftest import DEFAULT_REDIS_URL, in_process
+from jotc_provision import DEFAULT_REDIS_URL
+from support import in_process
 
 from jotc_api.idempotency import IdempotencyStore
 from jotc_api.ratelimit import RateLimiter
