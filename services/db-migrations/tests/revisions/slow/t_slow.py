@@ -21,6 +21,7 @@ compatible_back_to: str | None = down_revision
 def upgrade() -> None:
     if not os.environ.get("JOTC_TEST_SLOW_ASKS_NOTHING"):
         allow_statement_seconds(120)
+    # The sleep is the behaviour under test (a long migration), not a wait for anything.
     op.execute("SELECT pg_sleep(60)")
 
 
