@@ -91,6 +91,12 @@ class DrainingServer(Server):  # type: ignore[misc,valid-type]
         self.drain_started: float | None = None
         self.drain_timer: threading.Thread | None = None
         self.stop_now = threading.Event()
+        self.main_pid = os.getpid()
+
+    def in_worker(self) -> bool:
+        """Granian forks its workers, which run these handlers until its worker code installs its
+        own: a worker signalled while still starting must not take the main process's part."""
+        return os.getpid() != self.main_pid
 
     def begin_drain(self) -> None:
         if self.drain_started is None:
@@ -99,9 +105,17 @@ class DrainingServer(Server):  # type: ignore[misc,valid-type]
             say(f"jotc-api: draining for {self.drain_seconds:g} s")
 
     def signal_handler_drain(self, *_: Any) -> None:
-        self.begin_drain()
+        if not self.in_worker():  # starting the drain is the main process's part
+            self.begin_drain()
 
     def signal_handler_interrupt(self, signum: int | None = None, *args: Any, **kwargs: Any) -> None:
+        if self.in_worker():
+            # A worker still starting: end as the signal's default action would, at once. (It used
+            # to start a drain timer of its own and hold the shutdown up for the whole delay.)
+            stop = signum or signal.SIGTERM
+            signal.signal(stop, signal.SIG_DFL)
+            os.kill(os.getpid(), stop)
+            return
         if signum == signal.SIGTERM and self.drain_seconds and self.drain_timer is None:
             self.begin_drain()
             self.drain_timer = threading.Thread(target=self.stop_after_drain, name="jotc-drain", daemon=True)
