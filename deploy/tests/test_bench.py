@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -111,3 +113,32 @@ def test_a_wrong_option_is_refused_before_anything_starts() -> None:
         assert result.returncode == 2, args
         assert "usage: scripts/bench" in result.stderr
         assert "==>" not in result.stderr  # nothing installed, provisioned or started
+
+
+def test_cpu_per_request_is_reported_as_a_median_when_measured(bench: ModuleType) -> None:
+    runs = {
+        "api": [
+            {"rps": 1000.0, "api_cpu_us": 300.0, "pg_cpu_us": 60.0},
+            {"rps": 3000.0, "api_cpu_us": 200.0, "pg_cpu_us": 80.0},
+            {"rps": 2000.0, "api_cpu_us": 250.0, "pg_cpu_us": 70.0},
+        ],
+        "bare": [{"rps": 8000.0}] * 3,
+        "api_c1": [{"p50_ms": 1.0, "p99_ms": 2.0}] * 3,
+    }
+    solver = {case[0]: [50.0] for case in bench.SOLVER_CASES}
+    summary = bench.summarise(bench.series(runs, [20.0] * 3, solver))
+    assert (summary["api_cpu_us"], summary["pg_cpu_us"]) == (250.0, 70.0)
+
+
+def test_cpu_is_read_for_a_process_and_its_children(bench: ModuleType) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in bench.process_tree(os.getpid()), "a child process is not in its parent's tree"
+        spent = bench.cpu_seconds([os.getpid()])
+        deadline = time.process_time() + 0.2
+        while time.process_time() < deadline:  # burn 0.2 s of CPU: what the counter must see
+            pass
+        assert bench.cpu_seconds([os.getpid()]) - spent >= 0.1, "/proc's CPU counters did not move"
+    finally:
+        child.kill()
+        child.wait()

@@ -122,6 +122,12 @@ def series(
         "c1_p99_ms": [run["p99_ms"] for run in runs["api_c1"]],
         "first_request_ms": list(firsts),
         "solver_ms": list(solver[SOLVER_CASES[0][0]]),
+        # CPU per request in the throughput runs: the API's processes (main and workers), and PostgreSQL's.
+        **{
+            key: [run[key] for run in runs["api"]]
+            for key in ("api_cpu_us", "pg_cpu_us")
+            if runs["api"] and key in runs["api"][0]
+        },
     }
 
 
@@ -243,6 +249,60 @@ def start_bare(port: int) -> subprocess.Popen[bytes]:
     )
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (which may hold spaces), or None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU these processes have used so far."""
+    total = 0
+    for pid in pids:
+        fields = proc_stat(pid)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
+
+
+def process_tree(root: int) -> list[int]:
+    """root and every process descended from it (Granian's workers are the main process's children)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := proc_stat(int(entry.name))) is not None:
+            parents[int(entry.name)] = int(fields[1])
+    tree, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return sorted(tree)
+
+
+def postgres_processes() -> list[int]:
+    """Every process of the PostgreSQL server (backends, WAL writer, checkpointer...): on a quiet
+    machine, what the bench's requests cost it."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "postgres":
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def cpu_snapshot(api_pid: int) -> tuple[float, float]:
+    return cpu_seconds(process_tree(api_pid)), cpu_seconds(postgres_processes())
+
+
 def wrk(port: int, connections: int, seconds: int, lua: Path) -> dict[str, float]:
     threads = min(2, connections)
     out = subprocess.run(
@@ -272,8 +332,10 @@ def wrk(port: int, connections: int, seconds: int, lua: Path) -> dict[str, float
     if not rps:
         raise SystemExit(f"bench: could not read Requests/sec from wrk:\n{out}")
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    requests = re.search(r"(\d+) requests in", out)
     return {
         "rps": float(rps[1]),
+        "requests": float(requests[1]) if requests else 0.0,
         "p50_ms": latency("50"),
         "p99_ms": latency("99"),
         "non_2xx": float(non_2xx[1]) if non_2xx else 0.0,
@@ -381,7 +443,12 @@ def measure(
             if round_ % 2:
                 order.reverse()
             for name, port in order:
+                before = cpu_snapshot(api.pid)
                 runs[name].append(wrk(port, args.connections, args.seconds, lua))
+                if name == "api" and runs[name][-1]["requests"]:
+                    api_cpu, pg_cpu = (b - a for a, b in zip(before, cpu_snapshot(api.pid), strict=True))
+                    runs[name][-1]["api_cpu_us"] = api_cpu / runs[name][-1]["requests"] * 1e6
+                    runs[name][-1]["pg_cpu_us"] = pg_cpu / runs[name][-1]["requests"] * 1e6
                 print(f"bench: round {round_ + 1} {name}: {runs[name][-1]['rps']:.0f} req/s", file=sys.stderr)
             runs["api_c1"].append(wrk(api_port, 1, args.seconds, lua))
             print(
@@ -441,6 +508,14 @@ def report_markdown(
         f"| one connection p50 / p99 (ms) | {summary['c1_p50_ms']:.2f} / {summary['c1_p99_ms']:.2f} |",
         f"| first request after start (ms, slowest of each worker's first) | {summary['first_request_ms']:.1f} |",
         f"| non-2xx answers from the API during the runs | {non_2xx:.0f} |",
+        *(
+            [
+                f"| CPU per request, the API's processes (µs) | {summary['api_cpu_us']:.0f} |",
+                f"| CPU per request, PostgreSQL's processes (µs) | {summary['pg_cpu_us']:.0f} |",
+            ]
+            if "api_cpu_us" in summary
+            else []
+        ),
         "",
         f"Solver alone ({SOLVER_REPEATS} runs each):",
         "",
