@@ -150,8 +150,14 @@ class RateLimiter:
         )
 
     def start_sync(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.sync_task is not None and not self.sync_task.done():
+            # The last sync still waits on Redis with this worker's counts in flight: a second one
+            # now would send them again (counted twice cluster-wide). Try again next interval.
+            loop.call_later(SYNC_SECONDS, self.start_sync)
+            return
         self.sync_scheduled = False
-        self.sync_task = asyncio.get_running_loop().create_task(self.sync())  # kept: tasks are weakly held
+        self.sync_task = loop.create_task(self.sync())  # kept: tasks are weakly held
 
     async def sync(self) -> None:
         current = int(self.clock() // self.limit.per_seconds)

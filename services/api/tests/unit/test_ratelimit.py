@@ -4,6 +4,7 @@ no Redis, no sleep."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from typing import Any
 
@@ -24,9 +25,10 @@ class Clock:
 class FakePipeline:
     """What the limiter uses of redis-py's pipeline: incrby, expire, execute; counts kept here."""
 
-    def __init__(self, store: dict[str, int], fail: bool) -> None:
+    def __init__(self, store: dict[str, int], fail: bool, gate: asyncio.Event | None = None) -> None:
         self.store = store
         self.fail = fail
+        self.gate = gate
         self.ops: list[tuple[str, Any]] = []
 
     async def __aenter__(self) -> FakePipeline:
@@ -42,6 +44,8 @@ class FakePipeline:
         self.ops.append(("expire", (key, seconds)))
 
     async def execute(self) -> list[int | bool]:
+        if self.gate is not None:  # a slow Redis: the reply comes when the test opens the gate
+            await self.gate.wait()
         if self.fail:
             raise ConnectionError("redis went away")
         replies: list[int | bool] = []
@@ -58,10 +62,11 @@ class FakeRedis:
     def __init__(self) -> None:
         self.store: dict[str, int] = {}
         self.fail = False
+        self.gate: asyncio.Event | None = None
 
     def pipeline(self, transaction: bool) -> FakePipeline:
         assert transaction is False, "the sync is one pipelined round trip, not a transaction"
-        return FakePipeline(self.store, self.fail)
+        return FakePipeline(self.store, self.fail, self.gate)
 
 
 class FakeLink:
@@ -188,3 +193,26 @@ async def test_sync_forgets_finished_windows() -> None:
     rl.admit("b")
     await rl.sync()
     assert set(rl.windows) == {"b"}
+
+
+async def test_a_sync_never_overlaps_the_one_still_waiting_on_redis() -> None:
+    """A second sync started while the first still waits on Redis would send the same admissions
+    again: the cluster would count them twice and throttle the client early."""
+    redis = FakeRedis()
+    redis.gate = asyncio.Event()
+    rl, _ = limiter(requests=10, per_seconds=60, now=600.0, link=FakeLink(redis))
+    for _ in range(3):
+        rl.admit("a")
+    rl.start_sync()
+    first = rl.sync_task
+    await asyncio.sleep(0)  # the first sync runs up to Redis, and waits there
+    rl.admit("a")
+    rl.start_sync()
+    assert rl.sync_task is first, "a second sync started while the first was in flight"
+    redis.gate.set()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while rl.windows["a"].unsynced and loop.time() < deadline:  # the next interval's sync sends the rest
+        await asyncio.sleep(0.01)
+    assert redis.store["jotc:rl:10:a"] == 4, f"Redis counted {redis.store['jotc:rl:10:a']} of 4 admissions"
+    assert (rl.windows["a"].synced_total, rl.windows["a"].unsynced) == (4, 0)
