@@ -1,0 +1,295 @@
+"""Erasure's chunk logic against a fake database that answers erasure.py's statements: keyset chunks
+then the sweep, statistics subtracted or dropped, the advisory lock held by another process, a
+failure mid-chunk throwing the connection away, and the background runner finishing what outlives
+its request. The SQL itself runs against PostgreSQL in the integration and system tiers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import OperationalError
+from structlog.testing import capture_logs
+
+from jotc_api import erasure
+from jotc_api.erasure import Eraser, ErasureJob, run_job, start_job
+
+CUTOFF = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+class Result:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def first(self) -> Any:
+        return self.value
+
+    def one(self) -> Any:
+        assert self.value is not None
+        return self.value
+
+    def scalar_one(self) -> Any:
+        return self.value
+
+    def scalar_one_or_none(self) -> Any:
+        return self.value
+
+    def scalars(self) -> Any:
+        return iter(self.value)
+
+
+class Transaction:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+
+class FakeDatabase:
+    """One user's rows up to the cutoff (``rows``; ``late`` more found only by the sweep), their
+    statistics row (``stats``, None when absent) and erasure job (None, running or done)."""
+
+    def __init__(self, rows: int, stats: int | None, *, late: int = 0, state: str | None = "running") -> None:
+        self.rows, self.late, self.stats = rows, late, stats
+        self.state, self.deleted = state, 0
+        self.user = "ann"
+        self.locked_elsewhere = False
+        self.fail_on: Any = None
+        self.log: list[str] = []
+        self.invalidated = 0
+        self.running_asked = asyncio.Event()
+
+    def job_row(self, user: str) -> tuple[Any, ...] | None:
+        if self.state is None:
+            return None
+        finished = CUTOFF if self.state == "done" else None
+        return (user, self.state, self.deleted, CUTOFF, CUTOFF, CUTOFF, finished)
+
+    def answer(self, statement: Any, parameters: dict[str, Any]) -> Any:
+        name = next(key for key, value in vars(erasure).items() if value is statement and key.isupper())
+        self.log.append(name)
+        if self.fail_on == name:
+            raise OperationalError(name, None, Exception("server closed the connection unexpectedly"))
+        if name == "TRY_LOCK":
+            return not self.locked_elsewhere
+        if name == "RUNNING":
+            self.running_asked.set()
+            return [self.user] if self.state == "running" else []
+        if name == "START":
+            if self.state == "running":
+                return None
+            self.state, self.deleted = "running", 0
+            return self.job_row(parameters["user"])
+        if name == "READ":
+            return self.job_row(parameters["user"])
+        if name == "DELETE_CHUNK":
+            gone = min(self.rows, parameters["rows"])
+            self.rows -= gone
+            return (gone, CUTOFF, uuid.uuid4()) if gone else (0, None, None)
+        if name == "SWEEP_CHUNK":
+            gone = min(self.late, parameters["rows"])
+            self.late -= gone
+            return (gone, None, None)
+        if name == "LOCK_STATS":
+            return self.stats
+        if name == "SUBTRACT":
+            assert self.stats is not None
+            self.stats -= parameters["deleted"]
+        elif name == "DROP_STATS":
+            self.stats = None
+        elif name == "PROGRESS":
+            self.deleted += parameters["deleted"]
+            if parameters["last"]:
+                self.state = "done"
+            return self.job_row(parameters["user"])
+        return None
+
+
+class FakeConnection:
+    def __init__(self, database: FakeDatabase) -> None:
+        self.database = database
+
+    async def __aenter__(self) -> FakeConnection:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+    async def execute(self, statement: Any, parameters: dict[str, Any] | None = None) -> Result:
+        return Result(self.database.answer(statement, parameters or {}))
+
+    def begin(self) -> Transaction:
+        return Transaction()
+
+    async def commit(self) -> None:
+        return None
+
+    async def invalidate(self) -> None:
+        self.database.invalidated += 1
+
+
+class FakeEngine:
+    def __init__(self, database: FakeDatabase) -> None:
+        self.database = database
+
+    def connect(self) -> FakeConnection:
+        return FakeConnection(self.database)
+
+    def begin(self) -> FakeConnection:
+        return FakeConnection(self.database)
+
+
+async def test_an_erasure_runs_keyset_chunks_then_the_sweep_and_subtracts_from_the_statistics() -> None:
+    database = FakeDatabase(rows=12, stats=15, late=1)  # 15 requests: 13 up to the cutoff, 2 after it
+    job = await run_job(FakeEngine(database), "ann", chunk_rows=5)  # type: ignore[arg-type]
+    assert job is not None
+    assert job.done
+    assert job.deleted == 13
+    assert database.stats == 2, "the requests made after the cutoff are kept, and counted"
+    chunks = [entry for entry in database.log if entry in {"DELETE_CHUNK", "SWEEP_CHUNK", "FORGET_EARLIER"}]
+    assert chunks == ["DELETE_CHUNK"] * 3 + ["SWEEP_CHUNK", "FORGET_EARLIER"], "5, 5, 2 (short: the sweep next), 1"
+    assert database.log[-1] == "UNLOCK"
+
+
+async def test_a_user_left_with_nothing_loses_the_statistics_row() -> None:
+    database = FakeDatabase(rows=4, stats=4)
+    job = await run_job(FakeEngine(database), "ann", chunk_rows=10)  # type: ignore[arg-type]
+    assert job is not None
+    assert job.done
+    assert job.deleted == 4
+    assert database.stats is None
+    assert "DROP_STATS" in database.log
+    assert "SUBTRACT" not in database.log
+
+
+async def test_a_user_without_a_statistics_row_is_erased_all_the_same() -> None:
+    database = FakeDatabase(rows=3, stats=None)
+    job = await run_job(FakeEngine(database), "ann", chunk_rows=10)  # type: ignore[arg-type]
+    assert job is not None
+    assert job.done
+    assert job.deleted == 3
+    assert "SUBTRACT" not in database.log
+    assert "DROP_STATS" not in database.log
+
+
+async def test_a_job_another_process_holds_is_left_to_it() -> None:
+    database = FakeDatabase(rows=3, stats=3)
+    database.locked_elsewhere = True
+    assert await run_job(FakeEngine(database), "ann") is None  # type: ignore[arg-type]
+    assert database.log == ["TRY_LOCK"]
+    assert database.rows == 3
+
+
+async def test_a_job_that_is_gone_is_nothing_to_run() -> None:
+    database = FakeDatabase(rows=0, stats=None, state=None)
+    assert await run_job(FakeEngine(database), "ann") is None  # type: ignore[arg-type]
+    assert database.log == ["TRY_LOCK", "READ", "UNLOCK"]
+
+
+async def test_a_failure_mid_chunk_throws_the_connection_and_its_lock_away() -> None:
+    database = FakeDatabase(rows=12, stats=12)
+    database.fail_on = "LOCK_STATS"
+    with pytest.raises(OperationalError):
+        await run_job(FakeEngine(database), "ann", chunk_rows=5)  # type: ignore[arg-type]
+    assert database.invalidated == 1, "the backend goes, and the advisory lock with it"
+    assert "UNLOCK" not in database.log
+
+
+async def test_asking_again_while_an_erasure_runs_returns_the_running_job() -> None:
+    database = FakeDatabase(rows=3, stats=3, state="running")
+    job = await start_job(FakeEngine(database), "ann")  # type: ignore[arg-type]
+    assert (job.state, database.log) == ("running", ["START", "READ"])
+
+
+async def test_the_runner_finishes_in_the_background_what_outlives_its_request() -> None:
+    database = FakeDatabase(rows=7, stats=7, state="done")  # a finished erasure: asking again starts afresh
+    finished = asyncio.Event()
+    finished_users: list[str] = []
+
+    async def on_finished(user: str) -> None:
+        finished_users.append(user)
+        finished.set()
+
+    eraser = Eraser(FakeEngine(database), on_finished, chunk_rows=5, poll_seconds=3600)  # type: ignore[arg-type]
+    await asyncio.wait_for(database.running_asked.wait(), timeout=5)  # its first look, at start-up
+    with capture_logs() as logs:
+        job = await eraser.erase("ann", seconds=0)  # no time in the request: everything is left
+        assert (job.state, job.deleted) == ("running", 0)
+        await asyncio.wait_for(finished.wait(), timeout=5)
+    assert finished_users == ["ann"]
+    assert (database.state, database.deleted, database.stats) == ("done", 7, None)
+    assert {"event": "erasure finished", "deleted": 7, "log_level": "info"} in logs
+    await eraser.close()
+
+
+async def test_an_erasure_done_in_its_request_is_returned_done(monkeypatch: pytest.MonkeyPatch) -> None:
+    database = FakeDatabase(rows=0, stats=None, state="done")
+    eraser = Eraser(FakeEngine(database), lambda user: asyncio.sleep(0), poll_seconds=3600)  # type: ignore[arg-type]
+
+    async def already_done(engine: Any, user: str) -> ErasureJob:
+        # START found the job running, and it finished before READ: another worker's runner was faster.
+        return ErasureJob(user, "done", 9, CUTOFF, CUTOFF, CUTOFF, CUTOFF)
+
+    monkeypatch.setattr(erasure, "start_job", already_done)
+    job = await eraser.erase("ann")
+    assert (job.state, job.deleted) == ("done", 9)
+    assert not eraser._wake.is_set(), "nothing is left for the background"
+    await eraser.close()
+
+
+@pytest.mark.parametrize(
+    ("failure", "event"),
+    [
+        (
+            OperationalError("SELECT", None, Exception("connection refused\ndetail")),
+            "erasure runner: database unavailable; retrying",
+        ),
+        (RuntimeError("a bug"), "erasure runner failed; retrying"),
+    ],
+)
+async def test_the_runner_survives_failures_and_tries_again(failure: Exception, event: str) -> None:
+    database = FakeDatabase(rows=2, stats=2)
+    calls = 0
+
+    async def running_users(engine: Any) -> list[str]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise failure
+        database.running_asked.set()
+        return []
+
+    with pytest.MonkeyPatch.context() as patch, capture_logs() as logs:
+        patch.setattr(erasure, "running_users", running_users)
+        eraser = Eraser(FakeEngine(database), lambda user: asyncio.sleep(0), poll_seconds=3600)  # type: ignore[arg-type]
+        eraser._wake.set()  # as an erasure request would
+        await asyncio.wait_for(database.running_asked.wait(), timeout=5)
+        await eraser.close()
+    assert calls == 2
+    assert logs[0]["event"] == event
+    if isinstance(failure, OperationalError):
+        assert "\n" not in logs[0]["error"], "one line in the log"
+
+
+async def test_the_runner_leaves_a_job_another_process_holds_and_reports_nothing() -> None:
+    database = FakeDatabase(rows=2, stats=2)  # running, but locked by another worker's runner
+    database.locked_elsewhere = True
+    finished: list[str] = []
+
+    async def on_finished(user: str) -> None:
+        finished.append(user)
+
+    with capture_logs() as logs:
+        eraser = Eraser(FakeEngine(database), on_finished, poll_seconds=3600)  # type: ignore[arg-type]
+        await asyncio.wait_for(database.running_asked.wait(), timeout=5)
+        database.running_asked.clear()
+        eraser._wake.set()  # a second look finds it held still
+        await asyncio.wait_for(database.running_asked.wait(), timeout=5)
+        await eraser.close()
+    assert finished == []
+    assert logs == []
+    assert database.rows == 2
