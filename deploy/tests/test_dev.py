@@ -8,38 +8,16 @@ import re
 import signal
 import socket
 import subprocess
-import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import psycopg
+from jotc_provision import ProvisionError, free_port, fresh_database, wait_http, wait_until
 from support import ROOT
 
 SERVER = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
 # What scripts/dev reads from the environment before .env: unset, so the test's .env decides.
 DEV_SETTINGS = {"JOTC_HOST", "PUBLISH_ADDRESS", "PORT", "API_PORT", "LOCUST_WEB_PORT", "LOCUST_PORT", "LOCUST_WEB_HOST"}
 DEV_SETTINGS |= {"JOTC_ADMIN_TOKEN", "JOTC_ENV_FILE", "PROMETHEUS_MULTIPROC_DIR"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def fresh_database() -> Iterator[str]:
-    name = f"jotc_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(SERVER, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield SERVER.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(SERVER, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def group_alive(pgid: int) -> bool:
@@ -51,27 +29,22 @@ def group_alive(pgid: int) -> bool:
 
 
 def wait_for(process: subprocess.Popen[bytes], log: Path, url: str, failure: str, timeout: float = 120) -> None:
-    """Poll url until it answers 200; fail early if scripts/dev exits."""
-    deadline = time.monotonic() + timeout
-    while True:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, failure
-        time.sleep(0.2)
+    """Wait until url answers 200; fail early, with its output, if scripts/dev exits."""
+    try:
+        wait_http(url, process, timeout=timeout, log=log)
+    except ProvisionError as error:
+        raise AssertionError(f"{failure}: {error}") from None
 
 
 def wait_for_banner(process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> str:
     """What scripts/dev prints once everything answers: from "JOTC is running." on."""
-    deadline = time.monotonic() + timeout
-    while "JOTC is running." not in log.read_text() or "Ctrl-C" not in log.read_text().split("JOTC is running.")[1]:
+
+    def banner() -> str | None:
         assert process.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "scripts/dev printed no banner"
-        time.sleep(0.2)
-    return log.read_text().split("JOTC is running.")[1]
+        said = log.read_text().partition("JOTC is running.")[2]
+        return said if "Ctrl-C" in said else None
+
+    return wait_until(banner, timeout=timeout, what="scripts/dev's banner")
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -97,7 +70,7 @@ def test_scripts_dev_runs_the_stack_from_env_on_loopback_and_ctrl_c_stops_everyt
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     log = tmp_path / "dev.log"
-    with fresh_database() as database_url:
+    with fresh_database(SERVER) as database_url:
         env = {
             **{name: value for name, value in os.environ.items() if name not in DEV_SETTINGS},
             "DATABASE_URL": database_url,
@@ -145,10 +118,10 @@ def test_scripts_dev_runs_the_stack_from_env_on_loopback_and_ctrl_c_stops_everyt
             except subprocess.TimeoutExpired:
                 os.killpg(pgid, signal.SIGKILL)
                 raise
-        deadline = time.monotonic() + 10
-        while group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not group_alive(pgid), "scripts/dev left processes behind"
+        try:
+            wait_until(lambda: not group_alive(pgid), timeout=10, what="scripts/dev's processes gone")
+        except TimeoutError:
+            raise AssertionError("scripts/dev left processes behind") from None
         for port in (api_port, locust_port):
             with socket.socket() as probe:
                 assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"

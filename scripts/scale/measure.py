@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,9 @@ from typing import Any
 
 import httpx
 import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+import jotc_provision  # scripts/lib: the provisioning every script shares
 
 TOKEN = "scale-admin-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -50,15 +52,9 @@ class Skip(Exception):
     """--erasure-only: the measurements before the erasure are left out."""
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class Api:
     def __init__(self, binary: str, database_url: str, tmp: Path) -> None:
-        self.port = free_port()
+        self.port = jotc_provision.free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {
             **os.environ,
@@ -69,23 +65,14 @@ class Api:
             "JOTC_ADMIN_TOKEN": TOKEN,
             "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"metrics-{self.port}"),
         }
-        self.log = (tmp / f"api-{self.port}.log").open("wb")
-        self.process = subprocess.Popen([binary], env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise SystemExit(f"the API did not become ready; see {self.log.name}")
+        log = tmp / f"api-{self.port}.log"
+        try:
+            self.server = jotc_provision.start_server([binary], env=env, log_path=log, ready_url=f"{self.base}/readyz")
+        except jotc_provision.ProvisionError as error:
+            raise SystemExit(f"the API did not become ready: {error}") from None
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
-        self.log.close()
+        self.server.stop(timeout=60)
 
 
 def wrk_post(base: str, tmp: Path, seconds: int = 15, connections: int = 16) -> dict[str, float]:
