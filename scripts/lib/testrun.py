@@ -23,6 +23,8 @@ TIERS = ("unit", "integration", "system")
 # pytest-xdist processes per suite (PYTEST_WORKERS overrides them all): most tests wait on servers,
 # sockets and PostgreSQL rather than compute, so a few more processes than two cores keep them busy.
 WORKERS = {"api": 4, "db-migrations": 3, "loadtest": 2, "deploy": 3}
+# The unit tiers run side by side; only the API's is large enough to gain from two processes.
+UNIT_WORKERS = {"api": 2}
 
 USAGE = """\
 usage: scripts/test [--tier TIER] [--throwaway] [NAME ...] [-- PYTEST_ARGS ...]
@@ -76,6 +78,25 @@ class Run:
     def command(self, name: str, command: Sequence[str], cwd: Path = ROOT) -> bool:
         return self.step(name, lambda: subprocess.run(list(command), cwd=cwd, check=False).returncode == 0)
 
+    def together(self, jobs: list[tuple[str, list[str], Path]], logs: Path) -> None:
+        """Run jobs (name, command, directory) at the same time, each one's output printed whole when
+        it ends. Only for the unit tier: nothing in it waits on a clock or a server."""
+        logs.mkdir(exist_ok=True)
+        running = []
+        for number, (name, command, cwd) in enumerate(jobs):
+            log = logs / f"{number}.log"
+            with log.open("wb") as out:
+                running.append((name, subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT), log))
+        started = time.monotonic()
+        while running:
+            for entry in [entry for entry in running if entry[1].poll() is not None]:
+                name, process, log = entry
+                running.remove(entry)
+                say(name)
+                sys.stdout.write(log.read_text(errors="replace"))
+                self.record(process.returncode == 0, f"{name} ({time.monotonic() - started:.0f} s)")
+            time.sleep(0.05)  # the poll interval of a wait for processes to end
+
     def record(self, ok: bool, line: str) -> None:
         self.results.append(f"{'PASS' if ok else 'FAIL'}  {line}")
         self.failed = self.failed or not ok
@@ -109,14 +130,14 @@ def workers(default: int) -> str:
     return os.environ.get("PYTEST_WORKERS", str(default))
 
 
-def pytest_options(tier: str | None, extra: list[str], spread: int) -> list[str]:
+def pytest_options(tier: str | None, extra: list[str], spread: int | None) -> list[str]:
     """A tier's directory, or the whole suite with its coverage report and floor (fail_under in the
-    service's pyproject.toml); spread over that many processes (pytest-xdist), the unit tier aside,
-    unless the caller gave pytest arguments of their own (-x, -k, one test: one process, no floor)."""
+    service's pyproject.toml); spread over that many processes (pytest-xdist), unless the caller
+    gave pytest arguments of their own (-x, -k, one test: one process, no floor)."""
     options = [f"tests/{tier}"] if tier else []
     if extra:
         return [*options, *extra]
-    if tier != "unit":  # the unit tier is done in seconds: starting more processes costs more than it saves
+    if spread:
         options += ["--numprocesses", workers(spread)]
     if tier is None:
         options += ["--cov", "--cov-report=term-missing:skip-covered"]
@@ -214,7 +235,8 @@ def main(argv: list[str]) -> int:
             if args.tier is not None and not (directory / "tests" / args.tier).is_dir():
                 continue
             name = f"{service}: pytest" + (f" ({args.tier} tier)" if args.tier else ", with coverage")
-            options = pytest_options(args.tier, args.pytest_args, WORKERS.get(service, 2))
+            spread = UNIT_WORKERS.get(service) if args.tier == "unit" else WORKERS.get(service, 2)
+            options = pytest_options(args.tier, args.pytest_args, spread)
             suites.append((name, ["uv", "run", "--no-sync", "pytest", *options], directory))
 
         if deploy_synced and deploy_wanted:
@@ -232,13 +254,16 @@ def main(argv: list[str]) -> int:
                 ["uv", "run", "--no-sync", "mypy", "--strict", "container_tests", "../scripts/lib"],
                 deploy,
             )
-            spread = [] if args.pytest_args else ["--numprocesses", workers(WORKERS["deploy"])]
-            suites.append(("deploy: pytest", ["uv", "run", "--no-sync", "pytest", *spread, *args.pytest_args], deploy))
+            deploy_options = args.pytest_args or ["--numprocesses", workers(WORKERS["deploy"])]
+            suites.append(("deploy: pytest", ["uv", "run", "--no-sync", "pytest", *deploy_options], deploy))
         # One suite after another: run side by side on two cores, Locust's runs in the load test's
         # tier ended before they began (its run-time timer reads gevent's clock, which a starved
         # process has not updated), and latency-bounded tests lost their meaning.
-        for suite in suites:
-            run.command(*suite)
+        if args.tier == "unit" and not args.pytest_args:
+            run.together(suites, scratch / "logs")
+        else:
+            for suite in suites:
+                run.command(*suite)
         if deploy_synced and compose_wanted:
             run.command(
                 "compose: containers in a real Docker engine",
