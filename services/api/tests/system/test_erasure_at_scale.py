@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from jotc_provision import wait_until
 from support import ADMIN_TOKEN, agreement, fresh_database, plant, start_api
 
@@ -34,6 +35,7 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
 
 
+@pytest.mark.alone
 def test_erasing_a_large_user_does_not_stall_other_writers(tmp_root: Path) -> None:
     with fresh_database() as url:
         plant(url, HEAVY, PLANTED)
