@@ -10,6 +10,7 @@ environment that does it has psycopg).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -178,21 +179,48 @@ def shown(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def admin_sql(server_url: str, statement: str) -> None:
-    import psycopg  # only where databases are made: the scripts' own Python lacks it
+# The PostgreSQL driver: psycopg where this Python has it (the tests' environments); otherwise the
+# scripts, run by the machine's python3, borrow services/db-migrations' environment for each statement.
+SQL_IN_ANOTHER_PYTHON = """
+import json, sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as connection:
+    cursor = connection.execute(sys.argv[2], json.loads(sys.argv[3]))
+    print(json.dumps(cursor.fetchall() if cursor.description else []))
+"""
+PSYCOPG_PYTHON = Path(__file__).resolve().parents[2] / "services/db-migrations/.venv/bin/python"
 
+
+def admin_sql(server_url: str, statement: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement outside a transaction (CREATE DATABASE must); the rows it returns."""
+    try:
+        import psycopg
+    except ImportError:
+        python = os.environ.get("JOTC_PSYCOPG_PYTHON") or str(PSYCOPG_PYTHON)
+        if not Path(python).exists():
+            raise ProvisionError(
+                f"no PostgreSQL driver: {python} is missing; run uv sync in services/db-migrations"
+            ) from None
+        ran = subprocess.run(
+            [python, "-c", SQL_IN_ANOTHER_PYTHON, server_url, statement, json.dumps(params)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        if ran.returncode != 0:
+            said = ran.stderr.strip().splitlines()[-1:] or ["(nothing)"]
+            raise ProvisionError(f"PostgreSQL at {shown(server_url)} refused `{statement}`: {said[0]}") from None
+        return [tuple(row) for row in json.loads(ran.stdout)]
     with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(statement)
+        cursor = admin.execute(statement, params)
+        return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
 
 
 def create_database(server_url: str, name: str, *, exist_ok: bool = False) -> str:
     """Create database `name` on the server (kept if it exists and exist_ok); its URL."""
-    import psycopg
-
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if exists is None or not exist_ok:
-            admin.execute(f'CREATE DATABASE "{name}"')
+    exists = admin_sql(server_url, "SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+    if not exists or not exist_ok:
+        admin_sql(server_url, f'CREATE DATABASE "{name}"')
     return with_database(server_url, name)
 
 
