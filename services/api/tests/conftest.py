@@ -85,14 +85,13 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.kill()
 
 
-@pytest.fixture(autouse=True)
-def _machine_shared_or_alone(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[None]:
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     """Tests marked `alone` judge latency: under pytest-xdist each waits until no other test runs,
-    and the others wait while it runs (a shared lock for every test, an exclusive one for these)."""
-    base = tmp_path_factory.getbasetemp()
+    and the others wait while it runs: a shared lock for every test, an exclusive one for these,
+    held from the test's set-up (servers and databases its fixtures start) to its teardown."""
+    base = item.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the same for every worker
     with (shared / "machine.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX if request.node.get_closest_marker("alone") else fcntl.LOCK_SH)
+        fcntl.flock(lock, fcntl.LOCK_EX if item.get_closest_marker("alone") else fcntl.LOCK_SH)
         yield
