@@ -1,4 +1,5 @@
-"""scripts/bench: its usage text, option checks and target verdicts, without running wrk or the API."""
+"""scripts/bench: its usage text, option checks, target verdicts, the CPU budget's arithmetic and the
+one-connection trace (against a stub server), without running wrk or the API."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import ModuleType
 
 import pytest
@@ -97,11 +100,13 @@ def test_help_is_the_usage_of_the_options_it_takes(bench: ModuleType) -> None:
         "--connections",
         "--label",
         "--rate-limit",
+        "--profile",
+        "--trace",
         "--results",
     }
     samples = {"N": "2", "S": "3", "C": "8", "TEXT": "x", "LIMIT": "10/second", "DIR": "out"}
     for option, metavar in documented:
-        bench.parse_args([option, samples[metavar]])  # every documented option is taken
+        bench.parse_args([option, samples[metavar]] if metavar else [option])  # every documented option is taken
     for target in bench.TARGETS:
         assert f"{target.what} {target.describe()}" in result.stdout
     assert "exit status is 0 whether they are met or not" in " ".join(result.stdout.split())
@@ -142,3 +147,65 @@ def test_cpu_is_read_for_a_process_and_its_children(bench: ModuleType) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_profile_sample_belongs_to_its_innermost_known_frame(bench: ModuleType) -> None:
+    budget = bench.cpu_budget
+    loop = "_run_once (/usr/lib/python3.11/asyncio/base_events.py:1922)"
+    pipeline = "pipeline (/app/.venv/lib/python3.11/site-packages/jotc_api/pipeline.py:140)"
+    recorder = "insert_rows (/app/src/jotc_api/recorder.py:227)"
+    psycopg = "execute (/app/.venv/lib/python3.11/site-packages/psycopg/cursor_async.py:97)"
+    uuid = "uuid4 (/usr/lib/python3.11/uuid.py:723)"
+    assert budget.category([loop, pipeline, recorder, psycopg, loop]) == "recorder, SQLAlchemy and psycopg"
+    assert budget.category([loop, pipeline, uuid]) == "the route, pipeline and transport (jotc_api)"
+    assert budget.category([loop]) == budget.EVENT_LOOP
+    raw = f"{loop};{pipeline};{recorder};{psycopg} 30\n{loop};{pipeline};{uuid} 10\n{loop} 60\n"
+    assert budget.samples(raw) == {
+        "recorder, SQLAlchemy and psycopg": 30,
+        "the route, pipeline and transport (jotc_api)": 10,
+        budget.EVENT_LOOP: 60,
+    }
+
+
+def test_the_budget_shares_the_python_threads_cpu_by_samples_and_adds_the_others(bench: ModuleType) -> None:
+    budget = bench.cpu_budget
+    sampled = budget.Counter({"solving": 25, budget.EVENT_LOOP: 75})
+    # 4 s of the Python thread and 1 s of Granian's threads over 10,000 requests: 500 µs each.
+    rows = budget.budget(sampled, python_cpu=4.0, other_cpu=1.0, requests=10_000)
+    micros = {name: round(us) for name, _, us in rows}
+    assert micros == {budget.EVENT_LOOP: 300, budget.RUST_THREADS: 100, "solving": 100, "total": 500}
+    assert [name for name, _, _ in rows][-1] == "total"
+    assert "| solving | 20% | 100 |" in budget.markdown(rows, "scripts/bench --profile")
+
+
+def test_the_trace_times_every_request_of_one_connection_and_names_the_slow_ones(bench: ModuleType) -> None:
+    class Created(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: the trace's one connection
+        answered = 0
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            Created.answered += 1
+            if Created.answered == 3:
+                time.sleep(0.01)  # one stall of 10 ms
+            self.send_response(201)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Created)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        trace = bench.one_connection_trace(server.server_address[1], 0.3)
+    finally:
+        server.shutdown()
+    assert len(trace) == Created.answered > 3
+    assert [at for at, _ in trace] == sorted(at for at, _ in trace)
+    assert trace[2][1] >= 10, "the stalled request's latency"
+    said = bench.describe_trace([(0.1, 1.0), (1.25, 7.5), (2.0, 1.2)])
+    assert said.startswith("3 requests on one connection: p50 1.20 ms")
+    assert "1 above 3 ms:" in said
+    assert "at   1.250 s: 7.50 ms" in said

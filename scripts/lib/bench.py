@@ -15,23 +15,29 @@ Writes results/bench-<time>.md and .png. Needs wrk (Debian: apt-get install wrk)
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import re
 import shlex
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import cpu_budget
 from jotc_provision import free_port, port_open, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,6 +187,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--rate-limit",
         metavar="LIMIT",
         help="run the API with this JOTC_RATE_LIMIT (e.g. 100000000/minute) and Redis; default off",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the comparison: the API's CPU per request split by what it was spent on (py-spy "
+        "sampling every worker under one wrk run of --seconds at --connections); prints a table",
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="instead of the comparison: one connection posting for --seconds, every request's latency "
+        "timed; prints those above 3 ms with when they happened (periodic stalls show as a rhythm)",
     )
     parser.add_argument(
         "--results",
@@ -341,6 +359,115 @@ def wrk(port: int, connections: int, seconds: int, lua: Path) -> dict[str, float
         "non_2xx": float(non_2xx[1]) if non_2xx else 0.0,
         "socket_errors": 1.0 if re.search(r"Socket errors: .*", out) else 0.0,
     }
+
+
+@contextmanager
+def warm_api(
+    args: argparse.Namespace, database_url: str, scratch: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    """The API started and warmed as the comparison warms it: (its process, its port, wrk's script)."""
+    lua = scratch / "post-jumps.lua"
+    lua.write_text(LUA)
+    port = free_port()
+    api = start_api(port, database_url, scratch, args.rate_limit)
+    try:
+        wait_for_port(port, api)
+        wrk(port, args.connections, 2, lua)
+        yield api, port, lua
+    finally:
+        stop_process(api)
+
+
+def profile(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
+    """The CPU budget table of cpu_budget.py, from one loaded run of the API."""
+    with warm_api(args, database_url, scratch) as (api, port, lua):
+        workers = [pid for pid in process_tree(api.pid) if pid != api.pid]
+        before = {pid: cpu_budget.thread_cpu(pid, CLOCK_TICKS) for pid in workers}
+        spies = {}
+        for pid in workers:
+            output, errors = scratch / f"py-spy-{pid}.txt", (scratch / f"py-spy-{pid}.err").open("w")
+            command = [str(API_BIN / "py-spy"), "record", "--pid", str(pid), "--rate", "250", "--nonblocking"]
+            command += ["--duration", str(args.seconds), "--format", "raw", "--output", str(output)]
+            spies[pid] = (subprocess.Popen(command, stdout=errors, stderr=errors), output, errors)
+        run = wrk(port, args.connections, args.seconds, lua)
+        after = {pid: cpu_budget.thread_cpu(pid, CLOCK_TICKS) for pid in workers}
+        for spy, output, errors in spies.values():
+            spy.wait(timeout=60)
+            errors.close()
+            if spy.returncode != 0 or not output.exists():
+                said = Path(errors.name).read_text().strip().splitlines()
+                raise SystemExit(f"bench: py-spy failed ({said[0] if said else spy.returncode}); it needs ptrace")
+    sampled: Counter[str] = Counter()
+    python_cpu = other_cpu = 0.0
+    for pid in workers:
+        for thread, used in after[pid].items():
+            spent = used - before[pid].get(thread, 0.0)
+            if thread == pid:  # the worker's main thread runs its event loop: all its Python
+                python_cpu += spent
+            else:
+                other_cpu += spent
+        sampled += cpu_budget.samples(spies[pid][1].read_text())
+    rows = cpu_budget.budget(sampled, python_cpu, other_cpu, run["requests"])
+    ran = f"scripts/bench --profile --seconds {args.seconds} --connections {args.connections}"
+    table = cpu_budget.markdown(rows, ran + (f" --rate-limit {args.rate_limit}" if args.rate_limit else ""))
+    return f"{table}\n\n{run['rps']:.0f} req/s while sampled; {sum(sampled.values())} samples."
+
+
+TRACE_LIMIT_MS = 3.0
+
+
+def one_connection_trace(port: int, seconds: float) -> list[tuple[float, float]]:
+    """(seconds since the start, latency in ms) of every POST /jumps one keep-alive connection
+    makes, one after another, for ``seconds``. A raw socket and no garbage collection on this
+    side, so what is timed is the server's."""
+    body = LUA.split("wrk.body   = '", 1)[1].split("'", 1)[0].encode()
+    request = (
+        b"POST /jumps HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    trace: list[tuple[float, float]] = []
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as connection:
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            began = time.perf_counter()
+            while (sent := time.perf_counter()) - began < seconds:
+                connection.sendall(request)
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    answer += connection.recv(65536)
+                head, _, rest = answer.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])  # type: ignore[index]
+                while len(rest) < length:
+                    rest += connection.recv(65536)
+                if not head.startswith(b"HTTP/1.1 201"):
+                    raise SystemExit(f"bench: the trace got {head.splitlines()[0]!r}")
+                trace.append((sent - began, (time.perf_counter() - sent) * 1000))
+    finally:
+        if collecting:
+            gc.enable()
+    return trace
+
+
+def describe_trace(trace: list[tuple[float, float]]) -> str:
+    latencies = sorted(ms for _, ms in trace)
+    slow = [(at, ms) for at, ms in trace if ms > TRACE_LIMIT_MS]
+    lines = [
+        f"{len(trace)} requests on one connection: p50 {latencies[len(latencies) // 2]:.2f} ms, "
+        f"p99 {latencies[int(len(latencies) * 0.99)]:.2f} ms, worst {latencies[-1]:.2f} ms; "
+        f"{len(slow)} above {TRACE_LIMIT_MS:g} ms" + (":" if slow else "."),
+    ]
+    lines += [f"  at {at:7.3f} s: {ms:.2f} ms" for at, ms in slow[:50]]
+    if len(slow) > 50:
+        lines.append(f"  ... and {len(slow) - 50} more")
+    return "\n".join(lines)
+
+
+def trace_run(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
+    with warm_api(args, database_url, scratch) as (_, port, _):
+        return describe_trace(one_connection_trace(port, args.seconds))
 
 
 def first_request_ms(database_url: str, scratch: Path, rate_limit: str | None) -> float:
@@ -678,6 +805,14 @@ def main(argv: list[str]) -> None:
         raise SystemExit("bench: DATABASE_URL (a migrated database of its own) is needed: run it as scripts/bench")
     signal.signal(signal.SIGTERM, _terminated)
     ctx = context(argv)
+    if args.trace:
+        with tempfile.TemporaryDirectory(prefix="jotc-bench-") as scratch:
+            print(trace_run(args, database_url, Path(scratch)))
+        return
+    if args.profile:
+        with tempfile.TemporaryDirectory(prefix="jotc-bench-") as scratch:
+            print(profile(args, database_url, Path(scratch)))
+        return
     with tempfile.TemporaryDirectory(prefix="jotc-bench-") as scratch:
         runs, firsts, solver = measure(args, database_url, Path(scratch))
     values = series(runs, firsts, solver)

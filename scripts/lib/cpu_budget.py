@@ -1,0 +1,95 @@
+"""The API's CPU per request, split by what it was spent on: `scripts/bench --profile`.
+
+While wrk loads POST /jumps, py-spy (locked in services/api's dev group) samples every Granian
+worker, and /proc says how much CPU each of the worker's threads used. The Python thread's CPU
+is shared out over the categories below in proportion to py-spy's samples; the other threads
+(Granian's Rust runtime: sockets, HTTP parsing, the hand-over to Python) are one line of their
+own. Each line is microseconds of CPU per request answered.
+
+A sample is put in the first category that one of its frames belongs to, from the innermost
+frame out: time in psycopg called by the recorder is the recorder's, time in a standard-library
+module is its caller's. Samples where no frame of the application or its libraries appears are
+the event loop's (asyncio and uvloop scheduling callbacks) or Granian's ASGI glue.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+# (category, path fragments of the frames that belong to it), most specific first.
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("solving", ("jotc_api/solver.py",)),
+    ("parsing and validating the body", ("jotc_api/parsing.py", "jotc_api/problems.py")),
+    ("recorder, SQLAlchemy and psycopg", ("jotc_api/recorder.py", "/psycopg/", "/psycopg_pool/", "/sqlalchemy/")),
+    ("idempotency, rate limit, Redis", ("jotc_api/idempotency.py", "jotc_api/ratelimit.py", "/redis/")),
+    ("metrics", ("jotc_api/metrics.py", "/prometheus_client/")),
+    ("logging", ("jotc_api/logs.py", "/structlog/", "/logging/")),
+    ("the route, pipeline and transport (jotc_api)", ("jotc_api/",)),
+    ("Litestar", ("/litestar/",)),
+    ("Granian's ASGI glue", ("/granian/",)),
+)
+EVENT_LOOP = "event loop (asyncio, uvloop)"
+RUST_THREADS = "Granian's Rust threads (sockets, HTTP, hand-over)"
+FRAME = re.compile(r"\((?P<path>[^()]*):\d+\)$")
+
+
+def category(stack: list[str]) -> str:
+    """The category of one sample, its frames outermost first."""
+    paths = [match["path"] if (match := FRAME.search(frame)) else frame for frame in reversed(stack)]
+    for path in paths:
+        for name, fragments in CATEGORIES:
+            if any(fragment in path for fragment in fragments):
+                return name
+    return EVENT_LOOP
+
+
+def samples(raw: str) -> Counter[str]:
+    """py-spy's raw output (one line per distinct stack: frames joined by ';', then a count) as
+    samples per category."""
+    found: Counter[str] = Counter()
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            found[category(stack.split(";"))] += int(count)
+    return found
+
+
+def thread_cpu(pid: int, ticks: int) -> dict[int, float]:
+    """CPU seconds used so far by each thread of the process."""
+    used = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        used[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return used
+
+
+def budget(
+    sampled: Counter[str], python_cpu: float, other_cpu: float, requests: float
+) -> list[tuple[str, float, float]]:
+    """(category, share of the worker's CPU, µs per request), largest first, then the total."""
+    total_samples = sum(sampled.values())
+    whole = python_cpu + other_cpu
+    rows = []
+    for name, count in sampled.items():
+        seconds = python_cpu * count / total_samples if total_samples else 0.0
+        rows.append((name, seconds))
+    rows.append((RUST_THREADS, other_cpu))
+    rows.sort(key=lambda row: -row[1])
+    table = [(name, seconds / whole if whole else 0.0, seconds / requests * 1e6) for name, seconds in rows]
+    return [*table, ("total", 1.0, whole / requests * 1e6)]
+
+
+def markdown(rows: list[tuple[str, float, float]], command: str) -> str:
+    lines = [
+        f"API CPU per request, by what it was spent on (`{command}`):",
+        "",
+        "| spent on | share | µs per request |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {name} | {share:.0%} | {micros:.0f} |" for name, share, micros in rows]
+    return "\n".join(lines)
