@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from jotc_api import __version__, transport
 from jotc_api.drain import DrainFlag
-from jotc_api.erasure import Eraser
+from jotc_api.erasure import Eraser, Pace
 from jotc_api.idempotency import IdempotencyStore
 from jotc_api.logs import configure_logging
 from jotc_api.metrics import metrics_route
@@ -159,7 +159,8 @@ def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Li
         )
         app.state.update(engine=engine, recorder=recorder, redis=link, idempotency=IdempotencyStore(link))
         # Erasures that outlive their request, or a restart, are finished here (erasure.py).
-        app.state.eraser = Eraser(engine, partial(forget_erased, app.state))
+        pace = Pace(settings.erasure_chunk_rows, settings.erasure_busy_percent / 100)
+        app.state.eraser = Eraser(engine, partial(forget_erased, app.state), pace=pace)
         log.info("ready to serve", version=__version__)
         try:
             yield

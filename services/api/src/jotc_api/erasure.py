@@ -16,6 +16,12 @@ chunk locks that one row, so a recorder batch (which locks its users in
 sorted order) waits at most one chunk's tail and cannot deadlock with it.
 Rows and statistics agree after every chunk.
 
+Locks are not the only thing an erasure takes from other writers: run flat
+out, its deletes keep one PostgreSQL backend busy and fill the WAL that every
+commit waits to flush. So the runner paces itself: after each chunk it rests
+long enough that it works at most ``busy_share`` of the time
+(``JOTC_ERASURE_BUSY_PERCENT``), as autovacuum's cost delay paces vacuum.
+
 One process runs a given job at a time: the runner holds a session advisory
 lock keyed by the user for as long as it works on it; a process that dies
 releases it with its connection. ``DELETE /admin/users/{user}/requests`` runs
@@ -44,7 +50,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 log = structlog.get_logger("jotc.erasure")
 
-CHUNK_ROWS: Final = 5000
+CHUNK_ROWS: Final = 1000
+BUSY_SHARE: Final = 0.25
 INLINE_SECONDS: Final = 2.0
 POLL_SECONDS: Final = 10.0
 # pg_advisory_lock(class, key) class of erasure jobs: "JOTE"; the key is hashtext(user). Two users
@@ -167,11 +174,23 @@ async def running_users(engine: AsyncEngine) -> list[str]:
         return list((await connection.execute(RUNNING)).scalars())
 
 
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """How an erasure runs: rows per chunk, and the share of the time it may work (0 < busy_share
+    <= 1); after a chunk that took t seconds it rests t * (1 - busy_share) / busy_share."""
+
+    chunk_rows: int = CHUNK_ROWS
+    busy_share: float = BUSY_SHARE
+
+    def rest_after(self, worked: float) -> float:
+        return worked * (1 - self.busy_share) / self.busy_share
+
+
 async def run_job(
-    engine: AsyncEngine, user: str, *, chunk_rows: int = CHUNK_ROWS, seconds: float | None = None
+    engine: AsyncEngine, user: str, *, pace: Pace = Pace(), seconds: float | None = None
 ) -> ErasureJob | None:
-    """Work on the user's job, chunk by chunk, until it is done or ``seconds`` have passed.
-    Returns its state then, or None when another process is running it."""
+    """Work on the user's job, chunk by chunk at its pace, until it is done or ``seconds`` have
+    passed. Returns its state then, or None when another process is running it."""
     deadline = None if seconds is None else time.monotonic() + seconds
     async with engine.connect() as connection:
         try:
@@ -179,7 +198,7 @@ async def run_job(
             await connection.commit()
             if not locked:
                 return None
-            job = await _run_locked(connection, user, chunk_rows, deadline)
+            job = await _run_locked(connection, user, pace, deadline)
             await connection.execute(UNLOCK, {"class": LOCK_CLASS, "user": user})
             await connection.commit()
             return job
@@ -189,9 +208,7 @@ async def run_job(
             raise
 
 
-async def _run_locked(
-    connection: AsyncConnection, user: str, chunk_rows: int, deadline: float | None
-) -> ErasureJob | None:
+async def _run_locked(connection: AsyncConnection, user: str, pace: Pace, deadline: float | None) -> ErasureJob | None:
     row = (await connection.execute(READ, {"user": user, "pseudonym": pseudonym(user)})).first()
     await connection.commit()
     if row is None:
@@ -199,7 +216,10 @@ async def _run_locked(
     job = ErasureJob(*row)
     after: Keyset | None = (job.cutoff, LAST_ID)
     while not job.done and (deadline is None or time.monotonic() < deadline):
-        job, after = await erase_chunk(connection, job, chunk_rows, after)
+        began = time.monotonic()
+        job, after = await erase_chunk(connection, job, pace.chunk_rows, after)
+        if not job.done:
+            await asyncio.sleep(pace.rest_after(time.monotonic() - began))
     return job
 
 
@@ -246,12 +266,12 @@ class Eraser:
         engine: AsyncEngine,
         on_finished: Callable[[str], Awaitable[None]],
         *,
-        chunk_rows: int = CHUNK_ROWS,
+        pace: Pace = Pace(),
         poll_seconds: float = POLL_SECONDS,
     ) -> None:
         self._engine = engine
         self._on_finished = on_finished
-        self._chunk_rows = chunk_rows
+        self.pace = pace
         self._poll_seconds = poll_seconds
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="eraser")
@@ -261,7 +281,7 @@ class Eraser:
         continues in the background."""
         job = await start_job(self._engine, user)
         if not job.done:
-            job = await run_job(self._engine, user, chunk_rows=self._chunk_rows, seconds=seconds) or job
+            job = await run_job(self._engine, user, pace=self.pace, seconds=seconds) or job
         if not job.done:
             self._wake.set()
         return job
@@ -275,7 +295,7 @@ class Eraser:
         while True:
             try:
                 for user in await running_users(self._engine):
-                    job = await run_job(self._engine, user, chunk_rows=self._chunk_rows)
+                    job = await run_job(self._engine, user, pace=self.pace)
                     if job is not None and job.done:
                         log.info("erasure finished", deleted=job.deleted)
                         await self._on_finished(user)

@@ -54,6 +54,8 @@ class Settings:
     body_read_timeout: float = 10.0
     max_uploads: int | None = None  # None: half of backpressure
     admin_page_cells: int = 1_000_000
+    erasure_chunk_rows: int = 1000
+    erasure_busy_percent: int = 25
     version: str = field(default="")
 
     @property
@@ -199,5 +201,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if env.get("JOTC_MAX_UPLOADS", "").strip()
         else None,
         admin_page_cells=integer(env, "JOTC_ADMIN_PAGE_CELLS", DEFAULT["admin_page_cells"], 1000, 100_000_000),
+        erasure_chunk_rows=integer(env, "JOTC_ERASURE_CHUNK_ROWS", DEFAULT["erasure_chunk_rows"], 10, 100_000),
+        # The share of the time an erasure's runner deletes; it rests the remainder (erasure.py).
+        erasure_busy_percent=integer(env, "JOTC_ERASURE_BUSY_PERCENT", DEFAULT["erasure_busy_percent"], 1, 100),
         version=__version__,
     )

@@ -13,6 +13,9 @@ import psycopg
 import pytest
 from support import ADMIN_TOKEN, TEST_SETTINGS, fresh_database, in_process
 
+from jotc_api import erasure
+from jotc_api.erasure import Pace
+
 Connection = psycopg.Connection[tuple[object, ...]]
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -161,6 +164,26 @@ def test_erasure_removes_requests_and_statistics_and_is_idempotent(client: httpx
     assert client.get(f"/jumps/{ids[0]}").status_code == 404
     again = client.delete(f"/admin/users/{user}/requests", headers=AUTH)
     assert (again.status_code, again.json()) == (200, {"user": user, "deleted": 0})
+
+
+def test_erasures_run_at_the_configured_pace(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    paces: list[Pace] = []
+    run_job = erasure.run_job
+
+    async def recording(engine: Any, user: str, *, pace: Pace, seconds: float | None = None) -> Any:
+        paces.append(pace)
+        return await run_job(engine, user, pace=pace, seconds=seconds)
+
+    monkeypatch.setattr(erasure, "run_job", recording)
+    paced = {"JOTC_ERASURE_CHUNK_ROWS": "10", "JOTC_ERASURE_BUSY_PERCENT": "50"}
+    for env, expected in [(paced, Pace(chunk_rows=10, busy_share=0.5)), ({}, Pace(chunk_rows=1000, busy_share=0.25))]:
+        paces.clear()
+        with in_process(database_url, JOTC_ADMIN_TOKEN=ADMIN_TOKEN, **env) as http:
+            user = f"paced-{uuid.uuid4().hex[:8]}@example.com"
+            answer = http.delete(f"/admin/users/{user}/requests", headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
+            assert answer.status_code == 200, answer.text
+        assert paces, "the erasure ran no job"
+        assert set(paces) == {expected}, f"with {env or 'the defaults'}: {paces}"
 
 
 def test_user_names_with_reserved_characters_are_erased(client: httpx.Client) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jotc_load
 import psycopg
 import pytest
 from jotc_provision import wait_until
@@ -19,20 +20,30 @@ from jotc_api.erasure import pseudonym
 
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 HEAVY = "heavy@example.com"
-PLANTED = 500_000
-# The old single-transaction erasure held the heavy user's statistics row for the whole delete
-# (~0.6 s for 500,000 rows here, 5.9 s for 5,000,000: docs/reliability.md), and every recorder
-# batch holding a row of that user, with every other user's row in it, waited as long; a chunk
-# holds it for milliseconds. The bounds are relative to the same posters' latencies just before the
-# erasure, in the same run: a loaded machine (other tests in parallel) slows both alike, while a
-# stall shows as a worst case of the whole erasure's length.
-P99_FACTOR, P99_SLACK_SECONDS = 3, 0.05
-WORST_FACTOR, WORST_SLACK_SECONDS = 3, 0.2
+PLANTED = 200_000
+# POST /jumps a second, sent at a steady pace whatever the answers' latency (an open loop: a stall
+# shows as latency, where closed-loop clients would merely send fewer requests), one in five from
+# the heavy user.
+RATE = 100
+BASELINE_SECONDS = 8
+# Other users' latency while the heavy user is erased, against the same load just before it, in
+# the same run. Measured here (docs/reliability.md): with the paced chunks p50 and p99 moved by
+# about a millisecond; the same chunks run flat out took p50 from 6 to 53 ms and p99 from 14 to
+# 839 ms, and the single transaction before them stopped every write for the whole erasure.
+P50_FACTOR, P50_SLACK_SECONDS = 1.5, 0.003
+P99_FACTOR, P99_SLACK_SECONDS = 2, 0.010
 
 
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+
+
+def summary(latencies: list[float]) -> str:
+    return (
+        f"p50 {percentile(latencies, 0.5) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms, "
+        f"worst {max(latencies) * 1000:.0f} ms, {len(latencies)} posts"
+    )
 
 
 @pytest.mark.alone
@@ -44,31 +55,26 @@ def test_erasing_a_large_user_does_not_stall_other_writers(tmp_root: Path) -> No
             outcome = asyncio.run(erase_while_posting(server.base_url))
         finally:
             server.stop()
-        others, before = outcome["other_latencies"], outcome["baseline_latencies"]
-        assert len(others) > 50, "too few posts during the erasure to judge"
-        assert len(before) > 50, "too few posts before the erasure to compare with"
-        said = (
-            f"other users' POSTs during the erasure: p50 {percentile(others, 0.5) * 1000:.1f} ms, "
-            f"p99 {percentile(others, 0.99) * 1000:.1f} ms, worst {max(others) * 1000:.0f} ms, {len(others)} posts; "
-            f"just before it: p50 {percentile(before, 0.5) * 1000:.1f} ms, "
-            f"p99 {percentile(before, 0.99) * 1000:.1f} ms, worst {max(before) * 1000:.0f} ms, {len(before)} posts"
-        )
+        during, before = outcome["during"], outcome["before"]
+        assert len(during) > 100, "too few posts during the erasure to judge"
+        assert len(before) > 100, "too few posts before the erasure to compare with"
+        said = f"other users' POSTs during the erasure: {summary(during)}; just before it: {summary(before)}"
         print(said)
-        assert percentile(others, 0.99) <= P99_FACTOR * percentile(before, 0.99) + P99_SLACK_SECONDS, said
-        assert max(others) <= WORST_FACTOR * max(before) + WORST_SLACK_SECONDS, said
-        assert outcome["failures"] == 0, f"{outcome['failures']} POSTs during the erasure were not answered 201"
+        assert percentile(during, 0.5) <= P50_FACTOR * percentile(before, 0.5) + P50_SLACK_SECONDS, said
+        assert percentile(during, 0.99) <= P99_FACTOR * percentile(before, 0.99) + P99_SLACK_SECONDS, said
+        assert not outcome["failures"], f"POSTs not answered 201 around the erasure: {outcome['failures'][:5]}"
         # Everything recorded up to the erasure is gone; the heavy user's requests made during it stay.
         with psycopg.connect(url) as db:
-            before, after = db.execute(
+            erased, kept = db.execute(
                 "SELECT count(*) FILTER (WHERE r.created_at <= j.cutoff), "
                 "count(*) FILTER (WHERE r.created_at > j.cutoff) "
                 "FROM jump_requests r JOIN erasure_jobs j ON j.user_name = %s WHERE r.user_name = %s",
                 (pseudonym(HEAVY), HEAVY),  # a finished job keeps the name's digest, not the name
             ).fetchone() or (None, None)
-        assert before == 0, f"{before} of the heavy user's rows from before the erasure are left"
-        assert after is not None
-        assert after >= outcome["heavy_posted_once_started"] > 0, (
-            f"the heavy user's requests during the erasure: {outcome['heavy_posted_once_started']} posted, {after} kept"
+        assert erased == 0, f"{erased} of the heavy user's rows from before the erasure are left"
+        assert kept is not None
+        assert kept >= outcome["heavy_posted_once_started"] > 0, (
+            f"the heavy user's requests during the erasure: {outcome['heavy_posted_once_started']} posted, {kept} kept"
         )
         assert outcome["final"]["deleted"] >= PLANTED, f"the erasure deleted too few rows: {outcome['final']}"
         state = agreement(url)
@@ -77,42 +83,38 @@ def test_erasing_a_large_user_does_not_stall_other_writers(tmp_root: Path) -> No
 
 
 async def erase_while_posting(base_url: str) -> dict[str, Any]:
-    other_latencies: list[float] = []
-    baseline_latencies: list[float] = []  # the same posters' other-user POSTs before the erasure
-    erasing = asyncio.Event()
-    stop = asyncio.Event()
-    counts = {"failures": 0, "heavy_after": 0}
-    answered = [0] * 8  # answers each poster has had
-    started_at = float("inf")  # when the erasure had certainly started: its first answer came
+    """POSTs at RATE: BASELINE_SECONDS of them, then the heavy user's erasure until it is done,
+    then two more seconds (the heavy user's requests after the erasure are checked too)."""
+    latencies: dict[str, list[float]] = {"warming": [], "before": [], "during": [], "after": []}
+    phase = ["warming"]
+    failures: list[str] = []
+    heavy_once_started = [0]
+    erasure_started = float("inf")  # when the erasure had certainly started: its first answer came
 
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=httpx.Limits(max_connections=64)) as http:
 
-        async def poster(number: int) -> None:
-            sent = 0
-            while not stop.is_set():
-                sent += 1
-                heavy = sent % 5 == 0
-                user = HEAVY if heavy else f"other-{number}-{sent % 50}@example.com"
-                started = time.perf_counter()
-                response = await http.post("/jumps", json={"clouds": [0, 0, 1, 0, 0], "user": user})
-                took = time.perf_counter() - started
-                answered[number] += 1
-                if response.status_code != 201:
-                    counts["failures"] += 1
-                if heavy and started > started_at:
-                    counts["heavy_after"] += 1
-                elif not heavy:
-                    (other_latencies if erasing.is_set() else baseline_latencies).append(took)
+        async def post(number: int) -> None:
+            heavy = number % 5 == 0
+            user = HEAVY if heavy else f"other-{number % 200}@example.com"
+            sent_in, started = phase[0], time.perf_counter()
+            response = await http.post("/jumps", json={"clouds": [0, 0, 1, 0, 0], "user": user})
+            took = time.perf_counter() - started
+            if response.status_code != 201:
+                failures.append(f"{response.status_code} {response.text[:200]}")
+            elif heavy and started > erasure_started:
+                heavy_once_started[0] += 1
+            elif not heavy:
+                latencies[sent_in].append(took)
 
-        posters = [asyncio.create_task(poster(i)) for i in range(len(answered))]
+        stop = asyncio.Event()
+        posting = asyncio.create_task(jotc_load.steady(post, RATE, stop))
         try:
-            # Steady state first: every poster connected and made a run of round trips.
-            await asyncio.to_thread(
-                wait_until, lambda: min(answered) >= 30, timeout=30, what="steady load: every poster answered 30 times"
-            )
-            erasing.set()
+            await asyncio.sleep(2)  # the connections' set-up is not the baseline
+            phase[0] = "before"
+            await asyncio.sleep(BASELINE_SECONDS)
+            phase[0] = "during"
             first = await http.delete(f"/admin/users/{HEAVY}/requests", headers=AUTH)
-            started_at = time.perf_counter()
+            erasure_started = time.perf_counter()
             assert first.status_code in (200, 202), first.text
             final: dict[str, Any] = first.json()
             if first.status_code == 202:
@@ -120,7 +122,7 @@ async def erase_while_posting(base_url: str) -> dict[str, Any]:
                 again = await http.delete(f"/admin/users/{HEAVY}/requests", headers=AUTH)
                 if again.status_code == 202:  # the same job, not a second one
                     assert again.json()["requested_at"] == final["requested_at"], "a second DELETE made a second job"
-                deadline = time.monotonic() + 45
+                deadline = time.monotonic() + 90
                 while final.get("state") != "done" and time.monotonic() < deadline:
                     # The poll interval of a wait with a deadline; gentle, as every poll is one more
                     # request on the server whose latency is being measured.
@@ -128,24 +130,17 @@ async def erase_while_posting(base_url: str) -> dict[str, Any]:
                     status = await http.get(final["status_url"], headers=AUTH)
                     assert status.status_code == 200, f"the erasure's status: {status.status_code} {status.text}"
                     final = status.json()
-                assert final["state"] == "done", f"the erasure did not finish within 45 s: {final}"
-            # The load goes on past the erasure's end, so the heavy user's requests made after it are
-            # checked too: 10 more answers for every poster (every fifth post is the heavy user's).
-            at_done = list(answered)
-            await asyncio.to_thread(
-                wait_until,
-                lambda: all(now - then >= 10 for now, then in zip(answered, at_done, strict=True)),
-                timeout=30,
-                what="every poster answered 10 more times after the erasure finished",
-            )
-        finally:  # the posters stop however this ends
+                assert final["state"] == "done", f"the erasure did not finish within 90 s: {final}"
+            phase[0] = "after"
+            await asyncio.sleep(2)
+        finally:  # the load stops however this ends
             stop.set()
-            await asyncio.gather(*posters)
+            await posting
     return {
-        "other_latencies": other_latencies,
-        "baseline_latencies": baseline_latencies[len(baseline_latencies) // 4 :],  # past the connections' set-up
-        "failures": counts["failures"],
-        "heavy_posted_once_started": counts["heavy_after"],
+        "before": latencies["before"],
+        "during": latencies["during"],
+        "failures": failures,
+        "heavy_posted_once_started": heavy_once_started[0],
         "final": final,
     }
 

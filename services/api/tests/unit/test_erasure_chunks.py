@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 from structlog.testing import capture_logs
 
 from jotc_api import erasure
-from jotc_api.erasure import Eraser, ErasureJob, run_job, start_job
+from jotc_api.erasure import Eraser, ErasureJob, Pace, run_job, start_job
 
 CUTOFF = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -145,7 +145,7 @@ class FakeEngine:
 
 async def test_an_erasure_runs_keyset_chunks_then_the_sweep_and_subtracts_from_the_statistics() -> None:
     database = FakeDatabase(rows=12, stats=15, late=1)  # 15 requests: 13 up to the cutoff, 2 after it
-    job = await run_job(FakeEngine(database), "ann", chunk_rows=5)  # type: ignore[arg-type]
+    job = await run_job(FakeEngine(database), "ann", pace=Pace(chunk_rows=5))  # type: ignore[arg-type]
     assert job is not None
     assert job.done
     assert job.deleted == 13
@@ -155,9 +155,41 @@ async def test_an_erasure_runs_keyset_chunks_then_the_sweep_and_subtracts_from_t
     assert database.log[-1] == "UNLOCK"
 
 
+async def test_the_runner_rests_after_each_chunk_so_it_works_its_share_of_the_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [0.0]
+    rests: list[float] = []
+    chunk = erasure.erase_chunk
+
+    async def taking_a_tenth_of_a_second(*args: Any) -> Any:
+        clock[0] += 0.1
+        return await chunk(*args)
+
+    async def rest(seconds: float) -> None:
+        rests.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(erasure.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(erasure, "erase_chunk", taking_a_tenth_of_a_second)
+    monkeypatch.setattr(erasure.asyncio, "sleep", rest)
+    database = FakeDatabase(rows=12, stats=12)
+    job = await run_job(FakeEngine(database), "ann", pace=Pace(chunk_rows=5, busy_share=0.25))  # type: ignore[arg-type]
+    assert job is not None
+    assert job.done
+    # Chunks of 5, 5, 2 and the sweep: a rest of three times the chunk's 0.1 s after each but the last.
+    assert rests == pytest.approx([0.3, 0.3, 0.3])
+    assert clock[0] == pytest.approx(0.4 + 0.9)
+
+
+async def test_a_runner_given_its_whole_time_never_rests() -> None:
+    assert Pace(busy_share=1).rest_after(5.0) == 0
+    assert Pace(busy_share=0.5).rest_after(0.2) == pytest.approx(0.2)
+
+
 async def test_a_user_left_with_nothing_loses_the_statistics_row() -> None:
     database = FakeDatabase(rows=4, stats=4)
-    job = await run_job(FakeEngine(database), "ann", chunk_rows=10)  # type: ignore[arg-type]
+    job = await run_job(FakeEngine(database), "ann", pace=Pace(chunk_rows=10))  # type: ignore[arg-type]
     assert job is not None
     assert job.done
     assert job.deleted == 4
@@ -168,7 +200,7 @@ async def test_a_user_left_with_nothing_loses_the_statistics_row() -> None:
 
 async def test_a_user_without_a_statistics_row_is_erased_all_the_same() -> None:
     database = FakeDatabase(rows=3, stats=None)
-    job = await run_job(FakeEngine(database), "ann", chunk_rows=10)  # type: ignore[arg-type]
+    job = await run_job(FakeEngine(database), "ann", pace=Pace(chunk_rows=10))  # type: ignore[arg-type]
     assert job is not None
     assert job.done
     assert job.deleted == 3
@@ -194,7 +226,7 @@ async def test_a_failure_mid_chunk_throws_the_connection_and_its_lock_away() -> 
     database = FakeDatabase(rows=12, stats=12)
     database.fail_on = "LOCK_STATS"
     with pytest.raises(OperationalError):
-        await run_job(FakeEngine(database), "ann", chunk_rows=5)  # type: ignore[arg-type]
+        await run_job(FakeEngine(database), "ann", pace=Pace(chunk_rows=5))  # type: ignore[arg-type]
     assert database.invalidated == 1, "the backend goes, and the advisory lock with it"
     assert "UNLOCK" not in database.log
 
@@ -214,7 +246,7 @@ async def test_the_runner_finishes_in_the_background_what_outlives_its_request()
         finished_users.append(user)
         finished.set()
 
-    eraser = Eraser(FakeEngine(database), on_finished, chunk_rows=5, poll_seconds=3600)  # type: ignore[arg-type]
+    eraser = Eraser(FakeEngine(database), on_finished, pace=Pace(chunk_rows=5), poll_seconds=3600)  # type: ignore[arg-type]
     await asyncio.wait_for(database.running_asked.wait(), timeout=5)  # its first look, at start-up
     with capture_logs() as logs:
         job = await eraser.erase("ann", seconds=0)  # no time in the request: everything is left

@@ -39,6 +39,9 @@ GOOD = {"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/jotc"}
         ("JOTC_SHUTDOWN_TIMEOUT", "forever"),
         ("JOTC_HEADER_READ_TIMEOUT", "0"),
         ("JOTC_MAX_HEADER_BYTES", "100"),
+        ("JOTC_ERASURE_CHUNK_ROWS", "0"),
+        ("JOTC_ERASURE_BUSY_PERCENT", "0"),
+        ("JOTC_ERASURE_BUSY_PERCENT", "150"),
     ],
 )
 def test_bad_setting_stops_start_up_with_one_line_naming_it(
@@ -81,8 +84,11 @@ def test_good_settings_are_parsed() -> None:
             "JOTC_CORS_ORIGINS": "https://app.example.com",
             "LOG_LEVEL": "debug",
             "JOTC_ADMIN_TOKEN": "  ",
+            "JOTC_ERASURE_CHUNK_ROWS": "500",
+            "JOTC_ERASURE_BUSY_PERCENT": "100",
         }
     )
+    assert (settings.erasure_chunk_rows, settings.erasure_busy_percent) == (500, 100)
     assert settings.database_url.drivername == "postgresql+psycopg"
     assert settings.rate_limit is not None
     assert (settings.rate_limit.requests, settings.rate_limit.per_seconds) == (600, 60)
