@@ -242,7 +242,7 @@ def main(argv: list[str]) -> int:
         if deploy_synced and deploy_wanted:
             common.use_helm()
             # The deployment tests, the container stage and the scripts' own Python, under deploy's rules.
-            checked = ["tests", "container_tests", "../scripts/lib"]
+            checked = ["tests", "container_tests", "../scripts/lib", "../scripts/scale"]
             run.command("deploy: ruff check", ["uv", "run", "--no-sync", "ruff", "check", *checked], deploy)
             run.command(
                 "deploy: ruff format --check",

@@ -32,6 +32,7 @@ import httpx
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+import jotc_load  # scripts/lib
 import jotc_provision  # scripts/lib: the provisioning every script shares
 
 TOKEN = "scale-admin-token"
@@ -46,10 +47,6 @@ request = function()
   return wrk.format(nil, nil, nil, '{"clouds":[0,0,1,0,0,1,0],"user":"bench-' .. (counter % 1000) .. '"}')
 end
 """
-
-
-class Skip(Exception):
-    """--erasure-only: the measurements before the erasure are left out."""
 
 
 class Api:
@@ -79,7 +76,16 @@ def wrk_post(base: str, tmp: Path, seconds: int = 15, connections: int = 16) -> 
     script = tmp / "post.lua"
     script.write_text(WRK_SCRIPT)
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"{base}/jumps"],
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"{base}/jumps",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -103,29 +109,55 @@ def timed_get(base: str, path: str, params: dict[str, Any], times: int = 7) -> f
 
 
 def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
+    ordered = sorted(values) or [0.0]
     return round(ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] * 1000, 1)
 
 
-async def erase_while_posting(base: str) -> dict[str, Any]:
-    """8 clients post (one request in five from the heavy user) while the heavy user is erased.
-    Every other-user POST that started during the erasure counts, whenever it finished."""
-    others: list[tuple[float, float]] = []  # (started, took)
-    stop = asyncio.Event()
-    async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+def cpu_times() -> list[int]:
+    """The machine's CPU time so far, by kind (/proc/stat: user nice system idle iowait irq softirq steal)."""
+    return [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
 
-        async def poster(number: int) -> None:
-            sent = 0
-            while not stop.is_set():
-                sent += 1
-                user = HEAVY if sent % 5 == 0 else f"other-{number}-{sent % 100}"
-                started = time.perf_counter()
-                await http.post("/jumps", json={"clouds": [0, 0, 1, 0, 0], "user": user})
-                if user != HEAVY:
-                    others.append((started, time.perf_counter() - started))
 
-        posters = [asyncio.create_task(poster(i)) for i in range(8)]
-        await asyncio.sleep(2)
+def steal_share(before: list[int], after: list[int]) -> float:
+    """The share of the machine's time the hypervisor gave to other guests between two readings:
+    on a shared virtual machine, what makes latencies move with nothing changed here."""
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    return round(spent[7] / sum(spent), 3) if sum(spent) else 0.0
+
+
+async def erase_while_posting(base: str, rate: float, baseline_seconds: float = 15) -> dict[str, Any]:
+    """POST /jumps at a steady ``rate`` a second (one request in five from the heavy user), sent
+    on time whatever the answers' latency (an open loop: a stall shows as latency, where
+    closed-loop clients would merely send fewer requests): ``baseline_seconds`` of it, then the
+    heavy user's erasure until it is done. Other users' latency in each phase, by when it was sent."""
+    latencies: dict[str, list[float]] = {"warming": [], "before": [], "during": []}
+    phase = ["warming"]
+    failed = [0]
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=httpx.Limits(max_connections=256)) as http:
+
+        async def post(number: int) -> None:
+            heavy = number % 5 == 0
+            sent_in, started = phase[0], time.perf_counter()
+            response = await http.post(
+                "/jumps",
+                json={
+                    "clouds": [0, 0, 1, 0, 0],
+                    "user": HEAVY if heavy else f"other-{number % 1000}",
+                },
+            )
+            if response.status_code != 201:
+                failed[0] += 1
+            elif not heavy and sent_in in latencies:
+                latencies[sent_in].append(time.perf_counter() - started)
+
+        stop = asyncio.Event()
+        posting = asyncio.create_task(jotc_load.steady(post, rate, stop))
+        await asyncio.sleep(3)
+        phase[0] = "before"
+        at_start = cpu_times()
+        await asyncio.sleep(baseline_seconds)
+        phase[0] = "during"
+        at_erasure = cpu_times()
         started = time.perf_counter()
         response = await http.delete(f"/admin/users/{HEAVY}/requests", headers=AUTH)
         first_answer = time.perf_counter() - started
@@ -133,21 +165,30 @@ async def erase_while_posting(base: str) -> dict[str, Any]:
         while response.status_code == 202 and body.get("state") != "done":
             await asyncio.sleep(0.5)
             body = (await http.get(body["status_url"], headers=AUTH)).json()
-        ended = time.perf_counter()
-        took = ended - started
+        took = time.perf_counter() - started
+        at_end = cpu_times()
+        phase[0] = "after"
         stop.set()
-        await asyncio.gather(*posters)
-    during = [latency for at, latency in others if started <= at <= ended]
+        await posting
+
+    def described(values: list[float]) -> dict[str, float]:
+        return {
+            "posts": len(values),
+            "p50_ms": percentile(values, 0.5),
+            "p99_ms": percentile(values, 0.99),
+            "max_ms": round(max(values, default=0.0) * 1000, 1),
+        }
+
     return {
         "first_answer": response.status_code,
         "first_answer_seconds": round(first_answer, 2),
         "erasure_seconds": round(took, 2),
         "deleted": body["deleted"],
-        "other_posts_during": len(during),
-        "other_posts_per_second_during": round(len(during) / took, 1),
-        "other_p50_ms": percentile(during, 0.5),
-        "other_p99_ms": percentile(during, 0.99),
-        "other_max_ms": round(max(during) * 1000, 1),
+        "rows_per_second": round(body["deleted"] / took),
+        "posts_per_second": rate,
+        "failed_posts": failed[0],
+        "other_users_before": described(latencies["before"]) | {"steal": steal_share(at_start, at_erasure)},
+        "other_users_during": described(latencies["during"]) | {"steal": steal_share(at_erasure, at_end)},
     }
 
 
@@ -155,10 +196,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--api", required=True, help="the jotc-api executable to measure")
     parser.add_argument("--migrate", required=True, help="jotc-migrate, for the empty database")
-    parser.add_argument("--database", required=True, help="the populated database (a copy: it is changed)")
+    parser.add_argument(
+        "--database",
+        required=True,
+        help="the populated database (a copy: it is changed)",
+    )
     parser.add_argument("--retention", help="jotc-retention; omitted: no retention run")
     parser.add_argument("--retention-days", type=int, default=365)
     parser.add_argument("--erasure-only", action="store_true", help="only the erasure (and retention)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=150,
+        help="POST /jumps a second around the erasure",
+    )
     args = parser.parse_args()
     results: dict[str, Any] = {}
     server = args.database.rsplit("/", 1)[0]
@@ -168,18 +219,15 @@ def main() -> None:
         with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{empty}"')
         try:
-            if args.erasure_only:
-                raise Skip
-            subprocess.run(
-                [args.migrate, "upgrade"], env={**os.environ, "DATABASE_URL": f"{server}/{empty}"}, check=True
-            )
-            api = Api(args.api, f"{server}/{empty}", tmp)
-            try:
-                results["post_empty"] = wrk_post(api.base, tmp)
-            finally:
-                api.stop()
-        except Skip:
-            pass
+            if not args.erasure_only:  # --erasure-only leaves out the measurements before the erasure
+                subprocess.run(
+                    [args.migrate, "upgrade"], env={**os.environ, "DATABASE_URL": f"{server}/{empty}"}, check=True
+                )
+                api = Api(args.api, f"{server}/{empty}", tmp)
+                try:
+                    results["post_empty"] = wrk_post(api.base, tmp)
+                finally:
+                    api.stop()
         finally:
             with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{empty}" WITH (FORCE)')
@@ -197,14 +245,18 @@ def main() -> None:
                 "requests": timed_get(api.base, "/admin/requests", {}),
                 "requests_of_heavy": timed_get(api.base, "/admin/requests", {"user": HEAVY}),
             }
-            results["erasure"] = asyncio.run(erase_while_posting(api.base))
+            results["erasure"] = asyncio.run(erase_while_posting(api.base, args.rate))
         finally:
             api.stop()
         if args.retention:
             started = time.perf_counter()
             run = subprocess.run(
                 [args.retention],
-                env={**os.environ, "DATABASE_URL": args.database, "JOTC_RETENTION_DAYS": str(args.retention_days)},
+                env={
+                    **os.environ,
+                    "DATABASE_URL": args.database,
+                    "JOTC_RETENTION_DAYS": str(args.retention_days),
+                },
                 capture_output=True,
                 text=True,
                 check=False,
