@@ -159,6 +159,10 @@ def test_a_profile_sample_belongs_to_its_innermost_known_frame(bench: ModuleType
     assert budget.category([loop, pipeline, recorder, psycopg, loop]) == "recorder, SQLAlchemy and psycopg"
     assert budget.category([loop, pipeline, uuid]) == "the route, pipeline and transport (jotc_api)"
     assert budget.category([loop]) == budget.EVENT_LOOP
+    # py-spy names site-packages files relatively; Granian's native calls show on our awaiting line.
+    assert budget.category(["_spawn_asgi_lifespan_worker (granian/server/mp.py:249)"]) == "Granian's ASGI glue"
+    awaiting = "response_pipeline.<locals>.pipeline.<locals>.send_through (jotc_api/pipeline.py:154)"
+    assert budget.category([loop, pipeline, awaiting]) == budget.SERVER_CALLS
     raw = f"{loop};{pipeline};{recorder};{psycopg} 30\n{loop};{pipeline};{uuid} 10\n{loop} 60\n"
     assert budget.samples(raw) == {
         "recorder, SQLAlchemy and psycopg": 30,

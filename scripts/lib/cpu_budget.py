@@ -32,12 +32,22 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 EVENT_LOOP = "event loop (asyncio, uvloop)"
 RUST_THREADS = "Granian's Rust threads (sockets, HTTP, hand-over)"
-FRAME = re.compile(r"\((?P<path>[^()]*):\d+\)$")
+# py-spy sees Python frames only: time in Granian's native receive() and send() shows on the line
+# of ours that awaits them. These functions do little else.
+SERVER_CALLS = "Granian's receive() and send(), native, from our awaiting line"
+AWAITING_SERVER = frozenset({"read_body", "send_through", "send_answer"})
+FRAME = re.compile(r"^(?P<function>.*) \((?P<path>[^()]*):\d+\)$")
 
 
 def category(stack: list[str]) -> str:
     """The category of one sample, its frames outermost first."""
-    paths = [match["path"] if (match := FRAME.search(frame)) else frame for frame in reversed(stack)]
+    frames = list(reversed(stack))
+    leaf = FRAME.match(frames[0]) if frames else None
+    if leaf and "jotc_api/" in leaf["path"] and leaf["function"].rsplit(".", 1)[-1] in AWAITING_SERVER:
+        return SERVER_CALLS
+    # py-spy names files below site-packages relative to it (granian/server/mp.py): a leading slash
+    # makes every fragment match at a directory boundary.
+    paths = ["/" + match["path"].lstrip("/") if (match := FRAME.match(frame)) else frame for frame in frames]
     for path in paths:
         for name, fragments in CATEGORIES:
             if any(fragment in path for fragment in fragments):
