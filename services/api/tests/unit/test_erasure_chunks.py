@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -170,9 +171,10 @@ async def test_the_runner_rests_after_each_chunk_so_it_works_its_share_of_the_ti
         rests.append(seconds)
         clock[0] += seconds
 
-    monkeypatch.setattr(erasure.time, "monotonic", lambda: clock[0])
+    # erasure.py's own names for the clock and the sleep, not the process-wide ones the event loop uses.
+    monkeypatch.setattr(erasure, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(erasure, "asyncio", SimpleNamespace(sleep=rest))
     monkeypatch.setattr(erasure, "erase_chunk", taking_a_tenth_of_a_second)
-    monkeypatch.setattr(erasure.asyncio, "sleep", rest)
     database = FakeDatabase(rows=12, stats=12)
     job = await run_job(FakeEngine(database), "ann", pace=Pace(chunk_rows=5, busy_share=0.25))  # type: ignore[arg-type]
     assert job is not None
@@ -180,6 +182,17 @@ async def test_the_runner_rests_after_each_chunk_so_it_works_its_share_of_the_ti
     # Chunks of 5, 5, 2 and the sweep: a rest of three times the chunk's 0.1 s after each but the last.
     assert rests == pytest.approx([0.3, 0.3, 0.3])
     assert clock[0] == pytest.approx(0.4 + 0.9)
+
+    # Within a request's time (seconds=): the rest ends at the deadline, and so does the work.
+    rests.clear()
+    clock[0] = 0.0
+    database = FakeDatabase(rows=12, stats=12)
+    pace = Pace(chunk_rows=5, busy_share=0.25)
+    job = await run_job(FakeEngine(database), "ann", pace=pace, seconds=0.65)  # type: ignore[arg-type]
+    assert job is not None
+    assert not job.done, "what is left is the background runner's"
+    assert rests == pytest.approx([0.3, 0.15]), "the second rest is cut to the 0.65 s deadline"
+    assert clock[0] == pytest.approx(0.65)
 
 
 async def test_a_runner_given_its_whole_time_never_rests() -> None:
