@@ -97,7 +97,11 @@ async def erase_while_posting(base_url: str) -> dict[str, Any]:
             heavy = number % 5 == 0
             user = HEAVY if heavy else f"other-{number % 200}@example.com"
             sent_in, started = phase[0], time.perf_counter()
-            response = await http.post("/jumps", json={"clouds": [0, 0, 1, 0, 0], "user": user})
+            try:
+                response = await http.post("/jumps", json={"clouds": [0, 0, 1, 0, 0], "user": user})
+            except httpx.HTTPError as error:  # no answer at all (timed out, refused, reset)
+                failures.append(f"{type(error).__name__}: {error}")
+                return
             took = time.perf_counter() - started
             if response.status_code != 201:
                 failures.append(f"{response.status_code} {response.text[:200]}")
