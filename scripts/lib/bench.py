@@ -383,20 +383,24 @@ def profile(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
     with warm_api(args, database_url, scratch) as (api, port, lua):
         workers = [pid for pid in process_tree(api.pid) if pid != api.pid]
         before = {pid: cpu_budget.thread_cpu(pid, CLOCK_TICKS) for pid in workers}
-        spies = {}
-        for pid in workers:
-            output, errors = scratch / f"py-spy-{pid}.txt", (scratch / f"py-spy-{pid}.err").open("w")
-            command = [str(API_BIN / "py-spy"), "record", "--pid", str(pid), "--rate", "250", "--nonblocking"]
-            command += ["--duration", str(args.seconds), "--format", "raw", "--output", str(output)]
-            spies[pid] = (subprocess.Popen(command, stdout=errors, stderr=errors), output, errors)
-        run = wrk(port, args.connections, args.seconds, lua)
-        after = {pid: cpu_budget.thread_cpu(pid, CLOCK_TICKS) for pid in workers}
-        for spy, output, errors in spies.values():
-            spy.wait(timeout=60)
-            errors.close()
-            if spy.returncode != 0 or not output.exists():
-                said = Path(errors.name).read_text().strip().splitlines()
-                raise SystemExit(f"bench: py-spy failed ({said[0] if said else spy.returncode}); it needs ptrace")
+        spies: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
+        try:
+            for pid in workers:
+                output, said = scratch / f"py-spy-{pid}.txt", scratch / f"py-spy-{pid}.err"
+                command = [str(API_BIN / "py-spy"), "record", "--pid", str(pid), "--rate", "250", "--nonblocking"]
+                command += ["--duration", str(args.seconds), "--format", "raw", "--output", str(output)]
+                with said.open("w") as errors:
+                    spies[pid] = (subprocess.Popen(command, stdout=errors, stderr=errors), output)
+            run = wrk(port, args.connections, args.seconds, lua)
+            after = {pid: cpu_budget.thread_cpu(pid, CLOCK_TICKS) for pid in workers}
+            for pid, (spy, output) in spies.items():
+                spy.wait(timeout=60)
+                if spy.returncode != 0 or not output.exists():
+                    lines = (scratch / f"py-spy-{pid}.err").read_text().strip().splitlines()
+                    raise SystemExit(f"bench: py-spy failed ({lines[0] if lines else spy.returncode}); it needs ptrace")
+        finally:
+            for spy, _ in spies.values():
+                stop_process(spy)
     sampled: Counter[str] = Counter()
     python_cpu = other_cpu = 0.0
     for pid in workers:
@@ -430,18 +434,25 @@ def one_connection_trace(port: int, seconds: float) -> list[tuple[float, float]]
     collecting = gc.isenabled()
     gc.disable()
     try:
-        with socket.create_connection(("127.0.0.1", port)) as connection:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def more() -> bytes:
+                received = connection.recv(65536)
+                if not received:
+                    raise SystemExit("bench: the server closed the trace's connection")
+                return received
+
             began = time.perf_counter()
             while (sent := time.perf_counter()) - began < seconds:
                 connection.sendall(request)
                 answer = b""
                 while b"\r\n\r\n" not in answer:
-                    answer += connection.recv(65536)
+                    answer += more()
                 head, _, rest = answer.partition(b"\r\n\r\n")
                 length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])  # type: ignore[index]
                 while len(rest) < length:
-                    rest += connection.recv(65536)
+                    rest += more()
                 if not head.startswith(b"HTTP/1.1 201"):
                     raise SystemExit(f"bench: the trace got {head.splitlines()[0]!r}")
                 trace.append((sent - began, (time.perf_counter() - sent) * 1000))

@@ -4,7 +4,9 @@ While wrk loads POST /jumps, py-spy (locked in services/api's dev group) samples
 worker, and /proc says how much CPU each of the worker's threads used. The Python thread's CPU
 is shared out over the categories below in proportion to py-spy's samples; the other threads
 (Granian's Rust runtime: sockets, HTTP parsing, the hand-over to Python) are one line of their
-own. Each line is microseconds of CPU per request answered.
+own. Each line is microseconds of CPU per request answered. The bench's small inputs are solved on
+the event loop; a large one goes to a worker thread, whose CPU would count on the other threads'
+line while py-spy's samples of it are shared out of the main thread's.
 
 A sample is put in the first category that one of its frames belongs to, from the innermost
 frame out: time in psycopg called by the recorder is the recorder's, time in a standard-library
