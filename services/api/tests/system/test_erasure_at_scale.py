@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import coverage
 import httpx
 import jotc_load
 import psycopg
@@ -41,6 +44,21 @@ P50_FACTOR, P50_SLACK_SECONDS = 1.5, 0.003
 P99_FACTOR, P99_SLACK_SECONDS = 2, 0.010
 
 
+@contextmanager
+def untraced() -> Iterator[None]:
+    """The load is generated with coverage paused in this process: traced, the client itself could
+    not send 100 requests a second, and the baseline's median was over a second (the API's own
+    processes are measured as ever; no line of src runs here)."""
+    measuring = coverage.Coverage.current()
+    if measuring is not None:
+        measuring.stop()
+    try:
+        yield
+    finally:
+        if measuring is not None:
+            measuring.start()
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
@@ -57,9 +75,14 @@ def summary(latencies: list[float]) -> str:
 def test_erasing_a_large_user_does_not_stall_other_writers(tmp_root: Path) -> None:
     with fresh_database() as url:
         plant(url, HEAVY, PLANTED)
-        server = start_api(url, tmp_root, JOTC_ACCESS_LOG="false")
+        # Neither the server nor the load is traced by coverage: traced, the erasure's chunks held
+        # the worker's event loop for tens of milliseconds each (p50 135 ms during the erasure under
+        # coverage, 5 ms without), and the test measured the tracer. Other tests cover this code.
+        untraced_server = {"COVERAGE_PROCESS_CONFIG": "", "COVERAGE_PROCESS_START": ""}
+        server = start_api(url, tmp_root, JOTC_ACCESS_LOG="false", **untraced_server)
         try:
-            outcome = asyncio.run(erase_while_posting(server.base_url))
+            with untraced():
+                outcome = asyncio.run(erase_while_posting(server.base_url))
         finally:
             server.stop()
         during, before = outcome["during"], outcome["before"]
