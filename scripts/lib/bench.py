@@ -42,9 +42,10 @@ from jotc_provision import free_port, port_open, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 API_BIN = ROOT / "services/api/.venv/bin"
-LUA = """
+BODY = '{"clouds":[0,0,1,0,0,1,0],"user":"bench@example.com"}'
+LUA = f"""
 wrk.method = "POST"
-wrk.body   = '{"clouds":[0,0,1,0,0,1,0],"user":"bench@example.com"}'
+wrk.body   = '{BODY}'
 wrk.headers["Content-Type"] = "application/json"
 """
 WORKERS = 2
@@ -317,6 +318,11 @@ def postgres_processes() -> list[int]:
     return pids
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds used so far by each thread of the process (a thread's id reads like a pid)."""
+    return {int(task.name): cpu_seconds([int(task.name)]) for task in Path(f"/proc/{pid}/task").iterdir()}
+
+
 def cpu_snapshot(api_pid: int) -> tuple[float, float]:
     return cpu_seconds(process_tree(api_pid)), cpu_seconds(postgres_processes())
 
@@ -382,7 +388,7 @@ def profile(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
     """The CPU budget table of cpu_budget.py, from one loaded run of the API."""
     with warm_api(args, database_url, scratch) as (api, port, lua):
         workers = [pid for pid in process_tree(api.pid) if pid != api.pid]
-        before = {pid: cpu_budget.thread_cpu(pid, CLOCK_TICKS) for pid in workers}
+        before = {pid: thread_cpu(pid) for pid in workers}
         spies: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
         try:
             for pid in workers:
@@ -392,7 +398,7 @@ def profile(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
                 with said.open("w") as errors:
                     spies[pid] = (subprocess.Popen(command, stdout=errors, stderr=errors), output)
             run = wrk(port, args.connections, args.seconds, lua)
-            after = {pid: cpu_budget.thread_cpu(pid, CLOCK_TICKS) for pid in workers}
+            after = {pid: thread_cpu(pid) for pid in workers}
             for pid, (spy, output) in spies.items():
                 spy.wait(timeout=60)
                 if spy.returncode != 0 or not output.exists():
@@ -424,7 +430,7 @@ def one_connection_trace(port: int, seconds: float) -> list[tuple[float, float]]
     """(seconds since the start, latency in ms) of every POST /jumps one keep-alive connection
     makes, one after another, for ``seconds``. A raw socket and no garbage collection on this
     side, so what is timed is the server's."""
-    body = LUA.split("wrk.body   = '", 1)[1].split("'", 1)[0].encode()
+    body = BODY.encode()
     request = (
         b"POST /jumps HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         + f"Content-Length: {len(body)}\r\n\r\n".encode()

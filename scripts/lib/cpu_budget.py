@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from pathlib import Path
 
 # (category, path fragments of the frames that belong to it), most specific first.
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -66,18 +65,6 @@ def samples(raw: str) -> Counter[str]:
         if stack and count.isdigit():
             found[category(stack.split(";"))] += int(count)
     return found
-
-
-def thread_cpu(pid: int, ticks: int) -> dict[int, float]:
-    """CPU seconds used so far by each thread of the process."""
-    used = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        used[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
-    return used
 
 
 def budget(

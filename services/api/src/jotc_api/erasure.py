@@ -48,10 +48,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from jotc_api.settings import DEFAULT
+
 log = structlog.get_logger("jotc.erasure")
 
-CHUNK_ROWS: Final = 1000
-BUSY_SHARE: Final = 0.25
+# The pace's defaults are the settings' (JOTC_ERASURE_CHUNK_ROWS, JOTC_ERASURE_BUSY_PERCENT).
+CHUNK_ROWS: Final[int] = DEFAULT["erasure_chunk_rows"]
+BUSY_SHARE: Final[float] = DEFAULT["erasure_busy_percent"] / 100
 INLINE_SECONDS: Final = 2.0
 POLL_SECONDS: Final = 10.0
 # pg_advisory_lock(class, key) class of erasure jobs: "JOTE"; the key is hashtext(user). Two users

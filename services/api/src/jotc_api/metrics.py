@@ -40,6 +40,17 @@ def method_label(method: str) -> str:
 FLUSH_SECONDS = 1.0
 
 
+class Durations:
+    """One route's durations since the last hand-over: observations per bucket of SECONDS_BUCKETS
+    (the last one is +Inf) and their sum."""
+
+    __slots__ = ("buckets", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(SECONDS_BUCKETS) + 1)
+        self.total = 0.0
+
+
 class RequestTally:
     """Per-worker request counts and durations in plain dicts, handed to prometheus_client once a
     second. In multiprocess mode every prometheus_client update is a locked write to a memory-mapped
@@ -51,18 +62,17 @@ class RequestTally:
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str, int], int] = {}
-        # (method, route) -> [observations per bucket (the last one: +Inf), sum of the seconds]
-        self.durations: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+        self.durations: dict[tuple[str, str], Durations] = {}
         self.flush_scheduled = False
 
     def add(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)
         self.counts[key] = self.counts.get(key, 0) + 1
-        tally = self.durations.get((method, route))
-        if tally is None:
-            tally = self.durations[(method, route)] = ([0] * (len(SECONDS_BUCKETS) + 1), [0.0])
-        tally[0][bisect_left(SECONDS_BUCKETS, seconds)] += 1  # the first bucket whose bound >= seconds
-        tally[1][0] += seconds
+        durations = self.durations.get((method, route))
+        if durations is None:
+            durations = self.durations[(method, route)] = Durations()
+        durations.buckets[bisect_left(SECONDS_BUCKETS, seconds)] += 1  # the first bucket whose bound >= seconds
+        durations.total += seconds
         if not self.flush_scheduled:
             self.flush_scheduled = True
             asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
@@ -72,8 +82,8 @@ class RequestTally:
         self.counts, self.durations, self.flush_scheduled = {}, {}, False
         for (method, route, status), count in counts.items():
             HTTP_REQUESTS.labels(method, route, str(status)).inc(count)
-        for (method, route), (buckets, total) in durations.items():
-            observe_tallied(HTTP_SECONDS.labels(method, route), buckets, total[0])
+        for (method, route), tallied in durations.items():
+            observe_tallied(HTTP_SECONDS.labels(method, route), tallied.buckets, tallied.total)
 
 
 def observe_tallied(histogram: Histogram, buckets: list[int], total: float) -> None:
