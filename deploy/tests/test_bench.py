@@ -86,6 +86,7 @@ def test_every_target_is_judged_on_a_median_the_bench_measures(bench: ModuleType
         20.0,
         50.0,
     )
+    assert summary["c1_p99_worst_ms"] == 9.0  # the tail target holds only if it holds in every round
 
 
 def test_help_is_the_usage_of_the_options_it_takes(bench: ModuleType) -> None:
@@ -144,6 +145,31 @@ def test_cpu_is_read_for_a_process_and_its_children(bench: ModuleType) -> None:
         while time.process_time() < deadline:  # burn 0.2 s of CPU: what the counter must see
             pass
         assert bench.cpu_seconds([os.getpid()]) - spent >= 0.1, "/proc's CPU counters did not move"
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_cpu_is_read_for_each_thread_apart(bench: ModuleType) -> None:
+    # One thread burns CPU while the main thread sleeps: the budget splits the process's CPU by
+    # thread, so the sleeping thread must not be charged with what the busy one spent.
+    script = (
+        "import threading, time\n"
+        "def burn():\n"
+        "    deadline = time.thread_time() + 0.4\n"
+        "    while time.thread_time() < deadline: pass\n"
+        "    time.sleep(30)\n"
+        "threading.Thread(target=burn, daemon=True).start()\n"
+        "time.sleep(30)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 20
+        while (threads := bench.thread_cpu(child.pid)) and max(threads.values()) < 0.3:
+            assert time.monotonic() < deadline, f"the burning thread never showed its CPU: {threads}"
+            time.sleep(0.05)
+        assert len(threads) == 2, threads
+        assert threads[child.pid] < 0.2, f"the sleeping main thread is charged with the other's CPU: {threads}"
     finally:
         child.kill()
         child.wait()

@@ -68,6 +68,11 @@ class Target:
     op: str  # ">=" or "<="
     limit: float
     unit: str
+    rounds_key: str = ""  # the per-round series, where it is not named ``key``
+
+    @property
+    def rounds(self) -> str:
+        return self.rounds_key or self.key
 
     def met(self, value: float) -> bool:
         return value >= self.limit if self.op == ">=" else value <= self.limit
@@ -76,11 +81,12 @@ class Target:
         return f"{'≥' if self.op == '>=' else '≤'} {format_value(self.limit, self.unit)}"
 
 
-# The targets, each checked against the median of its measure. Change a target here, nowhere else.
+# The targets, each checked against the median of its measure (the p99's, against its worst round:
+# a tail that holds only in most rounds does not hold). Change a target here, nowhere else.
 TARGETS: tuple[Target, ...] = (
-    Target("ratio", "POST /jumps durable vs bare ASGI app (req/s ratio)", ">=", 0.25, ""),
+    Target("ratio", "POST /jumps durable vs bare ASGI app (req/s ratio)", ">=", 0.30, ""),
     Target("c1_p50_ms", "one connection p50", "<=", 1.5, "ms"),
-    Target("c1_p99_ms", "one connection p99", "<=", 3.0, "ms"),
+    Target("c1_p99_worst_ms", "one connection p99, worst round", "<=", 3.0, "ms", "c1_p99_ms"),
     Target("first_request_ms", "first request after start", "<=", 35.0, "ms"),
     Target("solver_ms", f"solver alone, {SOLVER_CASES[0][0]}", "<=", 50.0, "ms"),
 )
@@ -139,9 +145,11 @@ def series(
 
 
 def summarise(values: dict[str, list[float]]) -> dict[str, float]:
-    """Medians; the ratio is that of the median throughputs, as the documented figures are."""
+    """Medians; the ratio is that of the median throughputs, as the documented figures are; and the
+    one-connection p99 of the worst round."""
     summary = {key: statistics.median(points) for key, points in values.items()}
     summary["ratio"] = summary["api_rps"] / summary["bare_rps"]
+    summary["c1_p99_worst_ms"] = max(values["c1_p99_ms"])
     return summary
 
 
@@ -271,22 +279,24 @@ def start_bare(port: int) -> subprocess.Popen[bytes]:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def proc_stat(pid: int) -> list[str] | None:
-    """/proc/PID/stat's fields after the command name (which may hold spaces), or None if it is gone."""
+def proc_stat(pid: int, thread: int | None = None) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (which may hold spaces), or those of one of
+    its threads (/proc/PID/task/TID/stat), or None if it is gone."""
+    path = Path(f"/proc/{pid}/stat") if thread is None else Path(f"/proc/{pid}/task/{thread}/stat")
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return path.read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
 
 
+def used_seconds(fields: list[str] | None) -> float:
+    """User and system CPU seconds of a /proc stat line (utime, stime), 0 when it is gone."""
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User and system CPU these processes have used so far."""
-    total = 0
-    for pid in pids:
-        fields = proc_stat(pid)
-        if fields is not None:
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLOCK_TICKS
+    return sum(used_seconds(proc_stat(pid)) for pid in pids)
 
 
 def process_tree(root: int) -> list[int]:
@@ -319,8 +329,10 @@ def postgres_processes() -> list[int]:
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds used so far by each thread of the process (a thread's id reads like a pid)."""
-    return {int(task.name): cpu_seconds([int(task.name)]) for task in Path(f"/proc/{pid}/task").iterdir()}
+    """CPU seconds used so far by each thread of the process. Read under /proc/PID/task/: /proc/TID/stat
+    answers for a thread too, but with the whole process's counters."""
+    threads = [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+    return {thread: used_seconds(proc_stat(pid, thread)) for thread in threads}
 
 
 def cpu_snapshot(api_pid: int) -> tuple[float, float]:
@@ -635,7 +647,7 @@ def report_markdown(
         "|---|---|---|---|",
         *(
             f"| {v.target.what} {v.target.describe()} | {format_value(v.value, v.target.unit)} | "
-            f"{', '.join(format_value(x, v.target.unit) for x in values[v.target.key])} | "
+            f"{', '.join(format_value(x, v.target.unit) for x in values[v.target.rounds])} | "
             f"{'MET' if v.met else '**MISSED**'} |"
             for v in verdicts
         ),
@@ -696,7 +708,7 @@ def draw_chart(
     import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
 
     met_colour, missed_colour = "#2f855a", "#c53030"
-    by_key = {v.target.key: v for v in verdicts}
+    by_key = {v.target.rounds: v for v in verdicts}
 
     def strip(axes: Any, x: float, points: list[float], colour: str, median: float | None = None) -> None:
         axes.vlines(x, min(points), max(points), color=colour, linewidth=1)
