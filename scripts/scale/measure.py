@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -125,15 +126,79 @@ def steal_share(before: list[int], after: list[int]) -> float:
     return round(spent[7] / sum(spent), 3) if sum(spent) else 0.0
 
 
-async def erase_while_posting(base: str, rate: float, baseline_seconds: float = 15) -> dict[str, Any]:
+def busy_share(before: list[int], after: list[int]) -> float:
+    """The share of the machine's time its CPUs worked (neither idle nor waiting on I/O) for this guest."""
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    idle = spent[3] + spent[4] + spent[7]
+    return round(1 - idle / sum(spent), 3) if sum(spent) else 0.0
+
+
+WINDOW_SECONDS = 10
+SAMPLE = """
+SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint,
+       (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter),
+       (SELECT coalesce(string_agg(wait_event, ','), '') FROM pg_stat_activity
+        WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active'
+          AND wait_event IS NOT NULL AND wait_event <> 'ClientRead')
+"""
+
+
+class Sampler:
+    """Once a second while the load runs: the machine's CPU times, the WAL written so far, the
+    checkpoints begun, and what the database's active backends are waiting on; summed into
+    windows of WINDOW_SECONDS so that a bad stretch of latency can be set beside its causes."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.samples: list[tuple[float, list[int], int, int, list[str]]] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as db:
+            while not stop.is_set():
+                row = await (await db.execute(SAMPLE)).fetchone()
+                assert row is not None
+                waits = [wait for wait in row[2].split(",") if wait]
+                self.samples.append((time.perf_counter(), cpu_times(), int(row[0]), int(row[1]), waits))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1)
+
+    def window(self, began: float, ended: float) -> dict[str, Any]:
+        inside = [sample for sample in self.samples if began <= sample[0] <= ended]
+        if len(inside) < 2:
+            return {}
+        first, last = inside[0], inside[-1]
+        waits: dict[str, int] = {}
+        for sample in inside:
+            for wait in sample[4]:
+                waits[wait] = waits.get(wait, 0) + 1
+        return {
+            "steal": steal_share(first[1], last[1]),
+            "busy": busy_share(first[1], last[1]),
+            "wal_mb": round((last[2] - first[2]) / 2**20, 1),
+            "checkpoints": last[3] - first[3],
+            "waits": dict(sorted(waits.items(), key=lambda item: -item[1])[:4]),
+        }
+
+
+async def erase_while_posting(
+    base: str, database_url: str, rate: float, baseline_seconds: float = 15, control_seconds: float = 300
+) -> dict[str, Any]:
     """POST /jumps at a steady ``rate`` a second (one request in five from the heavy user), sent
     on time whatever the answers' latency (an open loop: a stall shows as latency, where
     closed-loop clients would merely send fewer requests): ``baseline_seconds`` of it, then the
-    heavy user's erasure until it is done. Other users' latency in each phase, by when it was sent."""
-    latencies: dict[str, list[float]] = {"warming": [], "before": [], "during": []}
+    heavy user's erasure until it is done, then as long again without it (up to
+    ``control_seconds``): a control as long as the erasure, so that what the machine does anyway
+    over that time is not blamed on the erasure. Other users' latency in each phase, by when it was
+    sent, and a timeline of WINDOW_SECONDS windows: latency beside steal, the machine's busy share, the
+    WAL written, checkpoints, the database's wait events, and how late this client itself sent
+    (a starved client shows as latency it did not measure in the server)."""
+    latencies: dict[str, list[float]] = {"warming": [], "before": [], "during": [], "after": []}
+    sent: list[tuple[float, float, float]] = []  # (sent at, latency, lateness) of other users' POSTs
     phase = ["warming"]
     failed = [0]
+    sampler = Sampler(database_url)
     async with httpx.AsyncClient(base_url=base, timeout=120, limits=httpx.Limits(max_connections=256)) as http:
+        began = time.perf_counter()
 
         async def post(number: int) -> None:
             heavy = number % 5 == 0
@@ -147,13 +212,17 @@ async def erase_while_posting(base: str, rate: float, baseline_seconds: float = 
             if response.status_code != 201:
                 failed[0] += 1
             elif not heavy and sent_in in latencies:
-                latencies[sent_in].append(time.perf_counter() - started)
+                latency = time.perf_counter() - started
+                latencies[sent_in].append(latency)
+                sent.append((started, latency, started - began - (number - 1) / rate))
 
         stop = asyncio.Event()
         posting = asyncio.create_task(jotc_load.steady(post, rate, stop))
+        sampling = asyncio.create_task(sampler.run(stop))
         await asyncio.sleep(3)
         phase[0] = "before"
         at_start = cpu_times()
+        before_began = time.perf_counter()
         await asyncio.sleep(baseline_seconds)
         phase[0] = "during"
         at_erasure = cpu_times()
@@ -167,8 +236,13 @@ async def erase_while_posting(base: str, rate: float, baseline_seconds: float = 
         took = time.perf_counter() - started
         at_end = cpu_times()
         phase[0] = "after"
+        await asyncio.sleep(min(took, control_seconds))
+        at_control_end = cpu_times()
+        ended = time.perf_counter()
+        phase[0] = "ended"
         stop.set()
         await posting
+        await sampling
 
     def described(values: list[float]) -> dict[str, float]:
         return {
@@ -178,6 +252,21 @@ async def erase_while_posting(base: str, rate: float, baseline_seconds: float = 
             "max_ms": round(max(values, default=0.0) * 1000, 1),
         }
 
+    timeline = []
+    edge = before_began
+    while edge < ended:
+        upto = min(edge + WINDOW_SECONDS, ended)
+        inside = [record for record in sent if edge <= record[0] < upto]
+        timeline.append(
+            {
+                "from_s": round(edge - started, 1),
+                "erasing": started < upto and edge < started + took,
+                **described([record[1] for record in inside]),
+                "client_late_max_ms": round(max((record[2] for record in inside), default=0.0) * 1000, 1),
+                **sampler.window(edge, upto),
+            }
+        )
+        edge = upto
     return {
         "first_answer": response.status_code,
         "first_answer_seconds": round(first_answer, 2),
@@ -188,6 +277,8 @@ async def erase_while_posting(base: str, rate: float, baseline_seconds: float = 
         "failed_posts": failed[0],
         "other_users_before": described(latencies["before"]) | {"steal": steal_share(at_start, at_erasure)},
         "other_users_during": described(latencies["during"]) | {"steal": steal_share(at_erasure, at_end)},
+        "other_users_after": described(latencies["after"]) | {"steal": steal_share(at_end, at_control_end)},
+        "timeline": timeline,
     }
 
 
@@ -244,7 +335,7 @@ def main() -> None:
                 "requests": timed_get(api.base, "/admin/requests", {}),
                 "requests_of_heavy": timed_get(api.base, "/admin/requests", {"user": HEAVY}),
             }
-            results["erasure"] = asyncio.run(erase_while_posting(api.base, args.rate))
+            results["erasure"] = asyncio.run(erase_while_posting(api.base, args.database, args.rate))
         finally:
             api.stop()
         if args.retention:
