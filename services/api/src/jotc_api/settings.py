@@ -55,7 +55,7 @@ class Settings:
     max_uploads: int | None = None  # None: half of backpressure
     admin_page_cells: int = 1_000_000
     erasure_chunk_rows: int = 1000
-    erasure_busy_percent: int = 25
+    erasure_busy_percent: int = 10
     version: str = field(default="")
 
     @property

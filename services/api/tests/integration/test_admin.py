@@ -176,7 +176,7 @@ def test_erasures_run_at_the_configured_pace(database_url: str, monkeypatch: pyt
 
     monkeypatch.setattr(erasure, "run_job", recording)
     paced = {"JOTC_ERASURE_CHUNK_ROWS": "10", "JOTC_ERASURE_BUSY_PERCENT": "50"}
-    for env, expected in [(paced, Pace(chunk_rows=10, busy_share=0.5)), ({}, Pace(chunk_rows=1000, busy_share=0.25))]:
+    for env, expected in [(paced, Pace(chunk_rows=10, busy_share=0.5)), ({}, Pace(chunk_rows=1000, busy_share=0.10))]:
         paces.clear()
         with in_process(database_url, JOTC_ADMIN_TOKEN=ADMIN_TOKEN, **env) as http:
             user = f"paced-{uuid.uuid4().hex[:8]}@example.com"
