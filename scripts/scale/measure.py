@@ -135,12 +135,16 @@ def busy_share(before: list[int], after: list[int]) -> float:
 
 WINDOW_SECONDS = 10
 SAMPLE = """
-SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint,
-       (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter),
+SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, ({checkpoints}),
        (SELECT coalesce(string_agg(wait_event, ','), '') FROM pg_stat_activity
         WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active'
           AND wait_event IS NOT NULL AND wait_event <> 'ClientRead')
 """
+# Checkpoints begun so far: PostgreSQL 17 moved the counters from pg_stat_bgwriter to pg_stat_checkpointer.
+CHECKPOINTS = {
+    True: "SELECT num_timed + num_requested FROM pg_stat_checkpointer",
+    False: "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter",
+}
 
 
 class Sampler:
@@ -154,8 +158,9 @@ class Sampler:
 
     async def run(self, stop: asyncio.Event) -> None:
         async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as db:
+            sample = SAMPLE.format(checkpoints=CHECKPOINTS[db.info.server_version >= 170000])
             while not stop.is_set():
-                row = await (await db.execute(SAMPLE)).fetchone()
+                row = await (await db.execute(sample)).fetchone()
                 assert row is not None
                 waits = [wait for wait in row[2].split(",") if wait]
                 self.samples.append((time.perf_counter(), cpu_times(), int(row[0]), int(row[1]), waits))
@@ -163,14 +168,17 @@ class Sampler:
                     await asyncio.wait_for(stop.wait(), 1)
 
     def window(self, began: float, ended: float) -> dict[str, Any]:
-        inside = [sample for sample in self.samples if began <= sample[0] <= ended]
-        if len(inside) < 2:
+        """From the last sample at or before ``began`` to the last at or before ``ended``, so that
+        consecutive windows share their edges and add up to the whole run."""
+        first = next((sample for sample in reversed(self.samples) if sample[0] <= began), None)
+        last = next((sample for sample in reversed(self.samples) if sample[0] <= ended), None)
+        if first is None or last is None or last is first:
             return {}
-        first, last = inside[0], inside[-1]
         waits: dict[str, int] = {}
-        for sample in inside:
-            for wait in sample[4]:
-                waits[wait] = waits.get(wait, 0) + 1
+        for sample in self.samples:
+            if began < sample[0] <= ended:
+                for wait in sample[4]:
+                    waits[wait] = waits.get(wait, 0) + 1
         return {
             "steal": steal_share(first[1], last[1]),
             "busy": busy_share(first[1], last[1]),
@@ -181,17 +189,17 @@ class Sampler:
 
 
 async def erase_while_posting(
-    base: str, database_url: str, rate: float, baseline_seconds: float = 15, control_seconds: float = 300
+    base: str, database_url: str, rate: float, baseline_seconds: float, control_seconds: float = 300
 ) -> dict[str, Any]:
     """POST /jumps at a steady ``rate`` a second (one request in five from the heavy user), sent
     on time whatever the answers' latency (an open loop: a stall shows as latency, where
     closed-loop clients would merely send fewer requests): ``baseline_seconds`` of it, then the
-    heavy user's erasure until it is done, then as long again without it (up to
-    ``control_seconds``): a control as long as the erasure, so that what the machine does anyway
-    over that time is not blamed on the erasure. Other users' latency in each phase, by when it was
-    sent, and a timeline of WINDOW_SECONDS windows: latency beside steal, the machine's busy share, the
-    WAL written, checkpoints, the database's wait events, and how late this client itself sent
-    (a starved client shows as latency it did not measure in the server)."""
+    heavy user's erasure until it is done, then as long again (up to ``control_seconds``): what
+    the machine does over that time, the erasure's aftermath (autovacuum of what it deleted)
+    included. Other users' latency in each phase, by when it was sent, and a timeline of
+    WINDOW_SECONDS windows: latency beside steal, the machine's busy share, the WAL written,
+    checkpoints, the database's wait events, and how late this client itself sent (a starved
+    client shows as latency it did not measure in the server)."""
     latencies: dict[str, list[float]] = {"warming": [], "before": [], "during": [], "after": []}
     sent: list[tuple[float, float, float]] = []  # (sent at, latency, lateness) of other users' POSTs
     phase = ["warming"]
@@ -220,6 +228,8 @@ async def erase_while_posting(
         posting = asyncio.create_task(jotc_load.steady(post, rate, stop))
         sampling = asyncio.create_task(sampler.run(stop))
         await asyncio.sleep(3)
+        if sampling.done():  # it failed: say so now, not after the erasure
+            sampling.result()
         phase[0] = "before"
         at_start = cpu_times()
         before_began = time.perf_counter()
@@ -253,20 +263,27 @@ async def erase_while_posting(
         }
 
     timeline = []
-    edge = before_began
-    while edge < ended:
-        upto = min(edge + WINDOW_SECONDS, ended)
-        inside = [record for record in sent if edge <= record[0] < upto]
-        timeline.append(
-            {
-                "from_s": round(edge - started, 1),
-                "erasing": started < upto and edge < started + took,
-                **described([record[1] for record in inside]),
-                "client_late_max_ms": round(max((record[2] for record in inside), default=0.0) * 1000, 1),
-                **sampler.window(edge, upto),
-            }
-        )
-        edge = upto
+    for name, began, until in (
+        ("before", before_began, started),
+        ("during", started, started + took),
+        ("after", started + took, ended),
+    ):
+        edge = began
+        while edge < until:  # each phase in windows of WINDOW_SECONDS; its last may be shorter
+            upto = min(edge + WINDOW_SECONDS, until)
+            inside = [record for record in sent if edge <= record[0] < upto]
+            timeline.append(
+                {
+                    "phase": name,
+                    "from_s": round(edge - started, 1),
+                    "seconds": round(upto - edge, 1),
+                    **described([record[1] for record in inside]),
+                    "client_late_max_ms": round(max((record[2] for record in inside), default=0.0) * 1000, 1),
+                    **sampler.window(edge, upto),
+                }
+            )
+            edge = upto
+    full = [window for window in timeline if window["seconds"] >= WINDOW_SECONDS / 2 and window["posts"]]
     return {
         "first_answer": response.status_code,
         "first_answer_seconds": round(first_answer, 2),
@@ -278,6 +295,13 @@ async def erase_while_posting(
         "other_users_before": described(latencies["before"]) | {"steal": steal_share(at_start, at_erasure)},
         "other_users_during": described(latencies["during"]) | {"steal": steal_share(at_erasure, at_end)},
         "other_users_after": described(latencies["after"]) | {"steal": steal_share(at_end, at_control_end)},
+        # The median of the p99s of the windows of each phase (those of at least half a window):
+        # one bad stretch does not move it, as it moves a whole phase's p99.
+        "median_window_p99_ms": {
+            name: statistics.median(w["p99_ms"] for w in full if w["phase"] == name)
+            for name in ("before", "during", "after")
+            if any(w["phase"] == name for w in full)
+        },
         "timeline": timeline,
     }
 
@@ -294,6 +318,12 @@ def main() -> None:
     parser.add_argument("--retention", help="jotc-retention; omitted: no retention run")
     parser.add_argument("--retention-days", type=int, default=365)
     parser.add_argument("--erasure-only", action="store_true", help="only the erasure (and retention)")
+    parser.add_argument(
+        "--baseline-seconds",
+        type=float,
+        default=60,
+        help="seconds of the load before the erasure, the reference its latency is compared with",
+    )
     parser.add_argument(
         "--rate",
         type=float,
@@ -335,7 +365,9 @@ def main() -> None:
                 "requests": timed_get(api.base, "/admin/requests", {}),
                 "requests_of_heavy": timed_get(api.base, "/admin/requests", {"user": HEAVY}),
             }
-            results["erasure"] = asyncio.run(erase_while_posting(api.base, args.database, args.rate))
+            results["erasure"] = asyncio.run(
+                erase_while_posting(api.base, args.database, args.rate, args.baseline_seconds)
+            )
         finally:
             api.stop()
         if args.retention:
