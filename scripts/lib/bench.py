@@ -213,6 +213,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "answers from the API's",
     )
     parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="instead of the comparison: the write's candidate forms (prepared or not, binary or text "
+        "parameters, pipeline mode, COPY) from psycopg alone, --seconds each at 1 and 16 rows a batch; "
+        "CPU per row of the client and of PostgreSQL",
+    )
+    parser.add_argument(
         "--results",
         type=Path,
         default=ROOT / "results",
@@ -527,6 +534,89 @@ def database_trace(database_url: str, seconds: float) -> list[tuple[float, float
         check=True,
     )
     return [(at, ms) for at, ms in json.loads(out.stdout)]
+
+
+# The write's candidate forms, each timed from psycopg in the API's environment on one connection:
+# CPU of this client (the API's share of a write) and of its PostgreSQL backend, per row, and the
+# wall time of a batch. Every form writes the same rows and leaves the same statistics.
+STATEMENTS_CODE = r"""
+import json, os, re, statistics, sys, time, uuid
+import psycopg
+from jotc_api.recorder import RECORD_BATCH
+from jotc_api.tables import pack_clouds
+url, seconds = sys.argv[1], float(sys.argv[2])
+clouds = pack_clouds(bytes([0, 0, 1, 0, 0, 1, 0]))
+TICKS = os.sysconf("SC_CLK_TCK")
+TEXT = re.sub(r"%\((\w+)\)b", r"%(\1)s", RECORD_BATCH)
+STATS = ("INSERT INTO user_stats AS stats (user_name, requests, last_request_at) "
+         "SELECT u, count(*), now() FROM unnest(%(users)s::text[]) AS u GROUP BY u ORDER BY u "
+         "ON CONFLICT (user_name) DO UPDATE SET requests = stats.requests + excluded.requests, "
+         "last_request_at = greatest(stats.last_request_at, excluded.last_request_at)")
+
+def params(rows):
+    return {"ids": [uuid.uuid4() for _ in range(rows)], "users": [f"u{i % 7}" for i in range(rows)],
+            "ns": [7] * rows, "max_jumps": [2] * rows, "clouds": [clouds] * rows, "jumps": [3] * rows}
+
+def recorded(c, p): c.execute(RECORD_BATCH, p)
+def unprepared(c, p): c.execute(RECORD_BATCH, p, prepare=False)
+def text_parameters(c, p): c.execute(TEXT, p)
+def pipelined(c, p):
+    with c.pipeline():
+        c.execute(RECORD_BATCH, p)
+def copy_then_upsert(c, p):
+    with c.transaction():
+        with c.cursor().copy("COPY jump_requests (id, user_name, n, max_jump, clouds, jumps) FROM STDIN") as copy:
+            for row in zip(p["ids"], p["users"], p["ns"], p["max_jumps"], p["clouds"], p["jumps"]):
+                copy.write_row(row)
+        c.execute(STATS, {"users": p["users"]})
+
+def backend_cpu(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+result = []
+for name, form in [("the recorder's statement (binary, prepared after 5)", recorded),
+                   ("the same, never prepared", unprepared), ("the same, text parameters", text_parameters),
+                   ("the same, in pipeline mode", pipelined),
+                   ("COPY the rows, then upsert the statistics (one transaction)", copy_then_upsert)]:
+    for rows in (1, 16):
+        with psycopg.connect(url, autocommit=True) as connection:
+            pid = connection.info.backend_pid
+            for _ in range(20):
+                form(connection, params(rows))  # warm: prepared statements, caches
+            walls, batches = [], 0
+            cpu, server = time.thread_time(), backend_cpu(pid)
+            began = time.perf_counter()
+            while time.perf_counter() - began < seconds:
+                p = params(rows)
+                started = time.perf_counter()
+                form(connection, p)
+                walls.append(time.perf_counter() - started)
+                batches += 1
+            cpu, server = time.thread_time() - cpu, backend_cpu(pid) - server
+        result.append([name, rows, cpu / (batches * rows) * 1e6, server / (batches * rows) * 1e6,
+                       statistics.median(walls) * 1e6])
+print(json.dumps(result))
+"""
+
+
+def statement_costs(database_url: str, seconds: float) -> str:
+    """The write's candidate forms side by side, as a table."""
+    out = subprocess.run(
+        [str(API_BIN / "python"), "-B", "-c", STATEMENTS_CODE, database_url, str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = [
+        f"The write's forms from psycopg, one connection, {seconds:g} s each (`scripts/bench --statements`):",
+        "",
+        "| form | rows a batch | client CPU µs/row | PostgreSQL CPU µs/row | batch wall µs (median) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, rows, client, server, wall in json.loads(out.stdout):
+        lines.append(f"| {name} | {rows} | {client:.0f} | {server:.0f} | {wall:.0f} |")
+    return "\n".join(lines)
 
 
 def trace_run(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
@@ -880,6 +970,9 @@ def main(argv: list[str]) -> None:
     if args.profile:
         with tempfile.TemporaryDirectory(prefix="jotc-bench-") as scratch:
             print(profile(args, database_url, Path(scratch)))
+        return
+    if args.statements:
+        print(statement_costs(database_url, args.seconds))
         return
     with tempfile.TemporaryDirectory(prefix="jotc-bench-") as scratch:
         runs, firsts, solver = measure(args, database_url, Path(scratch))
