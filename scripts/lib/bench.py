@@ -504,49 +504,20 @@ def describe_trace(trace: list[tuple[float, float]]) -> str:
     return "\n".join(lines)
 
 
-# The recorder's own batch statement, one row at a time from psycopg in the API's environment on one
-# autocommit connection, as a writer runs it at one connection: no HTTP, no event loop, no API.
-DATABASE_TRACE_CODE = r"""
-import gc, json, sys, time, uuid
+# The write alone, from psycopg in the API's environment on one connection: no HTTP, no event loop,
+# no API. Mode "trace": the recorder's statement, one row per autocommit, every one timed, as a
+# writer runs it at one connection. Mode "forms": the write's candidate forms at 1 and 16 rows a
+# batch, with the CPU per row of this client (the API's share of a write) and of its PostgreSQL
+# backend, and the batch's median wall time; every form writes the same rows and statistics.
+WRITE_CODE = r"""
+import gc, json, re, statistics, sys, time, uuid
 import psycopg
 from jotc_api.recorder import RECORD_BATCH
 from jotc_api.tables import pack_clouds
-url, seconds = sys.argv[1], float(sys.argv[2])
+mode, url, seconds, lib = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+sys.path.insert(0, lib)
+from bench import cpu_seconds  # scripts/lib/bench.py's /proc reader
 clouds = pack_clouds(bytes([0, 0, 1, 0, 0, 1, 0]))  # BODY's game
-trace = []
-gc.disable()
-with psycopg.connect(url, autocommit=True) as connection:
-    began = time.perf_counter()
-    while (sent := time.perf_counter()) - began < seconds:
-        connection.execute(RECORD_BATCH, {"ids": [uuid.uuid4()], "users": ["trace@example.com"], "ns": [7],
-                                          "max_jumps": [2], "clouds": [clouds], "jumps": [3]})
-        trace.append((sent - began, (time.perf_counter() - sent) * 1000))
-print(json.dumps(trace))
-"""
-
-
-def database_trace(database_url: str, seconds: float) -> list[tuple[float, float]]:
-    """The same trace without the API: the recorder's statement alone, one row per commit."""
-    out = subprocess.run(
-        [str(API_BIN / "python"), "-B", "-c", DATABASE_TRACE_CODE, database_url, str(seconds)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return [(at, ms) for at, ms in json.loads(out.stdout)]
-
-
-# The write's candidate forms, each timed from psycopg in the API's environment on one connection:
-# CPU of this client (the API's share of a write) and of its PostgreSQL backend, per row, and the
-# wall time of a batch. Every form writes the same rows and leaves the same statistics.
-STATEMENTS_CODE = r"""
-import json, os, re, statistics, sys, time, uuid
-import psycopg
-from jotc_api.recorder import RECORD_BATCH
-from jotc_api.tables import pack_clouds
-url, seconds = sys.argv[1], float(sys.argv[2])
-clouds = pack_clouds(bytes([0, 0, 1, 0, 0, 1, 0]))
-TICKS = os.sysconf("SC_CLK_TCK")
 TEXT = re.sub(r"%\((\w+)\)b", r"%(\1)s", RECORD_BATCH)
 STATS = ("INSERT INTO user_stats AS stats (user_name, requests, last_request_at) "
          "SELECT u, count(*), now() FROM unnest(%(users)s::text[]) AS u GROUP BY u ORDER BY u "
@@ -570,51 +541,61 @@ def copy_then_upsert(c, p):
                 copy.write_row(row)
         c.execute(STATS, {"users": p["users"]})
 
-def backend_cpu(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+def timed(form, rows):  # (CPU of this thread, of the backend, [(sent at, wall s)]) of `seconds` of batches
+    with psycopg.connect(url, autocommit=True) as connection:
+        pid = connection.info.backend_pid
+        for _ in range(20):
+            form(connection, params(rows))  # warm: prepared statements, caches
+        walls = []
+        gc.disable()
+        cpu, server = time.thread_time(), cpu_seconds([pid])
+        began = time.perf_counter()
+        while (sent := time.perf_counter()) - began < seconds:
+            form(connection, params(rows))
+            walls.append((sent - began, time.perf_counter() - sent))
+        cpu, server = time.thread_time() - cpu, cpu_seconds([pid]) - server
+        gc.enable()
+    return cpu, server, walls
 
-result = []
-for name, form in [("the recorder's statement (binary, prepared after 5)", recorded),
-                   ("the same, never prepared", unprepared), ("the same, text parameters", text_parameters),
-                   ("the same, in pipeline mode", pipelined),
-                   ("COPY the rows, then upsert the statistics (one transaction)", copy_then_upsert)]:
-    for rows in (1, 16):
-        with psycopg.connect(url, autocommit=True) as connection:
-            pid = connection.info.backend_pid
-            for _ in range(20):
-                form(connection, params(rows))  # warm: prepared statements, caches
-            walls, batches = [], 0
-            cpu, server = time.thread_time(), backend_cpu(pid)
-            began = time.perf_counter()
-            while time.perf_counter() - began < seconds:
-                p = params(rows)
-                started = time.perf_counter()
-                form(connection, p)
-                walls.append(time.perf_counter() - started)
-                batches += 1
-            cpu, server = time.thread_time() - cpu, backend_cpu(pid) - server
-        result.append([name, rows, cpu / (batches * rows) * 1e6, server / (batches * rows) * 1e6,
-                       statistics.median(walls) * 1e6])
-print(json.dumps(result))
+if mode == "trace":
+    print(json.dumps([(at, wall * 1000) for at, wall in timed(recorded, 1)[2]]))
+else:
+    result = []
+    for name, form in [("the recorder's statement (binary, prepared after 5)", recorded),
+                       ("the same, never prepared", unprepared), ("the same, text parameters", text_parameters),
+                       ("the same, in pipeline mode", pipelined),
+                       ("COPY the rows, then upsert the statistics (one transaction)", copy_then_upsert)]:
+        for rows in (1, 16):
+            cpu, server, walls = timed(form, rows)
+            written = len(walls) * rows
+            result.append([name, rows, cpu / written * 1e6, server / written * 1e6,
+                           statistics.median(wall for _, wall in walls) * 1e6])
+    print(json.dumps(result))
 """
+
+
+def in_api_env(code: str, *args: str) -> Any:
+    """What ``code`` prints as JSON, run by the API's own Python (its NumPy, psycopg and jotc_api)."""
+    out = subprocess.run([str(API_BIN / "python"), "-B", "-c", code, *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def database_trace(database_url: str, seconds: float) -> list[tuple[float, float]]:
+    """The one-connection trace without the API: the recorder's statement alone, one row per commit."""
+    trace = in_api_env(WRITE_CODE, "trace", database_url, str(seconds), str(Path(__file__).parent))
+    return [(at, ms) for at, ms in trace]
 
 
 def statement_costs(database_url: str, seconds: float) -> str:
     """The write's candidate forms side by side, as a table."""
-    out = subprocess.run(
-        [str(API_BIN / "python"), "-B", "-c", STATEMENTS_CODE, database_url, str(seconds)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    forms = in_api_env(WRITE_CODE, "forms", database_url, str(seconds), str(Path(__file__).parent))
     lines = [
         f"The write's forms from psycopg, one connection, {seconds:g} s each (`scripts/bench --statements`):",
         "",
         "| form | rows a batch | client CPU µs/row | PostgreSQL CPU µs/row | batch wall µs (median) |",
         "|---|---:|---:|---:|---:|",
     ]
-    for name, rows, client, server, wall in json.loads(out.stdout):
+    for name, rows, client, server, wall in forms:
         lines.append(f"| {name} | {rows} | {client:.0f} | {server:.0f} | {wall:.0f} |")
     return "\n".join(lines)
 
@@ -674,13 +655,7 @@ print(json.dumps(result))
 
 def solver_ms() -> dict[str, list[float]]:
     """Every timing of every case, in the API's own environment (the solver needs its NumPy)."""
-    out = subprocess.run(
-        [str(API_BIN / "python"), "-B", "-c", SOLVER_CODE, json.dumps(SOLVER_CASES), str(SOLVER_REPEATS)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    times: dict[str, list[float]] = json.loads(out.stdout)
+    times: dict[str, list[float]] = in_api_env(SOLVER_CODE, json.dumps(SOLVER_CASES), str(SOLVER_REPEATS))
     return times
 
 

@@ -119,18 +119,13 @@ def cpu_times() -> list[int]:
     return [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
 
 
-def steal_share(before: list[int], after: list[int]) -> float:
-    """The share of the machine's time the hypervisor gave to other guests between two readings:
-    on a shared virtual machine, what makes latencies move with nothing changed here."""
+def shares(before: list[int], after: list[int]) -> dict[str, float]:
+    """Between two readings, the share of the machine's time the hypervisor gave to other guests
+    (steal: on a shared virtual machine, what makes latencies move with nothing changed here) and
+    the share its CPUs worked for this guest (busy: neither idle, waiting on I/O nor stolen)."""
     spent = [b - a for a, b in zip(before, after, strict=True)]
-    return round(spent[7] / sum(spent), 3) if sum(spent) else 0.0
-
-
-def busy_share(before: list[int], after: list[int]) -> float:
-    """The share of the machine's time its CPUs worked (neither idle nor waiting on I/O) for this guest."""
-    spent = [b - a for a, b in zip(before, after, strict=True)]
-    idle = spent[3] + spent[4] + spent[7]
-    return round(1 - idle / sum(spent), 3) if sum(spent) else 0.0
+    total = sum(spent) or 1
+    return {"steal": round(spent[7] / total, 3), "busy": round(1 - (spent[3] + spent[4] + spent[7]) / total, 3)}
 
 
 WINDOW_SECONDS = 10
@@ -180,8 +175,7 @@ class Sampler:
                 for wait in sample[4]:
                     waits[wait] = waits.get(wait, 0) + 1
         return {
-            "steal": steal_share(first[1], last[1]),
-            "busy": busy_share(first[1], last[1]),
+            **shares(first[1], last[1]),
             "wal_mb": round((last[2] - first[2]) / 2**20, 1),
             "checkpoints": last[3] - first[3],
             "waits": dict(sorted(waits.items(), key=lambda item: -item[1])[:4]),
@@ -200,8 +194,8 @@ async def erase_while_posting(
     WINDOW_SECONDS windows: latency beside steal, the machine's busy share, the WAL written,
     checkpoints, the database's wait events, and how late this client itself sent (a starved
     client shows as latency it did not measure in the server)."""
-    latencies: dict[str, list[float]] = {"warming": [], "before": [], "during": [], "after": []}
-    sent: list[tuple[float, float, float]] = []  # (sent at, latency, lateness) of other users' POSTs
+    phases = ("before", "during", "after")
+    sent: list[tuple[str, float, float, float]] = []  # (phase, sent at, latency, lateness) of other users' POSTs
     phase = ["warming"]
     failed = [0]
     sampler = Sampler(database_url)
@@ -219,10 +213,8 @@ async def erase_while_posting(
                 return
             if response.status_code != 201:
                 failed[0] += 1
-            elif not heavy and sent_in in latencies:
-                latency = time.perf_counter() - started
-                latencies[sent_in].append(latency)
-                sent.append((started, latency, started - began - (number - 1) / rate))
+            elif not heavy and sent_in in phases:
+                sent.append((sent_in, started, time.perf_counter() - started, started - began - (number - 1) / rate))
 
         stop = asyncio.Event()
         posting = asyncio.create_task(jotc_load.steady(post, rate, stop))
@@ -231,11 +223,9 @@ async def erase_while_posting(
         if sampling.done():  # it failed: say so now, not after the erasure
             sampling.result()
         phase[0] = "before"
-        at_start = cpu_times()
         before_began = time.perf_counter()
         await asyncio.sleep(baseline_seconds)
         phase[0] = "during"
-        at_erasure = cpu_times()
         started = time.perf_counter()
         response = await http.delete(f"/admin/users/{HEAVY}/requests", headers=AUTH)
         first_answer = time.perf_counter() - started
@@ -244,10 +234,8 @@ async def erase_while_posting(
             await asyncio.sleep(0.5)
             body = (await http.get(body["status_url"], headers=AUTH)).json()
         took = time.perf_counter() - started
-        at_end = cpu_times()
         phase[0] = "after"
         await asyncio.sleep(min(took, control_seconds))
-        at_control_end = cpu_times()
         ended = time.perf_counter()
         phase[0] = "ended"
         stop.set()
@@ -262,23 +250,20 @@ async def erase_while_posting(
             "max_ms": round(max(values, default=0.0) * 1000, 1),
         }
 
+    bounds = {"before": (before_began, started), "during": (started, started + took), "after": (started + took, ended)}
     timeline = []
-    for name, began, until in (
-        ("before", before_began, started),
-        ("during", started, started + took),
-        ("after", started + took, ended),
-    ):
+    for name, (began, until) in bounds.items():
         edge = began
         while edge < until:  # each phase in windows of WINDOW_SECONDS; its last may be shorter
             upto = min(edge + WINDOW_SECONDS, until)
-            inside = [record for record in sent if edge <= record[0] < upto]
+            inside = [record for record in sent if edge <= record[1] < upto]
             timeline.append(
                 {
                     "phase": name,
                     "from_s": round(edge - started, 1),
                     "seconds": round(upto - edge, 1),
-                    **described([record[1] for record in inside]),
-                    "client_late_max_ms": round(max((record[2] for record in inside), default=0.0) * 1000, 1),
+                    **described([record[2] for record in inside]),
+                    "client_late_max_ms": round(max((record[3] for record in inside), default=0.0) * 1000, 1),
                     **sampler.window(edge, upto),
                 }
             )
@@ -292,14 +277,16 @@ async def erase_while_posting(
         "rows_per_second": round(body["deleted"] / took),
         "posts_per_second": rate,
         "failed_posts": failed[0],
-        "other_users_before": described(latencies["before"]) | {"steal": steal_share(at_start, at_erasure)},
-        "other_users_during": described(latencies["during"]) | {"steal": steal_share(at_erasure, at_end)},
-        "other_users_after": described(latencies["after"]) | {"steal": steal_share(at_end, at_control_end)},
+        **{
+            f"other_users_{name}": described([record[2] for record in sent if record[0] == name])
+            | {"steal": sampler.window(*bounds[name]).get("steal", 0.0)}
+            for name in phases
+        },
         # The median of the p99s of the windows of each phase (those of at least half a window):
         # one bad stretch does not move it, as it moves a whole phase's p99.
         "median_window_p99_ms": {
             name: statistics.median(w["p99_ms"] for w in full if w["phase"] == name)
-            for name in ("before", "during", "after")
+            for name in phases
             if any(w["phase"] == name for w in full)
         },
         "timeline": timeline,
