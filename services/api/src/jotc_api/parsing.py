@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Annotated
 
 import msgspec
@@ -67,8 +66,7 @@ MaxJump = Annotated[
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class JumpInput:
+class JumpInput(msgspec.Struct, frozen=True):
     clouds: bytes  # one byte per cloud: 0 cumulus, 1 thunderhead
     user: str
     max_jump: int
@@ -232,7 +230,11 @@ def check_user(user: str | None, errors: list[FieldError]) -> str:
     if user is None:
         return DEFAULT_USER
     trimmed = user.strip()
-    if any(unicodedata.category(character) in HIDDEN and character not in JOINERS for character in trimmed):
+    # Printable ASCII holds none of them: most names skip the look-up per character.
+    visible_ascii = trimmed.isascii() and trimmed.isprintable()
+    if not visible_ascii and any(
+        unicodedata.category(character) in HIDDEN and character not in JOINERS for character in trimmed
+    ):
         errors.append(
             FieldError(
                 "user", "must not contain control characters (NUL, newlines, escapes) or text-direction overrides"

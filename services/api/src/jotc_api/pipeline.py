@@ -27,7 +27,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from jotc_api.drain import DrainFlag
-from jotc_api.logs import AccessLog
+from jotc_api.logs import CURRENT_REQUEST_ID, AccessLog
 from jotc_api.metrics import NOT_MEASURED, UNMATCHED, RequestTally, method_label
 from jotc_api.problems import Problem, internal_error
 from jotc_api.transport import CLIENT_CLOSED_KEY, send_answer
@@ -124,8 +124,7 @@ def response_pipeline(
         if not REQUEST_ID.fullmatch(request_id):
             request_id = secrets.token_hex(8).encode()
         rid = request_id.decode()
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=rid)
+        CURRENT_REQUEST_ID.set(rid)
         added = [*SECURITY_HEADERS, (b"x-request-id", request_id)]
         if policy is not None:
             added += policy.headers(origin)

@@ -29,9 +29,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any, Final
 
+import msgspec
 import psycopg
 import structlog
 from prometheus_client import Counter, Histogram
@@ -82,8 +82,7 @@ class Overloaded(DatabaseUnavailable):
     """The row was not queued: this worker already has max_pending rows waiting for PostgreSQL."""
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+class Row(msgspec.Struct, frozen=True):
     id: uuid.UUID
     user: str
     n: int

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import random
+import unicodedata
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jotc_api.parsing import JumpInput, parse_json, parse_text
-from jotc_api.problems import Problem
+from jotc_api.parsing import HIDDEN, JOINERS, JumpInput, check_user, parse_json, parse_text
+from jotc_api.problems import FieldError, Problem
 
 MAX_CLOUDS = 500
 # Characters a body's strings are made of: the parsers' own alphabet, whitespace and controls,
@@ -109,3 +110,15 @@ def test_arbitrary_bytes_as_text(body: bytes, query: dict[str, str]) -> None:
 def test_near_miss_text_bodies(tokens: list[str]) -> None:
     values = "".join(tokens)
     check(parse_text, f"{len(values.split())}\n{values}\n".encode(), {})
+
+
+@given(st.text(max_size=40) | st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=40))
+@settings(max_examples=400, deadline=None)
+def test_a_user_name_is_refused_exactly_when_it_holds_a_hidden_character(name: str) -> None:
+    """The ASCII short cut in check_user decides as the per-character rule does."""
+    trimmed = name.strip()
+    hidden = any(unicodedata.category(c) in HIDDEN and c not in JOINERS for c in trimmed)
+    errors: list[FieldError] = []
+    check_user(name, errors)
+    refused_for_hiding = any("control characters" in error.message for error in errors)
+    assert refused_for_hiding == hidden

@@ -4,11 +4,15 @@ the answer started (the connection is cut; no second answer). No server."""
 
 from __future__ import annotations
 
+import io
+import json
 from typing import Any
 
 import pytest
+import structlog
 from litestar.config.cors import CORSConfig
 
+from jotc_api.logs import add_request_id
 from jotc_api.pipeline import cors_config, response_pipeline
 
 Message = dict[str, Any]
@@ -90,3 +94,24 @@ async def test_a_crash_after_the_answer_started_cuts_the_connection_rather_than_
     with pytest.raises(RuntimeError, match="failed mid-answer"):
         await pipeline(scope(), nothing, send)
     assert [message["type"] for message in sent] == ["http.response.start"], "no 500 after a 200 started"
+
+
+async def test_a_line_logged_while_answering_carries_the_request_id() -> None:
+    written = io.StringIO()
+    # The processor configure_logging puts first, on a logger of the test's own (configuring the
+    # process's logging here would leave cached loggers writing to this test's stream).
+    logged = structlog.wrap_logger(
+        structlog.PrintLogger(written), processors=[add_request_id, structlog.processors.JSONRenderer()]
+    )
+
+    class Logs(App):
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            logged.info("while answering")
+            await super().__call__(scope, receive, send)
+
+    pipeline = response_pipeline(Logs(), cors=None, access=False, fmt="json")
+    await call(pipeline, scope(headers=[(b"x-request-id", b"trace-7")]))
+    await call(pipeline, scope())
+    first, second = (json.loads(line) for line in written.getvalue().splitlines())
+    assert first["request_id"] == "trace-7"
+    assert second["request_id"] not in ("trace-7", None), "each request has its own id, never the last one's"
