@@ -1,5 +1,6 @@
 """scripts/bench: its usage text, option checks, target verdicts, the CPU budget's arithmetic and the
-one-connection trace (against a stub server), without running wrk or the API."""
+one-connection trace (against a stub server), --against's copy of a revision and its report, without
+running wrk or the API."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -104,9 +106,10 @@ def test_help_is_the_usage_of_the_options_it_takes(bench: ModuleType) -> None:
         "--profile",
         "--trace",
         "--statements",
+        "--against",
         "--results",
     }
-    samples = {"N": "2", "S": "3", "C": "8", "TEXT": "x", "LIMIT": "10/second", "DIR": "out"}
+    samples = {"N": "2", "S": "3", "C": "8", "TEXT": "x", "LIMIT": "10/second", "DIR": "out", "REV": "HEAD"}
     for option, metavar in documented:
         bench.parse_args([option, samples[metavar]] if metavar else [option])  # every documented option is taken
     for target in bench.TARGETS:
@@ -240,3 +243,38 @@ def test_the_trace_times_every_request_of_one_connection_and_names_the_slow_ones
     assert said.startswith("3 requests on one connection: p50 1.20 ms")
     assert "1 above 3 ms:" in said
     assert "at   1.250 s: 7.50 ms" in said
+
+
+def test_against_takes_the_api_code_of_a_revision_without_touching_the_repository(
+    bench: ModuleType, tmp_path: Path
+) -> None:
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True)
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True, check=True)
+    source = bench.extract_source("HEAD", tmp_path)
+    assert (source / "jotc_api/__init__.py").read_bytes() == subprocess.run(
+        ["git", "show", "HEAD:services/api/src/jotc_api/__init__.py"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout == (
+        status.stdout
+    )
+    assert subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout == (
+        worktrees.stdout
+    )
+    with pytest.raises(SystemExit, match="no services/api/src at 'no-such-revision'"):
+        bench.extract_source("no-such-revision", tmp_path / "elsewhere")
+
+
+def test_against_reports_medians_before_and_after_and_their_ratio(bench: ModuleType) -> None:
+    def round_(rps: float, cpu: float) -> dict[str, float]:
+        return {"rps": rps, "api_cpu_us": cpu, "pg_cpu_us": 50, "c1_p50_ms": 1.5, "c1_p99_ms": 3.0, "non_2xx": 0}
+
+    runs = {
+        "before": [round_(1000, 300), round_(900, 320), round_(1100, 280)],
+        "after": [round_(1200, 250), round_(2000, 200), round_(1000, 260)],
+    }
+    args = bench.parse_args(["--against", "abc123", "--rounds", "3", "--seconds", "4"])
+    report = bench.against_markdown(args, runs)
+    assert "| POST /jumps, durable (req/s) | 1000 | 1200 | 1.200 |" in report
+    assert "| CPU per request, the API's processes (µs) | 300 | 250 | 0.833 |" in report
+    assert "`scripts/bench --against abc123 --rounds 3 --seconds 4`" in report
+    assert "| 2 | 900 | 320 | 2000 | 200 |" in report

@@ -220,6 +220,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "CPU per row of the client and of PostgreSQL",
     )
     parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="instead of the comparison: the API's code at git revision REV (before) against the work "
+        "tree's (after), both served side by side and measured in alternating --rounds of --seconds: "
+        "throughput and CPU per request at --connections, one connection p50 and p99, and after/before "
+        "ratios. Only services/api/src is taken from REV: same dependencies, same database schema",
+    )
+    parser.add_argument(
         "--results",
         type=Path,
         default=ROOT / "results",
@@ -241,7 +249,10 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
         raise SystemExit(str(error)) from None
 
 
-def start_api(port: int, database_url: str, scratch: Path, rate_limit: str | None) -> subprocess.Popen[bytes]:
+def start_api(
+    port: int, database_url: str, scratch: Path, rate_limit: str | None, source: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """jotc-api with the bench's settings; its jotc_api package from ``source`` when given."""
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -252,6 +263,8 @@ def start_api(port: int, database_url: str, scratch: Path, rate_limit: str | Non
         # Inside the run's scratch directory, so it goes when the run ends.
         "PROMETHEUS_MULTIPROC_DIR": str(scratch / f"metrics-{port}"),
     }
+    if source is not None:
+        env["PYTHONPATH"] = str(source)  # ahead of the venv's own (editable) jotc_api
     if rate_limit:
         env["JOTC_RATE_LIMIT"] = rate_limit
     else:
@@ -445,6 +458,106 @@ def profile(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
     return f"{table}\n\n{run['rps']:.0f} req/s while sampled; {sum(sampled.values())} samples."
 
 
+def extract_source(rev: str, scratch: Path) -> Path:
+    """services/api/src as it was at ``rev``, extracted into scratch (the repository is not touched)."""
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", rev, "services/api/src"], cwd=ROOT, capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        raise SystemExit(f"bench: no services/api/src at {rev!r}: {archive.stderr.decode().strip()}")
+    tree = scratch / "before"
+    tree.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree / "services/api/src"
+
+
+def source_at(rev: str, scratch: Path) -> Path:
+    """``rev``'s services/api/src, checked to be what the API's Python imports with it on its path."""
+    source = extract_source(rev, scratch)
+    loaded = in_api_env("import json, jotc_api; print(json.dumps(jotc_api.__file__))", env={"PYTHONPATH": str(source)})
+    if not Path(loaded).is_relative_to(source):
+        raise SystemExit(f"bench: the API's Python loads jotc_api from {loaded}, not from {rev}'s copy")
+    return source
+
+
+AGAINST_MEASURES = (
+    ("rps", "POST /jumps, durable (req/s)", "{:.0f}"),
+    ("api_cpu_us", "CPU per request, the API's processes (µs)", "{:.0f}"),
+    ("pg_cpu_us", "CPU per request, PostgreSQL's processes (µs)", "{:.0f}"),
+    ("c1_p50_ms", "one connection p50 (ms)", "{:.2f}"),
+    ("c1_p99_ms", "one connection p99 (ms)", "{:.2f}"),
+)
+
+
+def against(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
+    """Before (``--against``'s revision) and after (the work tree), served side by side on one
+    database and measured in alternating rounds, so both see the same machine."""
+    lua = scratch / "post-jumps.lua"
+    lua.write_text(LUA)
+    source = source_at(args.against, scratch)
+    ports = {"before": free_port(), "after": free_port()}
+    apis = {
+        "before": start_api(ports["before"], database_url, scratch, args.rate_limit, source),
+        "after": start_api(ports["after"], database_url, scratch, args.rate_limit),
+    }
+    runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    try:
+        for name, api in apis.items():
+            wait_for_port(ports[name], api)
+            wrk(ports[name], args.connections, 2, lua)
+        for round_ in range(args.rounds):
+            for name in ("before", "after") if round_ % 2 == 0 else ("after", "before"):
+                started = cpu_snapshot(apis[name].pid)
+                run = wrk(ports[name], args.connections, args.seconds, lua)
+                api_cpu, pg_cpu = (b - a for a, b in zip(started, cpu_snapshot(apis[name].pid), strict=True))
+                one = wrk(ports[name], 1, args.seconds, lua)
+                runs[name].append(
+                    {
+                        "rps": run["rps"],
+                        "api_cpu_us": api_cpu / max(run["requests"], 1) * 1e6,
+                        "pg_cpu_us": pg_cpu / max(run["requests"], 1) * 1e6,
+                        "c1_p50_ms": one["p50_ms"],
+                        "c1_p99_ms": one["p99_ms"],
+                        "non_2xx": run["non_2xx"] + one["non_2xx"],
+                    }
+                )
+                print(f"bench: round {round_ + 1} {name}: {run['rps']:.0f} req/s", file=sys.stderr)
+    finally:
+        for api in apis.values():
+            stop_process(api)
+    return against_markdown(args, runs)
+
+
+def against_markdown(args: argparse.Namespace, runs: dict[str, list[dict[str, float]]]) -> str:
+    median = {
+        name: {key: statistics.median(r[key] for r in rounds) for key, _, _ in AGAINST_MEASURES}
+        for name, rounds in runs.items()
+    }
+    ran = f"scripts/bench --against {args.against} --rounds {args.rounds} --seconds {args.seconds}"
+    lines = [
+        f"Before ({args.against}) and after (the work tree), medians of {args.rounds} alternating rounds (`{ran}`):",
+        "",
+        "| measure | before | after | after / before |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, what, fmt in AGAINST_MEASURES:
+        before, after = median["before"][key], median["after"][key]
+        ratio = f"{after / before:.3f}" if before else "-"
+        lines.append(f"| {what} | {fmt.format(before)} | {fmt.format(after)} | {ratio} |")
+    refused = sum(r["non_2xx"] for rounds in runs.values() for r in rounds)
+    lines += [
+        "",
+        f"Non-2xx answers during the runs: {refused:.0f}.",
+        "",
+        "| round | " + " | ".join(f"{name} req/s | {name} API µs" for name in runs) + " |",
+        "|---|" + "---:|" * (2 * len(runs)),
+    ]
+    for index in range(args.rounds):
+        cells = [fmt.format(runs[name][index][key]) for name in runs for key, _, fmt in AGAINST_MEASURES[:2]]
+        lines.append(f"| {index + 1} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 TRACE_LIMIT_MS = 3.0
 
 
@@ -574,9 +687,15 @@ else:
 """
 
 
-def in_api_env(code: str, *args: str) -> Any:
+def in_api_env(code: str, *args: str, env: dict[str, str] | None = None) -> Any:
     """What ``code`` prints as JSON, run by the API's own Python (its NumPy, psycopg and jotc_api)."""
-    out = subprocess.run([str(API_BIN / "python"), "-B", "-c", code, *args], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(API_BIN / "python"), "-B", "-c", code, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
+    )
     return json.loads(out.stdout)
 
 
@@ -948,6 +1067,10 @@ def main(argv: list[str]) -> None:
         return
     if args.statements:
         print(statement_costs(database_url, args.seconds))
+        return
+    if args.against:
+        with tempfile.TemporaryDirectory(prefix="jotc-bench-") as scratch:
+            print(against(args, database_url, Path(scratch)))
         return
     with tempfile.TemporaryDirectory(prefix="jotc-bench-") as scratch:
         runs, firsts, solver = measure(args, database_url, Path(scratch))
