@@ -150,11 +150,15 @@ def test_the_refusal_is_429_with_retry_after_and_ratelimit_headers() -> None:
         ("::ffff:203.0.113.7", [], [], "203.0.113.7"),  # IPv4-mapped peer
         ("203.0.113.7:5678", [], [], "203.0.113.7"),
         ("testclient", ["198.51.100.1"], ["10.0.0.0/8"], "unknown"),
+        ("testclient", [], [], "unknown"),
+        ("[2001:db8::7]:443", [], [], "2001:db8::/64"),
+        ("10.0.0.1", [], ["10.0.0.0/8"], "10.0.0.1"),  # a trusted proxy that forwards nothing is the client
     ],
 )
 def test_client_key(peer: str, forwarded: list[str], trusted: list[str], expected: str) -> None:
     rl, _ = limiter(trusted=[ipaddress.ip_network(network) for network in trusted])
     assert rl.client_key(peer, forwarded) == expected
+    assert rl.client_key(peer, forwarded) == expected, "asked again (the peer's key is cached): the same bucket"
 
 
 async def test_sync_adds_local_counts_to_redis_and_learns_the_cluster_total() -> None:
