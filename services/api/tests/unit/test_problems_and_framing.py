@@ -199,32 +199,6 @@ async def test_a_body_that_does_not_arrive_in_time_is_408() -> None:
     assert (refused.value.status, refused.value.kind) == (408, "body-timeout")
 
 
-async def test_after_a_body_timeout_the_request_goes_on_uncancelled() -> None:
-    with pytest.raises(Problem):
-        await read_body(never, limit=100, timeout=0)
-    task = asyncio.current_task()
-    assert task is not None
-    assert task.cancelling() == 0
-    await asyncio.sleep(0)  # the timeout's cancellation was consumed, not left pending
-
-
-async def test_a_cancellation_from_outside_is_not_taken_for_a_body_timeout() -> None:
-    reading = asyncio.create_task(read_body(never, limit=100, timeout=5))
-    await asyncio.sleep(0)
-    reading.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await reading
-
-
-async def test_a_cancellation_from_outside_at_the_deadline_still_cancels() -> None:
-    reading = asyncio.create_task(read_body(never, limit=100, timeout=0))
-    await asyncio.sleep(0)  # started: its deadline's timer is set
-    # Due at the same moment, after the deadline's timer: both cancel before the task runs again.
-    asyncio.get_running_loop().call_later(0, reading.cancel)
-    with pytest.raises(asyncio.CancelledError):
-        await reading
-
-
 async def test_uploads_refuse_a_declared_length_over_the_limit_before_reading() -> None:
     uploads = Uploads(slots=1, max_body=10, seconds=5)
     with pytest.raises(Problem) as refused:

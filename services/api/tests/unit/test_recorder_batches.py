@@ -36,6 +36,9 @@ class FakeConnection:
     async def close(self) -> None:
         self.closed = True
 
+    async def get_raw_connection(self) -> Any:
+        return RawConnection(FakeDriver(None))
+
 
 class FakeEngine:
     def __init__(self, **options: Any) -> None:
@@ -229,18 +232,48 @@ class FakeDriver:
 
 
 class RawConnection:
+    """What SQLAlchemy's get_raw_connection() gives: the pool's record of a psycopg connection."""
+
     def __init__(self, driver: FakeDriver) -> None:
-        self.driver = driver
-
-    async def get_raw_connection(self) -> Any:
-        return type("Raw", (), {"driver_connection": self.driver})()
+        self.driver_connection = driver
 
 
-async def test_insert_rows_sends_one_statement_in_autocommit_with_a_column_per_array() -> None:
+async def test_a_writer_connects_once_in_autocommit_and_keeps_its_connection() -> None:
+    engine = FakeEngine()
+    recorder = make(engine)
+    for _ in range(3):
+        await recorder.record(row())
+    await recorder.close(timeout=5)
+    assert len(engine.connections) == 1, "one connection for every batch"
+    assert engine.connections[0].closed
+
+
+async def test_connect_puts_the_psycopg_connection_in_autocommit() -> None:
+    link = await recorder_module.connect(FakeEngine())  # type: ignore[arg-type]
+    assert link.driver.autocommit is True, "each batch statement is its own transaction"
+
+
+async def test_a_connection_whose_psycopg_connection_cannot_be_reached_is_thrown_away() -> None:
+    class Unreachable(FakeConnection):
+        async def get_raw_connection(self) -> Any:
+            raise OSError("connection lost")
+
+    class Engine(FakeEngine):
+        async def connect(self) -> FakeConnection:
+            self.connections.append(Unreachable(1))
+            return self.connections[-1]
+
+    engine = Engine()
+    with pytest.raises(OSError, match="connection lost"):
+        await recorder_module.connect(engine)  # type: ignore[arg-type]
+    assert engine.connections[0].invalidated
+    assert engine.connections[0].closed
+
+
+async def test_insert_rows_sends_one_statement_with_a_column_per_array() -> None:
     driver = FakeDriver(None)
     rows = [row("ann", 1), row("bob", 2)]
-    await insert_rows(RawConnection(driver), rows)  # type: ignore[arg-type]
-    assert driver.autocommit is True, "the statement is its own transaction"
+    await insert_rows(driver, rows)  # type: ignore[arg-type]
     assert driver.executed == [
         {
             "ids": [r.id for r in rows],
@@ -264,4 +297,4 @@ async def test_insert_rows_turns_psycopg_rejections_into_sqlalchemy_ones(
     raised: Exception, expected: type[Exception]
 ) -> None:
     with pytest.raises(expected):
-        await insert_rows(RawConnection(FakeDriver(raised)), [row()])  # type: ignore[arg-type]
+        await insert_rows(FakeDriver(raised), [row()])  # type: ignore[arg-type]
