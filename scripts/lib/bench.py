@@ -216,8 +216,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--statements",
         action="store_true",
         help="instead of the comparison: the write's candidate forms (prepared or not, binary or text "
-        "parameters, pipeline mode, COPY) from psycopg alone, --seconds each at 1 and 16 rows a batch; "
-        "CPU per row of the client and of PostgreSQL",
+        "parameters, pipeline mode, COPY, a batch of one as plain values) from psycopg alone, --seconds "
+        "each at 1 and 16 rows a batch; CPU per row of the client and of PostgreSQL",
     )
     parser.add_argument(
         "--against",
@@ -618,14 +618,15 @@ def describe_trace(trace: list[tuple[float, float]]) -> str:
 
 
 # The write alone, from psycopg in the API's environment on one connection: no HTTP, no event loop,
-# no API. Mode "trace": the recorder's statement, one row per autocommit, every one timed, as a
-# writer runs it at one connection. Mode "forms": the write's candidate forms at 1 and 16 rows a
-# batch, with the CPU per row of this client (the API's share of a write) and of its PostgreSQL
-# backend, and the batch's median wall time; every form writes the same rows and statistics.
+# no API. Mode "trace": the recorder's statement for a batch of one, one row per autocommit, every
+# one timed, as a writer runs it at one connection. Mode "forms": the write's candidate forms at 1
+# and 16 rows a batch (the batch-of-one statement at 1), with the CPU per row of this client (the
+# API's share of a write) and of its PostgreSQL backend, and the batch's median wall time; every
+# form writes the same rows and statistics.
 WRITE_CODE = r"""
 import gc, json, re, statistics, sys, time, uuid
 import psycopg
-from jotc_api.recorder import RECORD_BATCH
+from jotc_api.recorder import RECORD_BATCH, RECORD_ONE
 from jotc_api.tables import pack_clouds
 mode, url, seconds, lib = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 sys.path.insert(0, lib)
@@ -642,6 +643,7 @@ def params(rows):
             "ns": [7] * rows, "max_jumps": [2] * rows, "clouds": [clouds] * rows, "jumps": [3] * rows}
 
 def recorded(c, p): c.execute(RECORD_BATCH, p)
+def one_row_values(c, p): c.execute(RECORD_ONE, {name: values[0] for name, values in p.items()})
 def unprepared(c, p): c.execute(RECORD_BATCH, p, prepare=False)
 def text_parameters(c, p): c.execute(TEXT, p)
 def pipelined(c, p):
@@ -671,14 +673,15 @@ def timed(form, rows):  # (CPU of this thread, of the backend, [(sent at, wall s
     return cpu, server, walls
 
 if mode == "trace":
-    print(json.dumps([(at, wall * 1000) for at, wall in timed(recorded, 1)[2]]))
+    print(json.dumps([(at, wall * 1000) for at, wall in timed(one_row_values, 1)[2]]))
 else:
     result = []
-    for name, form in [("the recorder's statement (binary, prepared after 5)", recorded),
+    for name, form in [("the recorder's batch statement (binary arrays, prepared after 5)", recorded),
                        ("the same, never prepared", unprepared), ("the same, text parameters", text_parameters),
                        ("the same, in pipeline mode", pipelined),
-                       ("COPY the rows, then upsert the statistics (one transaction)", copy_then_upsert)]:
-        for rows in (1, 16):
+                       ("COPY the rows, then upsert the statistics (one transaction)", copy_then_upsert),
+                       ("the recorder's statement for a batch of one (binary values, no arrays)", one_row_values)]:
+        for rows in (1,) if form is one_row_values else (1, 16):
             cpu, server, walls = timed(form, rows)
             written = len(walls) * rows
             result.append([name, rows, cpu / written * 1e6, server / written * 1e6,

@@ -221,6 +221,7 @@ class FakeDriver:
         self.autocommit = False
         self.failure = failure
         self.executed: list[dict[str, Any]] = []
+        self.statements: list[str] = []
 
     async def set_autocommit(self, value: bool) -> None:
         self.autocommit = value
@@ -228,6 +229,7 @@ class FakeDriver:
     async def execute(self, statement: str, parameters: dict[str, Any]) -> None:
         if self.failure is not None:
             raise self.failure
+        self.statements.append(statement)
         self.executed.append(parameters)
 
 
@@ -270,10 +272,19 @@ async def test_a_connection_whose_psycopg_connection_cannot_be_reached_is_thrown
     assert engine.connections[0].closed
 
 
+async def test_insert_rows_sends_a_batch_of_one_as_plain_values() -> None:
+    driver = FakeDriver(None)
+    one = row("ann", 1)
+    await insert_rows(driver, [one])  # type: ignore[arg-type]
+    assert driver.statements == [recorder_module.RECORD_ONE]
+    assert driver.executed == [{"ids": one.id, "users": "ann", "ns": 3, "max_jumps": 2, "clouds": b"\x00", "jumps": 1}]
+
+
 async def test_insert_rows_sends_one_statement_with_a_column_per_array() -> None:
     driver = FakeDriver(None)
     rows = [row("ann", 1), row("bob", 2)]
     await insert_rows(driver, rows)  # type: ignore[arg-type]
+    assert driver.statements == [recorder_module.RECORD_BATCH]
     assert driver.executed == [
         {
             "ids": [r.id for r in rows],
