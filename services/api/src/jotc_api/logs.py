@@ -35,7 +35,6 @@ def add_request_id(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
 def configure_logging(level: str, fmt: str) -> None:
     shared: list[Any] = [
         add_request_id,
-        structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

@@ -74,19 +74,21 @@ RECORD: Final = """
         last_request_at = greatest(stats.last_request_at, excluded.last_request_at)
 """
 # A batch: one array per column.
-RECORD_BATCH: Final = RECORD.format(
-    rows="""SELECT * FROM unnest(
+RECORD_BATCH: Final = RECORD.replace(
+    "{rows}",
+    """SELECT * FROM unnest(
             %(ids)b::uuid[], %(users)b::text[], %(ns)b::integer[],
             %(max_jumps)b::smallint[], %(clouds)b::bytea[], %(jumps)b::integer[]
-        )"""
+        )""",
 )
 # A batch of one, the usual batch under light load, with plain values: psycopg adapts six arrays
 # for ~80 µs more client CPU than six values (scripts/bench --statements).
-RECORD_ONE: Final = RECORD.format(
-    rows="""VALUES (
+RECORD_ONE: Final = RECORD.replace(
+    "{rows}",
+    """VALUES (
             %(ids)b::uuid, %(users)b::text, %(ns)b::integer,
             %(max_jumps)b::smallint, %(clouds)b::bytea, %(jumps)b::integer
-        )"""
+        )""",
 )
 
 
@@ -247,7 +249,9 @@ async def connect(engine: AsyncEngine) -> Link:
         if not driver.autocommit:
             await driver.set_autocommit(True)
     except BaseException:
-        await discard(pooled)
+        # Shielded: the batch's deadline may fire meanwhile, and a discard cut short could keep
+        # the connection from its pool for good.
+        await asyncio.shield(discard(pooled))
         raise
     return Link(pooled, driver)
 

@@ -12,7 +12,7 @@ import pytest
 import structlog
 from litestar.config.cors import CORSConfig
 
-from jotc_api.logs import add_request_id
+from jotc_api.logs import add_request_id, configure_logging
 from jotc_api.pipeline import cors_config, response_pipeline
 
 Message = dict[str, Any]
@@ -115,3 +115,8 @@ async def test_a_line_logged_while_answering_carries_the_request_id() -> None:
     first, second = (json.loads(line) for line in written.getvalue().splitlines())
     assert first["request_id"] == "trace-7"
     assert second["request_id"] not in ("trace-7", None), "each request has its own id, never the last one's"
+
+
+def test_every_line_is_given_the_request_id_first() -> None:
+    configure_logging("INFO", "json")
+    assert structlog.get_config()["processors"][0] is add_request_id

@@ -27,6 +27,8 @@ class FakeConnection:
         self.invalidated = False
         self.closed = False
         self.fail_invalidate = fail_invalidate
+        self.driver = FakeDriver(None)
+        self.lookups = 0  # of the psycopg connection underneath
 
     async def invalidate(self) -> None:
         if self.fail_invalidate:
@@ -37,7 +39,8 @@ class FakeConnection:
         self.closed = True
 
     async def get_raw_connection(self) -> Any:
-        return RawConnection(FakeDriver(None))
+        self.lookups += 1
+        return RawConnection(self.driver)
 
 
 class FakeEngine:
@@ -246,8 +249,24 @@ async def test_a_writer_connects_once_in_autocommit_and_keeps_its_connection() -
     for _ in range(3):
         await recorder.record(row())
     await recorder.close(timeout=5)
-    assert len(engine.connections) == 1, "one connection for every batch"
-    assert engine.connections[0].closed
+    (connection,) = engine.connections
+    assert connection.lookups == 1, "the psycopg connection is looked up once, not per batch"
+    assert connection.driver.autocommit is True
+    assert len(connection.driver.executed) == 3, "three batches, one connection"
+    assert connection.closed
+
+
+async def test_a_batch_past_its_deadline_is_503_and_the_next_batch_connects_afresh(statement: Statement) -> None:
+    engine = FakeEngine()
+    recorder = Recorder(engine, max_batch=10, writers=1, max_pending=100, write_timeout=0.05)  # type: ignore[arg-type]
+    statement.gate = asyncio.Event()  # the statement never returns
+    with pytest.raises(DatabaseUnavailable, match="did not answer in time"):
+        await recorder.record(row("late"))
+    assert engine.connections[0].invalidated, "a connection mid-statement is never reused"
+    statement.gate.set()
+    await recorder.record(row("next"))
+    assert len(engine.connections) == 2
+    await recorder.close(timeout=5)
 
 
 async def test_connect_puts_the_psycopg_connection_in_autocommit() -> None:
