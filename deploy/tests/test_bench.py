@@ -118,7 +118,7 @@ def test_help_is_the_usage_of_the_options_it_takes(bench: ModuleType) -> None:
 
 
 def test_a_wrong_option_is_refused_before_anything_starts() -> None:
-    for args in (["--rounds", "0"], ["--bogus"], ["--label", "a/b"]):
+    for args in (["--rounds", "0"], ["--bogus"], ["--label", "a/b"], ["--trace", "--against", "HEAD"]):
         result = run_bench(*args)
         assert result.returncode == 2, args
         assert "usage: scripts/bench" in result.stderr
@@ -260,8 +260,9 @@ def test_against_takes_the_api_code_of_a_revision_without_touching_the_repositor
     assert subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout == (
         worktrees.stdout
     )
-    with pytest.raises(SystemExit, match="no services/api/src at 'no-such-revision'"):
-        bench.extract_source("no-such-revision", tmp_path / "elsewhere")
+    for wrong in ("no-such-revision", "--output=/tmp/x"):
+        with pytest.raises(SystemExit, match=f"{wrong!r} names no commit"):
+            bench.extract_source(wrong, tmp_path / "elsewhere")
 
 
 def test_against_reports_medians_before_and_after_and_their_ratio(bench: ModuleType) -> None:

@@ -234,7 +234,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="DIR",
         help="where the report and chart go (default results/, git-ignored)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    modes = [name for name in ("profile", "trace", "statements", "against") if getattr(args, name)]
+    if len(modes) > 1:
+        parser.error(" and ".join(f"--{name}" for name in modes) + " are separate runs: give one at a time")
+    return args
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -250,9 +254,15 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
 
 
 def start_api(
-    port: int, database_url: str, scratch: Path, rate_limit: str | None, source: Path | None = None
+    port: int,
+    database_url: str,
+    scratch: Path,
+    rate_limit: str | None,
+    source: Path | None = None,
+    log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """jotc-api with the bench's settings; its jotc_api package from ``source`` when given."""
+    """jotc-api with the bench's settings; its jotc_api package from ``source`` when given, what it
+    says on stderr into ``log`` when given."""
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -270,7 +280,8 @@ def start_api(
     else:
         env.pop("REDIS_URL", None)
         env.pop("JOTC_RATE_LIMIT", None)
-    return subprocess.Popen([str(API_BIN / "jotc-api")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with log.open("wb") if log is not None else open(os.devnull, "wb") as said:
+        return subprocess.Popen([str(API_BIN / "jotc-api")], env=env, stdout=subprocess.DEVNULL, stderr=said)
 
 
 def start_bare(port: int) -> subprocess.Popen[bytes]:
@@ -460,8 +471,11 @@ def profile(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
 
 def extract_source(rev: str, scratch: Path) -> Path:
     """services/api/src as it was at ``rev``, extracted into scratch (the repository is not touched)."""
+    commit = git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}").stdout.strip()
+    if not commit:
+        raise SystemExit(f"bench: {rev!r} names no commit of this repository")
     archive = subprocess.run(
-        ["git", "archive", "--format=tar", rev, "services/api/src"], cwd=ROOT, capture_output=True, check=False
+        ["git", "archive", "--format=tar", commit, "services/api/src"], cwd=ROOT, capture_output=True, check=False
     )
     if archive.returncode != 0:
         raise SystemExit(f"bench: no services/api/src at {rev!r}: {archive.stderr.decode().strip()}")
@@ -495,15 +509,19 @@ def against(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
     lua = scratch / "post-jumps.lua"
     lua.write_text(LUA)
     source = source_at(args.against, scratch)
-    ports = {"before": free_port(), "after": free_port()}
-    apis = {
-        "before": start_api(ports["before"], database_url, scratch, args.rate_limit, source),
-        "after": start_api(ports["after"], database_url, scratch, args.rate_limit),
-    }
+    sources = {"before": source, "after": None}
+    ports = {name: free_port() for name in sources}
+    apis: dict[str, subprocess.Popen[bytes]] = {}
     runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
     try:
-        for name, api in apis.items():
-            wait_for_port(ports[name], api)
+        for name, code in sources.items():
+            log = scratch / f"api-{name}.log"
+            apis[name] = start_api(ports[name], database_url, scratch, args.rate_limit, code, log)
+            try:
+                wait_for_port(ports[name], apis[name])
+            except SystemExit as failed:
+                said = log.read_text(errors="replace").strip().splitlines()[-15:]
+                raise SystemExit(f"{failed} (the {name} API):\n" + "\n".join(said)) from None
             wrk(ports[name], args.connections, 2, lua)
         for round_ in range(args.rounds):
             for name in ("before", "after") if round_ % 2 == 0 else ("after", "before"):
@@ -1073,7 +1091,14 @@ def main(argv: list[str]) -> None:
         return
     if args.against:
         with tempfile.TemporaryDirectory(prefix="jotc-bench-") as scratch:
-            print(against(args, database_url, Path(scratch)))
+            report = against(args, database_url, Path(scratch))
+        args.results.mkdir(parents=True, exist_ok=True)
+        written = args.results / f"bench-{ctx['stamp']}-against{'-' + args.label if args.label else ''}.md"
+        written.write_text(
+            f"# scripts/bench --against\n\n{ctx['date']}, {ctx['commit']}, {ctx['machine']}\n\n{report}\n"
+        )
+        print(report)
+        print(f"bench: report {written}")
         return
     with tempfile.TemporaryDirectory(prefix="jotc-bench-") as scratch:
         runs, firsts, solver = measure(args, database_url, Path(scratch))
