@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import re
 import subprocess
 import sys
@@ -279,3 +280,18 @@ def test_against_reports_medians_before_and_after_and_their_ratio(bench: ModuleT
     assert "| CPU per request, the API's processes (µs) | 300 | 250 | 0.833 |" in report
     assert "`scripts/bench --against abc123 --rounds 3 --seconds 4`" in report
     assert "| 2 | 900 | 320 | 2000 | 200 |" in report
+
+
+def test_the_trace_names_a_periodic_stall_and_not_chance(bench: ModuleType) -> None:
+    rng = random.Random(7)  # noqa: S311 - made-up latencies, not secrets
+    every_512_ms = [0.229 + 0.512 * k + rng.uniform(-0.004, 0.004) for k in range(30)]
+    every_second = [0.18 + 1.053 * k + rng.uniform(-0.003, 0.003) for k in range(15)]
+    stray = [rng.uniform(0, 16) for _ in range(10)]
+    found = bench.beats(every_512_ms + every_second + stray)
+    assert [round(period, 2) for period, _ in found] == [0.51, 1.05]
+    assert found[0][1] >= 30
+    assert found[1][1] >= 13  # one may fall on the first beat too, and be counted there
+    for size in (10, 20, 40, 100):  # answers slow at random: no beat
+        assert bench.beats([rng.uniform(0, 20) for _ in range(size)]) == [], size
+    said = bench.describe_trace([(at, 4.0) for at in sorted(every_512_ms)] + [(0.5, 1.0)])
+    assert re.search(r"a beat: 30 of the 30 fall every 51[12]\.\d ms", said), said

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import re
 import shlex
@@ -208,7 +209,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--trace",
         action="store_true",
         help="instead of the comparison: one connection posting for --seconds, every request's latency "
-        "timed; prints those above 3 ms with when they happened (periodic stalls show as a rhythm); "
+        "timed; prints those above 3 ms with when they happened, and any beat they fall on (a periodic "
+        "stall, with its period); "
         "then the recorder's statement alone from psycopg for as long, to tell the database's slow "
         "answers from the API's",
     )
@@ -621,6 +623,69 @@ def one_connection_trace(port: int, seconds: float) -> list[tuple[float, float]]
     return trace
 
 
+BEAT_WINDOW_S = 0.010  # a slow answer is on a beat when within ±10 ms of it
+BEAT_PERIODS_S = [p / 2000 for p in range(200, 4001)]  # 100 ms to 2 s, every 0.5 ms
+BEAT_Z = 4.0  # how far above chance a beat's count must be, in standard deviations
+BEAT_MIN = 10  # answers on a beat, and a third of those looked at: fewer is chance on some period
+
+
+def on_beat(times: list[float], period: float) -> list[float]:
+    """The largest set of ``times`` that fall within BEAT_WINDOW_S of one phase of ``period``."""
+    phases = sorted((t % period, t) for t in times)
+    circle = phases + [(phase + period, t) for phase, t in phases]  # the beat may straddle 0
+    best: list[float] = []
+    end = 0
+    for start in range(len(phases)):
+        end = max(end, start)
+        while end < len(circle) and circle[end][0] - circle[start][0] <= 2 * BEAT_WINDOW_S:
+            end += 1
+        if end - start > len(best):
+            best = [t for _, t in circle[start:end]]
+    return best
+
+
+def beats(times: list[float]) -> list[tuple[float, int]]:
+    """Periodic stalls among the slow answers' times: (period s, answers on its beat), strongest
+    first. Random times fall on any beat by chance (a share 2 * BEAT_WINDOW_S / period of them), so
+    a period is judged by how far its count stands above that chance, in standard deviations (at
+    least BEAT_Z; and BEAT_MIN answers and a third of them, as among thousands of periods one
+    holds a few random answers). A fraction of the true period holds the same answers with twice
+    the chance, so the true one stands highest. Its answers are set aside before the next beat is
+    looked for."""
+    found: list[tuple[float, int]] = []
+    left = sorted(times)
+    while len(left) >= BEAT_MIN:
+        best = (0.0, 0.0, 0)
+        for period in BEAT_PERIODS_S:
+            share = 2 * BEAT_WINDOW_S / period
+            chance = len(left) * share
+            count = len(on_beat(left, period))
+            z = (count - chance) / math.sqrt(chance * (1 - share))
+            if z > best[0]:
+                best = (z, period, count)
+        z, period, count = best
+        if z < BEAT_Z or count < max(BEAT_MIN, len(left) / 3):
+            break
+        held = set(on_beat(left, period))
+        found.append((period, len(held)))
+        left = [t for t in left if t not in held]
+    return found
+
+
+def sampling_daemon() -> str | None:
+    """Linux's DAMON, when it runs here: it samples memory every sample_us, which stalls woken
+    processes for a few ms each time (seen on the bench machine as a 512 ms beat, with any server)."""
+    for state in Path("/sys/kernel/mm/damon/admin/kdamonds").glob("*/state"):
+        try:
+            if state.read_text().strip() != "on":
+                continue
+            sample = state.parent / "contexts/0/monitoring_attrs/intervals/sample_us"
+            return f"DAMON (kdamond) is on and samples memory every {int(sample.read_text()) / 1000:g} ms"
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def describe_trace(trace: list[tuple[float, float]]) -> str:
     latencies = sorted(ms for _, ms in trace)
     slow = [(at, ms) for at, ms in trace if ms > TRACE_LIMIT_MS]
@@ -632,6 +697,8 @@ def describe_trace(trace: list[tuple[float, float]]) -> str:
     lines += [f"  at {at:7.3f} s: {ms:.2f} ms" for at, ms in slow[:50]]
     if len(slow) > 50:
         lines.append(f"  ... and {len(slow) - 50} more")
+    for period, count in beats([at for at, _ in slow]):
+        lines.append(f"  a beat: {count} of the {len(slow)} fall every {period * 1000:.1f} ms (±10 ms)")
     return "\n".join(lines)
 
 
@@ -746,7 +813,9 @@ def trace_run(args: argparse.Namespace, database_url: str, scratch: Path) -> str
     with warm_api(args, database_url, scratch) as (_, port, _):
         through_api = describe_trace(one_connection_trace(port, args.seconds))
     alone = describe_trace(database_trace(database_url, args.seconds))
-    return f"Through the API:\n{through_api}\n\nThe recorder's statement alone (psycopg, no API):\n{alone}"
+    report = f"Through the API:\n{through_api}\n\nThe recorder's statement alone (psycopg, no API):\n{alone}"
+    daemon = sampling_daemon()
+    return report + (f"\n\nOn this machine: {daemon}." if daemon else "")
 
 
 def first_request_ms(database_url: str, scratch: Path, rate_limit: str | None) -> float:
