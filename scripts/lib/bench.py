@@ -375,6 +375,24 @@ def cpu_snapshot(api_pid: int) -> tuple[float, float]:
     return cpu_seconds(process_tree(api_pid)), cpu_seconds(postgres_processes())
 
 
+def loaded_run(api_pid: int, port: int, connections: int, seconds: int, lua: Path) -> dict[str, float]:
+    """One wrk run against the API, with the CPU per request its processes and PostgreSQL's spent."""
+    before = cpu_snapshot(api_pid)
+    run = wrk(port, connections, seconds, lua)
+    if run["requests"]:
+        api_cpu, pg_cpu = (b - a for a, b in zip(before, cpu_snapshot(api_pid), strict=True))
+        run["api_cpu_us"] = api_cpu / run["requests"] * 1e6
+        run["pg_cpu_us"] = pg_cpu / run["requests"] * 1e6
+    return run
+
+
+def post_script(scratch: Path) -> Path:
+    """wrk's script for POST /jumps, in the run's scratch directory."""
+    lua = scratch / "post-jumps.lua"
+    lua.write_text(LUA)
+    return lua
+
+
 def wrk(port: int, connections: int, seconds: int, lua: Path) -> dict[str, float]:
     threads = min(2, connections)
     out = subprocess.run(
@@ -420,8 +438,7 @@ def warm_api(
     args: argparse.Namespace, database_url: str, scratch: Path
 ) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     """The API started and warmed as the comparison warms it: (its process, its port, wrk's script)."""
-    lua = scratch / "post-jumps.lua"
-    lua.write_text(LUA)
+    lua = post_script(scratch)
     port = free_port()
     api = start_api(port, database_url, scratch, args.rate_limit)
     try:
@@ -508,8 +525,7 @@ AGAINST_MEASURES = (
 def against(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
     """Before (``--against``'s revision) and after (the work tree), served side by side on one
     database and measured in alternating rounds, so both see the same machine."""
-    lua = scratch / "post-jumps.lua"
-    lua.write_text(LUA)
+    lua = post_script(scratch)
     source = source_at(args.against, scratch)
     sources = {"before": source, "after": None}
     ports = {name: free_port() for name in sources}
@@ -527,15 +543,13 @@ def against(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
             wrk(ports[name], args.connections, 2, lua)
         for round_ in range(args.rounds):
             for name in ("before", "after") if round_ % 2 == 0 else ("after", "before"):
-                started = cpu_snapshot(apis[name].pid)
-                run = wrk(ports[name], args.connections, args.seconds, lua)
-                api_cpu, pg_cpu = (b - a for a, b in zip(started, cpu_snapshot(apis[name].pid), strict=True))
+                run = loaded_run(apis[name].pid, ports[name], args.connections, args.seconds, lua)
                 one = wrk(ports[name], 1, args.seconds, lua)
                 runs[name].append(
                     {
                         "rps": run["rps"],
-                        "api_cpu_us": api_cpu / max(run["requests"], 1) * 1e6,
-                        "pg_cpu_us": pg_cpu / max(run["requests"], 1) * 1e6,
+                        "api_cpu_us": run.get("api_cpu_us", 0.0),
+                        "pg_cpu_us": run.get("pg_cpu_us", 0.0),
                         "c1_p50_ms": one["p50_ms"],
                         "c1_p99_ms": one["p99_ms"],
                         "non_2xx": run["non_2xx"] + one["non_2xx"],
@@ -655,20 +669,20 @@ def beats(times: list[float]) -> list[tuple[float, int]]:
     found: list[tuple[float, int]] = []
     left = sorted(times)
     while len(left) >= BEAT_MIN:
-        best = (0.0, 0.0, 0)
+        best: tuple[float, float, list[float]] = (0.0, 0.0, [])
         for period in BEAT_PERIODS_S:
             share = 2 * BEAT_WINDOW_S / period
             chance = len(left) * share
-            count = len(on_beat(left, period))
-            z = (count - chance) / math.sqrt(chance * (1 - share))
+            held = on_beat(left, period)
+            z = (len(held) - chance) / math.sqrt(chance * (1 - share))
             if z > best[0]:
-                best = (z, period, count)
-        z, period, count = best
-        if z < BEAT_Z or count < max(BEAT_MIN, len(left) / 3):
+                best = (z, period, held)
+        z, period, held = best
+        if z < BEAT_Z or len(held) < max(BEAT_MIN, len(left) / 3):
             break
-        held = set(on_beat(left, period))
         found.append((period, len(held)))
-        left = [t for t in left if t not in held]
+        kept = set(held)
+        left = [t for t in left if t not in kept]
     return found
 
 
@@ -896,8 +910,7 @@ def context(argv: list[str]) -> dict[str, str]:
 def measure(
     args: argparse.Namespace, database_url: str, scratch: Path
 ) -> tuple[dict[str, list[dict[str, float]]], list[float], dict[str, list[float]]]:
-    lua = scratch / "post-jumps.lua"
-    lua.write_text(LUA)
+    lua = post_script(scratch)
     api_port, bare_port = free_port(), free_port()
     api = start_api(api_port, database_url, scratch, args.rate_limit)
     bare = start_bare(bare_port)
@@ -912,12 +925,10 @@ def measure(
             if round_ % 2:
                 order.reverse()
             for name, port in order:
-                before = cpu_snapshot(api.pid)
-                runs[name].append(wrk(port, args.connections, args.seconds, lua))
-                if name == "api" and runs[name][-1]["requests"]:
-                    api_cpu, pg_cpu = (b - a for a, b in zip(before, cpu_snapshot(api.pid), strict=True))
-                    runs[name][-1]["api_cpu_us"] = api_cpu / runs[name][-1]["requests"] * 1e6
-                    runs[name][-1]["pg_cpu_us"] = pg_cpu / runs[name][-1]["requests"] * 1e6
+                if name == "api":
+                    runs[name].append(loaded_run(api.pid, port, args.connections, args.seconds, lua))
+                else:
+                    runs[name].append(wrk(port, args.connections, args.seconds, lua))
                 print(f"bench: round {round_ + 1} {name}: {runs[name][-1]['rps']:.0f} req/s", file=sys.stderr)
             runs["api_c1"].append(wrk(api_port, 1, args.seconds, lua))
             print(

@@ -165,7 +165,7 @@ class Recorder:
     async def _write_loop(self) -> None:
         """One writer: keeps one pooled connection for its whole life (no checkout per batch),
         and gives it back, invalidated, when it fails."""
-        connection: Link | None = None
+        link: Link | None = None
         try:
             while True:
                 first = await self._queue.get()
@@ -178,40 +178,40 @@ class Recorder:
                         self._queue.put_nowait(item)  # rows first; this writer stops next turn
                         break
                     batch.append(item)
-                connection = await self._write(connection, batch)
+                link = await self._write(link, batch)
         finally:
-            if connection is not None:
-                await connection.pooled.close()
+            if link is not None:
+                await link.pooled.close()
 
-    async def _write(self, connection: Link | None, batch: list[Waiting]) -> Link | None:
+    async def _write(self, link: Link | None, batch: list[Waiting]) -> Link | None:
         """Write one batch; answer its requests; return the connection to use next time."""
         started = time.perf_counter()
         try:
             with Deadline(self._write_timeout):
-                if connection is None:
-                    connection = await connect(self._engine)
-                await insert_rows(connection.driver, [row for row, _ in batch])
+                if link is None:
+                    link = await connect(self._engine)
+                await insert_rows(link.driver, [row for row, _ in batch])
         except (IntegrityError, DataError):
             # Validation mirrors every CHECK and type, so this is a bug; one bad row must not cost
             # the others in its batch their answer: write them one by one.
             log.exception("batch rejected by the database; writing its rows one by one")
             if len(batch) > 1:
                 for waiting in batch:
-                    connection = await self._write(connection, [waiting])
-                return connection
+                    link = await self._write(link, [waiting])
+                return link
             self._fail(batch, DatabaseUnavailable("the row was rejected by a database constraint"))
-            return connection
+            return link
         except (TimeoutError, SQLAlchemyError, psycopg.Error, OSError) as exc:
             self._fail(batch, exc)
-            if connection is not None:
-                await discard(connection.pooled)
+            if link is not None:
+                await discard(link.pooled)
             return None
         COMMIT_SECONDS.observe(time.perf_counter() - started)
         BATCH_ROWS.observe(len(batch))
         for _, future in batch:
             if not future.done():
                 future.set_result(None)
-        return connection
+        return link
 
     def _fail(self, batch: list[Waiting], exc: BaseException) -> None:
         FAILED_ROWS.inc(len(batch))
