@@ -4,6 +4,7 @@ framing, raw UTF-8 in a query, and clients that hang up mid-upload."""
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from pathlib import Path
@@ -87,6 +88,53 @@ def raw_exchange(server: ApiServer, request: bytes, timeout: float = 10) -> byte
         except (ConnectionResetError, TimeoutError):
             pass
     return answer
+
+
+def test_one_connection_carries_requests_in_turn_pipelined_and_with_split_bodies(strict_api: ApiServer) -> None:
+    """The served routes stop reading at Content-Length (transport.read_body) instead of waiting
+    for the server's closing message: the connection must still be reused for what follows."""
+    body = b'{"clouds": [0, 0, 1, 0]}'
+    request = b"POST /jumps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
+
+    def answers(client: socket.socket, wanted: int) -> list[bytes]:
+        received = b""
+        while received.count(b"HTTP/1.1 ") < wanted or not received.endswith(b"}"):
+            chunk = client.recv(65536)
+            assert chunk, f"the server closed the connection after {received.count(b'HTTP/1.1 ')} answers"
+            received += chunk
+        return re.findall(rb"HTTP/1\.1 \d{3} [A-Za-z ]+", received)  # pipelined answers follow bodies directly
+
+    with socket.create_connection(("127.0.0.1", port_of(strict_api)), timeout=10) as client:
+        for _ in range(3):
+            client.sendall(request)
+            assert answers(client, 1) == [b"HTTP/1.1 201 Created"]
+        client.sendall(request * 3)  # pipelined
+        assert answers(client, 3) == [b"HTTP/1.1 201 Created"] * 3
+        client.sendall(request[:-5])  # the body's last bytes come later
+        time.sleep(0.2)
+        client.sendall(request[-5:])
+        assert answers(client, 1) == [b"HTTP/1.1 201 Created"]
+
+
+def test_a_content_length_beside_chunked_framing_does_not_cut_the_body_short(strict_api: ApiServer) -> None:
+    """Reading stops at Content-Length; with Transfer-Encoding: chunked as well, the chunked framing
+    rules (Granian drops the Content-Length), so a chunk ending at the declared length is not
+    taken for the whole body."""
+    body = b'{"clouds": [0, 0, 1, 0, 0, 1, 0], "max_jump": 2}'
+    chunked = b"a\r\n" + body[:10] + b"\r\n" + b"%x\r\n" % (len(body) - 10) + body[10:] + b"\r\n0\r\n\r\n"
+    answer = raw_exchange(
+        strict_api,
+        b"POST /jumps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked,
+    )
+    status = answer.split(b"\r\n", 1)[0]
+    if status.startswith(b"HTTP/1.1 201"):
+        assert b'"n":7' in answer, answer[-200:]  # the whole body was read
+    else:
+        assert status.startswith(b"HTTP/1.1 400"), answer[:200]  # or the framing refused outright
 
 
 def slow_upload(server: ApiServer) -> socket.socket:

@@ -183,6 +183,30 @@ async def test_a_body_in_chunks_is_joined() -> None:
     assert await read_body(receive, limit=100, timeout=5) == b"abcd"
 
 
+async def test_a_body_of_its_declared_length_is_complete_without_the_closing_message() -> None:
+    # Granian sends a Content-Length body with more_body still true; messages() fails if asked again.
+    receive = messages({"type": "http.request", "body": b"abcd", "more_body": True})
+    assert await read_body(receive, limit=100, timeout=5, length=4) == b"abcd"
+
+
+async def test_a_declared_length_in_chunks_is_read_up_to_that_length() -> None:
+    receive = messages(
+        {"type": "http.request", "body": b"ab", "more_body": True},
+        {"type": "http.request", "body": b"cd", "more_body": True},
+    )
+    assert await read_body(receive, limit=100, timeout=5, length=4) == b"abcd"
+
+
+async def test_without_a_declared_length_the_closing_message_is_awaited() -> None:
+    receive = messages(
+        {"type": "http.request", "body": b"abcd", "more_body": True},
+        {"type": "http.request", "body": b"", "more_body": False},
+    )
+    assert await read_body(receive, limit=100, timeout=5) == b"abcd"
+    with pytest.raises(IndexError):
+        await receive()  # both messages were taken: the body ended at the closing one
+
+
 async def test_a_body_past_the_limit_is_refused_as_soon_as_it_passes_it() -> None:
     receive = messages(
         {"type": "http.request", "body": b"x" * 60, "more_body": True},
