@@ -213,6 +213,38 @@ def test_the_budget_shares_the_python_threads_cpu_by_samples_and_adds_the_others
     assert "| solving | 20% | 100 |" in budget.markdown(rows, "scripts/bench --profile")
 
 
+def test_two_budgets_are_compared_category_by_category_largest_cut_first(bench: ModuleType) -> None:
+    budget = bench.cpu_budget
+    before = budget.budget(budget.Counter({"solving": 50, budget.EVENT_LOOP: 50}), 4.0, 1.0, 10_000)
+    after = budget.budget(budget.Counter({"solving": 25, budget.EVENT_LOOP: 75}), 2.0, 1.0, 10_000)
+    table = budget.compare_markdown(before, after, "scripts/bench --profile --against X")
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "spent on" not in line]
+    assert rows == [
+        "| solving | 200 | 50 | -150 |",
+        f"| {budget.EVENT_LOOP} | 200 | 150 | -50 |",
+        f"| {budget.RUST_THREADS} | 100 | 100 | +0 |",
+        "| total | 500 | 300 | -200 |",
+    ]
+    assert "`scripts/bench --profile --against X`" in table
+
+
+def test_sampled_runs_add_up_and_a_profile_may_be_taken_against_a_revision(bench: ModuleType) -> None:
+    one = bench.Sampled(bench.Counter({"solving": 2}), 1.0, 0.5, 100, 50)
+    both = one.plus(bench.Sampled(bench.Counter({"solving": 1, "metrics": 1}), 2.0, 0.5, 300, 150))
+    assert both == bench.Sampled(bench.Counter({"solving": 3, "metrics": 1}), 3.0, 1.0, 400, 200)
+    args = bench.parse_args(["--profile", "--against", "HEAD", "--rounds", "2", "--seconds", "5"])
+    assert bench.profile_command(args).startswith("scripts/bench --profile --seconds 5 --connections ")
+    assert bench.profile_command(args).endswith(" --against HEAD --rounds 2")
+    assert list(bench.alternating(3)) == [
+        (0, "before"),
+        (0, "after"),
+        (1, "after"),
+        (1, "before"),
+        (2, "before"),
+        (2, "after"),
+    ]
+
+
 def test_the_trace_times_every_request_of_one_connection_and_names_the_slow_ones(bench: ModuleType) -> None:
     class Created(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: the trace's one connection

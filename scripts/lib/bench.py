@@ -203,7 +203,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--profile",
         action="store_true",
         help="instead of the comparison: the API's CPU per request split by what it was spent on (py-spy "
-        "sampling every worker under one wrk run of --seconds at --connections); prints a table",
+        "sampling every worker under one wrk run of --seconds at --connections); prints a table. With "
+        "--against REV: REV's code and the work tree's, profiled in alternating --rounds, side by side",
     )
     parser.add_argument(
         "--trace",
@@ -238,7 +239,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     modes = [name for name in ("profile", "trace", "statements", "against") if getattr(args, name)]
-    if len(modes) > 1:
+    if len(modes) > 1 and modes != ["profile", "against"]:  # a profile of REV beside the work tree's
         parser.error(" and ".join(f"--{name}" for name in modes) + " are separate runs: give one at a time")
     return args
 
@@ -449,29 +450,51 @@ def warm_api(
         stop_process(api)
 
 
-def profile(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
-    """The CPU budget table of cpu_budget.py, from one loaded run of the API."""
-    with warm_api(args, database_url, scratch) as (api, port, lua):
-        workers = [pid for pid in process_tree(api.pid) if pid != api.pid]
-        before = {pid: thread_cpu(pid) for pid in workers}
-        spies: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
-        try:
-            for pid in workers:
-                output, said = scratch / f"py-spy-{pid}.txt", scratch / f"py-spy-{pid}.err"
-                command = [str(API_BIN / "py-spy"), "record", "--pid", str(pid), "--rate", "250", "--nonblocking"]
-                command += ["--duration", str(args.seconds), "--format", "raw", "--output", str(output)]
-                with said.open("w") as errors:
-                    spies[pid] = (subprocess.Popen(command, stdout=errors, stderr=errors), output)
-            run = wrk(port, args.connections, args.seconds, lua)
-            after = {pid: thread_cpu(pid) for pid in workers}
-            for pid, (spy, output) in spies.items():
-                spy.wait(timeout=60)
-                if spy.returncode != 0 or not output.exists():
-                    lines = (scratch / f"py-spy-{pid}.err").read_text().strip().splitlines()
-                    raise SystemExit(f"bench: py-spy failed ({lines[0] if lines else spy.returncode}); it needs ptrace")
-        finally:
-            for spy, _ in spies.values():
-                stop_process(spy)
+@dataclass(frozen=True)
+class Sampled:
+    """What py-spy and /proc saw of the API's workers during loaded runs."""
+
+    samples: Counter[str]
+    python_cpu: float  # seconds, the workers' main threads (the event loop: all their Python)
+    other_cpu: float  # seconds, Granian's own threads
+    requests: float
+    rps: float
+
+    def plus(self, other: Sampled) -> Sampled:
+        return Sampled(
+            self.samples + other.samples,
+            self.python_cpu + other.python_cpu,
+            self.other_cpu + other.other_cpu,
+            self.requests + other.requests,
+            self.rps + other.rps,
+        )
+
+    def budget(self) -> list[tuple[str, float, float]]:
+        return cpu_budget.budget(self.samples, self.python_cpu, self.other_cpu, self.requests)
+
+
+def sampled_run(api: subprocess.Popen[bytes], port: int, lua: Path, args: argparse.Namespace, scratch: Path) -> Sampled:
+    """One wrk run of --seconds at --connections with py-spy sampling every worker of ``api``."""
+    workers = [pid for pid in process_tree(api.pid) if pid != api.pid]
+    before = {pid: thread_cpu(pid) for pid in workers}
+    spies: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
+    try:
+        for pid in workers:
+            output, said = scratch / f"py-spy-{pid}.txt", scratch / f"py-spy-{pid}.err"
+            command = [str(API_BIN / "py-spy"), "record", "--pid", str(pid), "--rate", "250", "--nonblocking"]
+            command += ["--duration", str(args.seconds), "--format", "raw", "--output", str(output)]
+            with said.open("w") as errors:
+                spies[pid] = (subprocess.Popen(command, stdout=errors, stderr=errors), output)
+        run = wrk(port, args.connections, args.seconds, lua)
+        after = {pid: thread_cpu(pid) for pid in workers}
+        for pid, (spy, output) in spies.items():
+            spy.wait(timeout=60)
+            if spy.returncode != 0 or not output.exists():
+                lines = (scratch / f"py-spy-{pid}.err").read_text().strip().splitlines()
+                raise SystemExit(f"bench: py-spy failed ({lines[0] if lines else spy.returncode}); it needs ptrace")
+    finally:
+        for spy, _ in spies.values():
+            stop_process(spy)
     sampled: Counter[str] = Counter()
     python_cpu = other_cpu = 0.0
     for pid in workers:
@@ -482,10 +505,23 @@ def profile(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
             else:
                 other_cpu += spent
         sampled += cpu_budget.samples(spies[pid][1].read_text())
-    rows = cpu_budget.budget(sampled, python_cpu, other_cpu, run["requests"])
+        spies[pid][1].unlink()
+    return Sampled(sampled, python_cpu, other_cpu, run["requests"], run["rps"])
+
+
+def profile_command(args: argparse.Namespace) -> str:
     ran = f"scripts/bench --profile --seconds {args.seconds} --connections {args.connections}"
-    table = cpu_budget.markdown(rows, ran + (f" --rate-limit {args.rate_limit}" if args.rate_limit else ""))
-    return f"{table}\n\n{run['rps']:.0f} req/s while sampled; {sum(sampled.values())} samples."
+    if args.against:
+        ran += f" --against {args.against} --rounds {args.rounds}"
+    return ran + (f" --rate-limit {args.rate_limit}" if args.rate_limit else "")
+
+
+def profile(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
+    """The CPU budget table of cpu_budget.py, from one loaded run of the API."""
+    with warm_api(args, database_url, scratch) as (api, port, lua):
+        seen = sampled_run(api, port, lua, args, scratch)
+    table = cpu_budget.markdown(seen.budget(), profile_command(args))
+    return f"{table}\n\n{seen.rps:.0f} req/s while sampled; {sum(seen.samples.values())} samples."
 
 
 def extract_source(rev: str, scratch: Path) -> Path:
@@ -522,15 +558,17 @@ AGAINST_MEASURES = (
 )
 
 
-def against(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
+@contextmanager
+def both_apis(
+    args: argparse.Namespace, database_url: str, scratch: Path
+) -> Iterator[tuple[dict[str, subprocess.Popen[bytes]], dict[str, int], Path]]:
     """Before (``--against``'s revision) and after (the work tree), served side by side on one
-    database and measured in alternating rounds, so both see the same machine."""
+    database and warmed: (their processes, their ports, wrk's script), keyed "before" and "after"."""
     lua = post_script(scratch)
     source = source_at(args.against, scratch)
     sources = {"before": source, "after": None}
     ports = {name: free_port() for name in sources}
     apis: dict[str, subprocess.Popen[bytes]] = {}
-    runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
     try:
         for name, code in sources.items():
             log = scratch / f"api-{name}.log"
@@ -541,24 +579,52 @@ def against(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
                 said = log.read_text(errors="replace").strip().splitlines()[-15:]
                 raise SystemExit(f"{failed} (the {name} API):\n" + "\n".join(said)) from None
             wrk(ports[name], args.connections, 2, lua)
-        for round_ in range(args.rounds):
-            for name in ("before", "after") if round_ % 2 == 0 else ("after", "before"):
-                run = loaded_run(apis[name].pid, ports[name], args.connections, args.seconds, lua)
-                one = wrk(ports[name], 1, args.seconds, lua)
-                runs[name].append(
-                    {
-                        "rps": run["rps"],
-                        "api_cpu_us": run.get("api_cpu_us", 0.0),
-                        "pg_cpu_us": run.get("pg_cpu_us", 0.0),
-                        "c1_p50_ms": one["p50_ms"],
-                        "c1_p99_ms": one["p99_ms"],
-                        "non_2xx": run["non_2xx"] + one["non_2xx"],
-                    }
-                )
-                print(f"bench: round {round_ + 1} {name}: {run['rps']:.0f} req/s", file=sys.stderr)
+        yield apis, ports, lua
     finally:
         for api in apis.values():
             stop_process(api)
+
+
+def alternating(rounds: int) -> Iterator[tuple[int, str]]:
+    """(round, side): before then after in odd rounds, after then before in even ones."""
+    for round_ in range(rounds):
+        for name in ("before", "after") if round_ % 2 == 0 else ("after", "before"):
+            yield round_, name
+
+
+def profile_against(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
+    """The CPU budget of ``--against``'s revision and of the work tree, each summed over
+    alternating sampled runs, side by side: the profile that explains a before/after difference."""
+    seen: dict[str, Sampled] = {}
+    with both_apis(args, database_url, scratch) as (apis, ports, lua):
+        for round_, name in alternating(args.rounds):
+            run = sampled_run(apis[name], ports[name], lua, args, scratch)
+            seen[name] = seen[name].plus(run) if name in seen else run
+            print(f"bench: round {round_ + 1} {name}: {run.rps:.0f} req/s while sampled", file=sys.stderr)
+    table = cpu_budget.compare_markdown(seen["before"].budget(), seen["after"].budget(), profile_command(args))
+    rates = ", ".join(f"{name} {seen[name].rps / args.rounds:.0f} req/s" for name in ("before", "after"))
+    return f"{table}\n\nMean throughput while sampled: {rates}."
+
+
+def against(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
+    """Before (``--against``'s revision) and after (the work tree), served side by side on one
+    database and measured in alternating rounds, so both see the same machine."""
+    runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    with both_apis(args, database_url, scratch) as (apis, ports, lua):
+        for round_, name in alternating(args.rounds):
+            run = loaded_run(apis[name].pid, ports[name], args.connections, args.seconds, lua)
+            one = wrk(ports[name], 1, args.seconds, lua)
+            runs[name].append(
+                {
+                    "rps": run["rps"],
+                    "api_cpu_us": run.get("api_cpu_us", 0.0),
+                    "pg_cpu_us": run.get("pg_cpu_us", 0.0),
+                    "c1_p50_ms": one["p50_ms"],
+                    "c1_p99_ms": one["p99_ms"],
+                    "non_2xx": run["non_2xx"] + one["non_2xx"],
+                }
+            )
+            print(f"bench: round {round_ + 1} {name}: {run['rps']:.0f} req/s", file=sys.stderr)
     return against_markdown(args, runs)
 
 
@@ -1164,7 +1230,7 @@ def main(argv: list[str]) -> None:
         return
     if args.profile:
         with tempfile.TemporaryDirectory(prefix="jotc-bench-") as scratch:
-            print(profile(args, database_url, Path(scratch)))
+            print((profile_against if args.against else profile)(args, database_url, Path(scratch)))
         return
     if args.statements:
         print(statement_costs(database_url, args.seconds))

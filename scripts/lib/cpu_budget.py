@@ -92,3 +92,23 @@ def markdown(rows: list[tuple[str, float, float]], command: str) -> str:
     ]
     lines += [f"| {name} | {share:.0%} | {micros:.0f} |" for name, share, micros in rows]
     return "\n".join(lines)
+
+
+def compare_markdown(
+    before: list[tuple[str, float, float]], after: list[tuple[str, float, float]], command: str
+) -> str:
+    """Two budgets side by side, in µs per request: each category's before, after and difference,
+    largest difference first, the total last."""
+    was = {name: micros for name, _, micros in before}
+    now = {name: micros for name, _, micros in after}
+    names = sorted((set(was) | set(now)) - {"total"}, key=lambda name: now.get(name, 0.0) - was.get(name, 0.0))
+    lines = [
+        f"API CPU per request, before and after, by what it was spent on (`{command}`; µs per request):",
+        "",
+        "| spent on | before | after | after - before |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in [*names, "total"]:
+        old_us, new_us = round(was.get(name, 0.0)), round(now.get(name, 0.0))
+        lines.append(f"| {name} | {old_us} | {new_us} | {new_us - old_us:+d} |")
+    return "\n".join(lines)
