@@ -107,6 +107,7 @@ def test_help_is_the_usage_of_the_options_it_takes(bench: ModuleType) -> None:
         "--profile",
         "--trace",
         "--statements",
+        "--floor",
         "--against",
         "--results",
     }
@@ -312,6 +313,23 @@ def test_against_reports_medians_before_and_after_and_their_ratio(bench: ModuleT
     assert "| CPU per request, the API's processes (µs) | 300 | 250 | 0.833 |" in report
     assert "`scripts/bench --against abc123 --rounds 3 --seconds 4`" in report
     assert "| 2 | 900 | 320 | 2000 | 200 |" in report
+
+
+def test_the_floor_reports_each_servers_medians(bench: ModuleType) -> None:
+    def round_(rps: float, cpu: float, p50: float) -> dict[str, float]:
+        return {"rps": rps, "cpu_us": cpu, "p50_ms": p50}
+
+    runs = {
+        "bare": [round_(30000, 50, 0.15), round_(28000, 60, 0.20), round_(29000, 55, 0.10)],
+        "waiting": [round_(18000, 70, 1.0), round_(17000, 75, 1.1), round_(19000, 65, 0.9)],
+        "api": [round_(7000, 180, 1.2), round_(7500, 170, 1.3), round_(6500, 190, 1.25)],
+    }
+    args = bench.parse_args(["--floor", "--rounds", "3", "--seconds", "5"])
+    report = bench.floor_markdown(args, runs)
+    assert "| bare ASGI app, answering at once | 29000 | 55 | 0.15 |" in report
+    assert "(a pause, no database) | 18000 | 70 | 1.00 |" in report
+    assert "| POST /jumps, durable | 7000 | 180 | 1.25 |" in report
+    assert "`scripts/bench --floor --rounds 3 --seconds 5 --connections 64`" in report
 
 
 def test_the_trace_names_a_periodic_stall_and_not_chance(bench: ModuleType) -> None:

@@ -223,6 +223,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "each at 1 and 16 rows a batch; CPU per row of the client and of PostgreSQL",
     )
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="instead of the comparison: what Granian itself costs, in alternating --rounds of --seconds: "
+        "the bare app, the bare app holding each request for a batch's commit as POST /jumps waits "
+        "(a pause, no database), and the API; CPU per request of each server's processes at "
+        "--connections, and one connection p50",
+    )
+    parser.add_argument(
         "--against",
         metavar="REV",
         help="instead of the comparison: the API's code at git revision REV (before) against the work "
@@ -238,7 +246,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="where the report and chart go (default results/, git-ignored)",
     )
     args = parser.parse_args(argv)
-    modes = [name for name in ("profile", "trace", "statements", "against") if getattr(args, name)]
+    modes = [name for name in ("profile", "trace", "statements", "floor", "against") if getattr(args, name)]
     if len(modes) > 1 and modes != ["profile", "against"]:  # a profile of REV beside the work tree's
         parser.error(" and ".join(f"--{name}" for name in modes) + " are separate runs: give one at a time")
     return args
@@ -287,7 +295,7 @@ def start_api(
         return subprocess.Popen([str(API_BIN / "jotc-api")], env=env, stdout=subprocess.DEVNULL, stderr=said)
 
 
-def start_bare(port: int) -> subprocess.Popen[bytes]:
+def start_bare(port: int, target: str = "bare_app:app") -> subprocess.Popen[bytes]:
     command = [
         str(API_BIN / "granian"),
         "--interface",
@@ -302,7 +310,7 @@ def start_bare(port: int) -> subprocess.Popen[bytes]:
         "127.0.0.1",
         "--port",
         str(port),
-        "bare_app:app",
+        target,
     ]
     return subprocess.Popen(
         command,
@@ -522,6 +530,56 @@ def profile(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
         seen = sampled_run(api, port, lua, args, scratch)
     table = cpu_budget.markdown(seen.budget(), profile_command(args))
     return f"{table}\n\n{seen.rps:.0f} req/s while sampled; {sum(seen.samples.values())} samples."
+
+
+FLOOR_SERVERS = (
+    ("bare", "bare ASGI app, answering at once"),
+    ("waiting", "bare ASGI app, each request held for a batch's commit (a pause, no database)"),
+    ("api", "POST /jumps, durable"),
+)
+
+
+def floor(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
+    """Granian's own cost per request, for a request answered at once and for one that waits as
+    POST /jumps waits, beside the API's, in alternating rounds: the part of the API's CPU no code
+    of this service can remove."""
+    lua = post_script(scratch)
+    ports = {name: free_port() for name, _ in FLOOR_SERVERS}
+    servers: dict[str, subprocess.Popen[bytes]] = {}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in FLOOR_SERVERS}
+    try:
+        servers["bare"] = start_bare(ports["bare"])
+        servers["waiting"] = start_bare(ports["waiting"], "bare_app:waiting")
+        servers["api"] = start_api(ports["api"], database_url, scratch, args.rate_limit)
+        for name, server in servers.items():
+            wait_for_port(ports[name], server)
+            wrk(ports[name], args.connections, 2, lua)
+        for round_ in range(args.rounds):
+            for name, _ in FLOOR_SERVERS if round_ % 2 == 0 else reversed(FLOOR_SERVERS):
+                run = loaded_run(servers[name].pid, ports[name], args.connections, args.seconds, lua)
+                one = wrk(ports[name], 1, args.seconds, lua)
+                runs[name].append({"rps": run["rps"], "cpu_us": run.get("api_cpu_us", 0.0), "p50_ms": one["p50_ms"]})
+                print(f"bench: round {round_ + 1} {name}: {run['rps']:.0f} req/s", file=sys.stderr)
+    finally:
+        for server in servers.values():
+            stop_process(server)
+    return floor_markdown(args, runs)
+
+
+def floor_markdown(args: argparse.Namespace, runs: dict[str, list[dict[str, float]]]) -> str:
+    ran = f"scripts/bench --floor --rounds {args.rounds} --seconds {args.seconds} --connections {args.connections}"
+    lines = [
+        f"What the server costs, medians of {args.rounds} alternating rounds (`{ran}`):",
+        "",
+        f"| server | req/s at {args.connections} connections | CPU per request, its processes (µs) "
+        "| one connection p50 (ms) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, what in FLOOR_SERVERS:
+        rounds = runs[name]
+        rps, cpu, p50 = (statistics.median(r[key] for r in rounds) for key in ("rps", "cpu_us", "p50_ms"))
+        lines.append(f"| {what} | {rps:.0f} | {cpu:.0f} | {p50:.2f} |")
+    return "\n".join(lines)
 
 
 def extract_source(rev: str, scratch: Path) -> Path:
@@ -1231,6 +1289,10 @@ def main(argv: list[str]) -> None:
     if args.profile:
         with tempfile.TemporaryDirectory(prefix="jotc-bench-") as scratch:
             print((profile_against if args.against else profile)(args, database_url, Path(scratch)))
+        return
+    if args.floor:
+        with tempfile.TemporaryDirectory(prefix="jotc-bench-") as scratch:
+            print(floor(args, database_url, Path(scratch)))
         return
     if args.statements:
         print(statement_costs(database_url, args.seconds))
