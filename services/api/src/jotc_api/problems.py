@@ -184,6 +184,19 @@ def incomplete_body() -> Problem:
     )
 
 
+def body_longer_than_declared() -> Problem:
+    return Problem(400, "malformed-body", "the request body is longer than its Content-Length", headers=CLOSE)
+
+
+def framing_conflict() -> Problem:
+    return Problem(
+        400,
+        "bad-request",
+        "Content-Length and Transfer-Encoding must not both be given: send one framing",
+        headers=CLOSE,
+    )
+
+
 def uploads_full() -> Problem:
     return Problem(
         503,

@@ -25,9 +25,11 @@ from jotc_api.deadline import Deadline
 from jotc_api.problems import (
     FieldError,
     Problem,
+    body_longer_than_declared,
     body_timeout,
     body_too_large,
     clip,
+    framing_conflict,
     incomplete_body,
     uploads_full,
     validation_problem,
@@ -101,11 +103,12 @@ async def read_body(receive: Receive, limit: int, timeout: float, length: int = 
     """The whole body within ``timeout`` seconds (else 408), refused with 413 as soon as it passes
     ``limit``; None if the client left.
 
-    ``length`` is the declared Content-Length (-1: none, as with chunked bodies). Once that many
-    bytes are in, the body is complete by HTTP's own framing (the server enforces it), so the
-    server's closing empty message is not awaited: Granian sends the bytes with ``more_body``
-    still true, and asking again is one more hand-over between its threads and the event loop
-    (~23 µs of CPU a request, and a wake-up at one connection: services/api/README.md)."""
+    ``length`` is the declared Content-Length (-1: none, as with chunked bodies; request_fields
+    refuses a request that declares both). Once that many bytes are in, the body is complete by
+    HTTP's own framing, so the server's closing empty message is not awaited: Granian sends the
+    bytes with ``more_body`` still true, and asking again is one more hand-over between its
+    threads and the event loop (~23 µs of CPU a request, and a wake-up at one connection:
+    services/api/README.md). More bytes than declared are refused, whoever delivered them."""
     chunks: list[bytes] = []
     size = 0
     try:
@@ -118,6 +121,8 @@ async def read_body(receive: Receive, limit: int, timeout: float, length: int = 
                 size += len(chunk)
                 if size > limit:
                     raise body_too_large()
+                if size > length >= 0:
+                    raise body_longer_than_declared()  # a server that does not enforce Content-Length
                 chunks.append(chunk)
                 if size == length or not message.get("more_body", False):
                     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -171,8 +176,11 @@ def request_fields(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, int, by
     """Content-Type, Content-Length (-1 if absent) and Idempotency-Key. Each may be given once: a
     repeated one is refused rather than guessed (a proxy in front may have read the other)."""
     found: dict[bytes, bytes] = {}
+    chunked = False
     for name, value in headers:
-        if name in SINGLE_FIELDS:
+        if name == b"transfer-encoding":
+            chunked = True
+        elif name in SINGLE_FIELDS:
             if name in found:
                 field = SINGLE_FIELDS[name]
                 if field is None:
@@ -186,6 +194,10 @@ def request_fields(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, int, by
             415, "unsupported-media-type", f"Content-Encoding {clip(encoding.decode('latin-1'))!r} is not accepted"
         )
     length = found.get(b"content-length", b"")
+    if chunked and length:
+        # RFC 9112 6.3: a request framed both ways is an error (and a smuggling attempt's mark);
+        # the body is read up to Content-Length, so it must be the only framing.
+        raise framing_conflict()
     return (
         found.get(b"content-type", b"").decode("latin-1"),
         int(length) if length.isdigit() else -1,

@@ -207,6 +207,18 @@ async def test_without_a_declared_length_the_closing_message_is_awaited() -> Non
         await receive()  # both messages were taken: the body ended at the closing one
 
 
+async def test_more_bytes_than_declared_are_refused_whoever_delivered_them() -> None:
+    receive = messages({"type": "http.request", "body": b"abcdef", "more_body": False})
+    with pytest.raises(Problem) as refused:
+        await read_body(receive, limit=100, timeout=5, length=4)
+    assert (refused.value.status, refused.value.kind) == (400, "malformed-body")
+
+
+async def test_a_declared_empty_body_is_read_from_its_first_message() -> None:
+    receive = messages({"type": "http.request", "body": b"", "more_body": True})
+    assert await read_body(receive, limit=100, timeout=5, length=0) == b""
+
+
 async def test_a_body_past_the_limit_is_refused_as_soon_as_it_passes_it() -> None:
     receive = messages(
         {"type": "http.request", "body": b"x" * 60, "more_body": True},
@@ -267,6 +279,18 @@ def test_a_repeated_header_field_is_refused_not_guessed(
         request_fields(headers)
     assert refused.value.status == status
     assert words in refused.value.detail
+
+
+def test_a_request_framed_by_both_content_length_and_transfer_encoding_is_refused() -> None:
+    for headers in (
+        [(b"content-length", b"10"), (b"transfer-encoding", b"chunked")],
+        [(b"transfer-encoding", b"chunked"), (b"content-length", b"10")],
+    ):
+        with pytest.raises(Problem) as refused:
+            request_fields(headers)
+        assert refused.value.status == 400
+        assert "Content-Length and Transfer-Encoding" in document(refused.value)["detail"]
+    assert request_fields([(b"transfer-encoding", b"chunked")]) == ("", -1, None), "chunked alone: no length"
 
 
 def test_request_fields_read_once_each() -> None:
