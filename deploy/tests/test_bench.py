@@ -230,9 +230,10 @@ def test_two_budgets_are_compared_category_by_category_largest_cut_first(bench: 
 
 
 def test_sampled_runs_add_up_and_a_profile_may_be_taken_against_a_revision(bench: ModuleType) -> None:
-    one = bench.Sampled(bench.Counter({"solving": 2}), 1.0, 0.5, 100, 50)
-    both = one.plus(bench.Sampled(bench.Counter({"solving": 1, "metrics": 1}), 2.0, 0.5, 300, 150))
-    assert both == bench.Sampled(bench.Counter({"solving": 3, "metrics": 1}), 3.0, 1.0, 400, 200)
+    one = bench.Sampled(bench.Counter({"solving": 2}), 1.0, 0.5, 100, 2)
+    both = one.plus(bench.Sampled(bench.Counter({"solving": 1, "metrics": 1}), 2.0, 0.5, 300, 2))
+    assert both == bench.Sampled(bench.Counter({"solving": 3, "metrics": 1}), 3.0, 1.0, 400, 4)
+    assert (one.rps, both.rps) == (50, 100)
     args = bench.parse_args(["--profile", "--against", "HEAD", "--rounds", "2", "--seconds", "5"])
     assert bench.profile_command(args).startswith("scripts/bench --profile --seconds 5 --connections ")
     assert bench.profile_command(args).endswith(" --against HEAD --rounds 2")
@@ -244,6 +245,7 @@ def test_sampled_runs_add_up_and_a_profile_may_be_taken_against_a_revision(bench
         (2, "before"),
         (2, "after"),
     ]
+    assert list(bench.alternating(2, ("a", "b", "c"))) == [(0, "a"), (0, "b"), (0, "c"), (1, "c"), (1, "b"), (1, "a")]
 
 
 def test_the_trace_times_every_request_of_one_connection_and_names_the_slow_ones(bench: ModuleType) -> None:
@@ -330,6 +332,9 @@ def test_the_floor_reports_each_servers_medians(bench: ModuleType) -> None:
     assert "(a pause, no database) | 18000 | 70 | 1.00 |" in report
     assert "| POST /jumps, durable | 7000 | 180 | 1.25 |" in report
     assert "`scripts/bench --floor --rounds 3 --seconds 5 --connections 64`" in report
+    assert "Not every answer" not in report
+    runs["waiting"][1]["non_2xx"] = 120  # its lifespan never ran: every answer a 500
+    assert "Not every answer was a 2xx (waiting 120)" in bench.floor_markdown(args, runs)
 
 
 def test_the_trace_names_a_periodic_stall_and_not_chance(bench: ModuleType) -> None:

@@ -466,7 +466,11 @@ class Sampled:
     python_cpu: float  # seconds, the workers' main threads (the event loop: all their Python)
     other_cpu: float  # seconds, Granian's own threads
     requests: float
-    rps: float
+    seconds: float  # of load
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
 
     def plus(self, other: Sampled) -> Sampled:
         return Sampled(
@@ -474,7 +478,7 @@ class Sampled:
             self.python_cpu + other.python_cpu,
             self.other_cpu + other.other_cpu,
             self.requests + other.requests,
-            self.rps + other.rps,
+            self.seconds + other.seconds,
         )
 
     def budget(self) -> list[tuple[str, float, float]]:
@@ -514,7 +518,7 @@ def sampled_run(api: subprocess.Popen[bytes], port: int, lua: Path, args: argpar
                 other_cpu += spent
         sampled += cpu_budget.samples(spies[pid][1].read_text())
         spies[pid][1].unlink()
-    return Sampled(sampled, python_cpu, other_cpu, run["requests"], run["rps"])
+    return Sampled(sampled, python_cpu, other_cpu, run["requests"], run["requests"] / run["rps"] if run["rps"] else 0.0)
 
 
 def profile_command(args: argparse.Namespace) -> str:
@@ -554,12 +558,18 @@ def floor(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
         for name, server in servers.items():
             wait_for_port(ports[name], server)
             wrk(ports[name], args.connections, 2, lua)
-        for round_ in range(args.rounds):
-            for name, _ in FLOOR_SERVERS if round_ % 2 == 0 else reversed(FLOOR_SERVERS):
-                run = loaded_run(servers[name].pid, ports[name], args.connections, args.seconds, lua)
-                one = wrk(ports[name], 1, args.seconds, lua)
-                runs[name].append({"rps": run["rps"], "cpu_us": run.get("api_cpu_us", 0.0), "p50_ms": one["p50_ms"]})
-                print(f"bench: round {round_ + 1} {name}: {run['rps']:.0f} req/s", file=sys.stderr)
+        for round_, name in alternating(args.rounds, tuple(name for name, _ in FLOOR_SERVERS)):
+            run = loaded_run(servers[name].pid, ports[name], args.connections, args.seconds, lua)
+            one = wrk(ports[name], 1, args.seconds, lua)
+            runs[name].append(
+                {
+                    "rps": run["rps"],
+                    "cpu_us": run.get("api_cpu_us", 0.0),
+                    "p50_ms": one["p50_ms"],
+                    "non_2xx": run["non_2xx"] + one["non_2xx"],
+                }
+            )
+            print(f"bench: round {round_ + 1} {name}: {run['rps']:.0f} req/s", file=sys.stderr)
     finally:
         for server in servers.values():
             stop_process(server)
@@ -579,6 +589,10 @@ def floor_markdown(args: argparse.Namespace, runs: dict[str, list[dict[str, floa
         rounds = runs[name]
         rps, cpu, p50 = (statistics.median(r[key] for r in rounds) for key in ("rps", "cpu_us", "p50_ms"))
         lines.append(f"| {what} | {rps:.0f} | {cpu:.0f} | {p50:.2f} |")
+    refused = {name: sum(r.get("non_2xx", 0) for r in rounds) for name, rounds in runs.items()}
+    if any(refused.values()):
+        counts = ", ".join(f"{name} {count:.0f}" for name, count in refused.items() if count)
+        lines += ["", f"**Not every answer was a 2xx ({counts}): these figures are not the servers' cost.**"]
     return "\n".join(lines)
 
 
@@ -643,10 +657,11 @@ def both_apis(
             stop_process(api)
 
 
-def alternating(rounds: int) -> Iterator[tuple[int, str]]:
-    """(round, side): before then after in odd rounds, after then before in even ones."""
+def alternating(rounds: int, sides: tuple[str, ...] = ("before", "after")) -> Iterator[tuple[int, str]]:
+    """(round, side): the sides in order in odd rounds, in reverse in even ones, so none is always
+    measured first."""
     for round_ in range(rounds):
-        for name in ("before", "after") if round_ % 2 == 0 else ("after", "before"):
+        for name in sides if round_ % 2 == 0 else reversed(sides):
             yield round_, name
 
 
@@ -660,8 +675,8 @@ def profile_against(args: argparse.Namespace, database_url: str, scratch: Path) 
             seen[name] = seen[name].plus(run) if name in seen else run
             print(f"bench: round {round_ + 1} {name}: {run.rps:.0f} req/s while sampled", file=sys.stderr)
     table = cpu_budget.compare_markdown(seen["before"].budget(), seen["after"].budget(), profile_command(args))
-    rates = ", ".join(f"{name} {seen[name].rps / args.rounds:.0f} req/s" for name in ("before", "after"))
-    return f"{table}\n\nMean throughput while sampled: {rates}."
+    rates = ", ".join(f"{name} {seen[name].rps:.0f} req/s" for name in ("before", "after"))
+    return f"{table}\n\nThroughput while sampled: {rates}."
 
 
 def against(args: argparse.Namespace, database_url: str, scratch: Path) -> str:

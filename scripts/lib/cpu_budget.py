@@ -98,7 +98,7 @@ def compare_markdown(
     before: list[tuple[str, float, float]], after: list[tuple[str, float, float]], command: str
 ) -> str:
     """Two budgets side by side, in µs per request: each category's before, after and difference,
-    largest difference first, the total last."""
+    the largest cut first and the largest increase last, then the total."""
     was = {name: micros for name, _, micros in before}
     now = {name: micros for name, _, micros in after}
     names = sorted((set(was) | set(now)) - {"total"}, key=lambda name: now.get(name, 0.0) - was.get(name, 0.0))
