@@ -319,7 +319,7 @@ def test_against_reports_medians_before_and_after_and_their_ratio(bench: ModuleT
 
 def test_the_floor_reports_each_servers_medians(bench: ModuleType) -> None:
     def round_(rps: float, cpu: float, p50: float) -> dict[str, float]:
-        return {"rps": rps, "cpu_us": cpu, "p50_ms": p50}
+        return {"rps": rps, "api_cpu_us": cpu, "c1_p50_ms": p50, "non_2xx": 0}
 
     runs = {
         "bare": [round_(30000, 50, 0.15), round_(28000, 60, 0.20), round_(29000, 55, 0.10)],

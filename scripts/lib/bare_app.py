@@ -64,6 +64,8 @@ async def waiting(scope, receive, send):  # type: ignore[no-untyped-def]  # app,
         return
     if scope["type"] != "http":
         return
+    # Unlike app's loop, which is the baseline's and stays as a typical ASGI app reads: up to the
+    # declared length, as the API reads.
     length = next((int(value) for name, value in scope["headers"] if name == b"content-length"), -1)
     received, more = 0, True
     while more and received != length:

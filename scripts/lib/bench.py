@@ -31,8 +31,8 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -295,7 +295,7 @@ def start_api(
         return subprocess.Popen([str(API_BIN / "jotc-api")], env=env, stdout=subprocess.DEVNULL, stderr=said)
 
 
-def start_bare(port: int, target: str = "bare_app:app") -> subprocess.Popen[bytes]:
+def start_bare(port: int, target: str = "bare_app:app", log: Path | None = None) -> subprocess.Popen[bytes]:
     command = [
         str(API_BIN / "granian"),
         "--interface",
@@ -312,13 +312,14 @@ def start_bare(port: int, target: str = "bare_app:app") -> subprocess.Popen[byte
         str(port),
         target,
     ]
-    return subprocess.Popen(
-        command,
-        cwd=ROOT / "scripts/lib",
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with log.open("wb") if log is not None else open(os.devnull, "wb") as said:
+        return subprocess.Popen(
+            command,
+            cwd=ROOT / "scripts/lib",
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=said,
+        )
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -518,7 +519,7 @@ def sampled_run(api: subprocess.Popen[bytes], port: int, lua: Path, args: argpar
                 other_cpu += spent
         sampled += cpu_budget.samples(spies[pid][1].read_text())
         spies[pid][1].unlink()
-    return Sampled(sampled, python_cpu, other_cpu, run["requests"], run["requests"] / run["rps"] if run["rps"] else 0.0)
+    return Sampled(sampled, python_cpu, other_cpu, run["requests"], float(args.seconds))
 
 
 def profile_command(args: argparse.Namespace) -> str:
@@ -547,32 +548,16 @@ def floor(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
     """Granian's own cost per request, for a request answered at once and for one that waits as
     POST /jumps waits, beside the API's, in alternating rounds: the part of the API's CPU no code
     of this service can remove."""
-    lua = post_script(scratch)
-    ports = {name: free_port() for name, _ in FLOOR_SERVERS}
-    servers: dict[str, subprocess.Popen[bytes]] = {}
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in FLOOR_SERVERS}
-    try:
-        servers["bare"] = start_bare(ports["bare"])
-        servers["waiting"] = start_bare(ports["waiting"], "bare_app:waiting")
-        servers["api"] = start_api(ports["api"], database_url, scratch, args.rate_limit)
-        for name, server in servers.items():
-            wait_for_port(ports[name], server)
-            wrk(ports[name], args.connections, 2, lua)
-        for round_, name in alternating(args.rounds, tuple(name for name, _ in FLOOR_SERVERS)):
-            run = loaded_run(servers[name].pid, ports[name], args.connections, args.seconds, lua)
-            one = wrk(ports[name], 1, args.seconds, lua)
-            runs[name].append(
-                {
-                    "rps": run["rps"],
-                    "cpu_us": run.get("api_cpu_us", 0.0),
-                    "p50_ms": one["p50_ms"],
-                    "non_2xx": run["non_2xx"] + one["non_2xx"],
-                }
-            )
-            print(f"bench: round {round_ + 1} {name}: {run['rps']:.0f} req/s", file=sys.stderr)
-    finally:
-        for server in servers.values():
-            stop_process(server)
+    starts: dict[str, Start] = {
+        "bare": lambda port, log: start_bare(port, log=log),
+        "waiting": lambda port, log: start_bare(port, "bare_app:waiting", log),
+        "api": lambda port, log: start_api(port, database_url, scratch, args.rate_limit, log=log),
+    }
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in starts}
+    with serving(args, scratch, starts) as (servers, ports, lua):
+        for round_, name in alternating(args.rounds, tuple(starts)):
+            runs[name].append(round_figures(servers[name], ports[name], args, lua))
+            print(f"bench: round {round_ + 1} {name}: {runs[name][-1]['rps']:.0f} req/s", file=sys.stderr)
     return floor_markdown(args, runs)
 
 
@@ -587,7 +572,7 @@ def floor_markdown(args: argparse.Namespace, runs: dict[str, list[dict[str, floa
     ]
     for name, what in FLOOR_SERVERS:
         rounds = runs[name]
-        rps, cpu, p50 = (statistics.median(r[key] for r in rounds) for key in ("rps", "cpu_us", "p50_ms"))
+        rps, cpu, p50 = (statistics.median(r[key] for r in rounds) for key in ("rps", "api_cpu_us", "c1_p50_ms"))
         lines.append(f"| {what} | {rps:.0f} | {cpu:.0f} | {p50:.2f} |")
     refused = {name: sum(r.get("non_2xx", 0) for r in rounds) for name, rounds in runs.items()}
     if any(refused.values()):
@@ -630,31 +615,64 @@ AGAINST_MEASURES = (
 )
 
 
+Start = Callable[[int, Path], subprocess.Popen[bytes]]  # a server on this port, its stderr into this file
+
+
 @contextmanager
-def both_apis(
-    args: argparse.Namespace, database_url: str, scratch: Path
+def serving(
+    args: argparse.Namespace, scratch: Path, starts: dict[str, Start]
 ) -> Iterator[tuple[dict[str, subprocess.Popen[bytes]], dict[str, int], Path]]:
-    """Before (``--against``'s revision) and after (the work tree), served side by side on one
-    database and warmed: (their processes, their ports, wrk's script), keyed "before" and "after"."""
+    """Each server started on a port of its own, waited for (its last lines shown if it never
+    listens) and warmed as every comparison warms: (the processes, their ports, wrk's script), by
+    name. All are stopped on the way out, failures included."""
     lua = post_script(scratch)
-    source = source_at(args.against, scratch)
-    sources = {"before": source, "after": None}
-    ports = {name: free_port() for name in sources}
-    apis: dict[str, subprocess.Popen[bytes]] = {}
+    ports = {name: free_port() for name in starts}
+    servers: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        for name, code in sources.items():
-            log = scratch / f"api-{name}.log"
-            apis[name] = start_api(ports[name], database_url, scratch, args.rate_limit, code, log)
+        for name, start in starts.items():
+            log = scratch / f"{name}.log"
+            servers[name] = start(ports[name], log)
             try:
-                wait_for_port(ports[name], apis[name])
+                wait_for_port(ports[name], servers[name])
             except SystemExit as failed:
                 said = log.read_text(errors="replace").strip().splitlines()[-15:]
-                raise SystemExit(f"{failed} (the {name} API):\n" + "\n".join(said)) from None
+                raise SystemExit(f"{failed} ({name}):\n" + "\n".join(said)) from None
             wrk(ports[name], args.connections, 2, lua)
-        yield apis, ports, lua
+        yield servers, ports, lua
     finally:
-        for api in apis.values():
-            stop_process(api)
+        for server in servers.values():
+            stop_process(server)
+
+
+def both_apis(
+    args: argparse.Namespace, database_url: str, scratch: Path
+) -> AbstractContextManager[tuple[dict[str, subprocess.Popen[bytes]], dict[str, int], Path]]:
+    """Before (``--against``'s revision) and after (the work tree), served side by side on one
+    database (``serving``), keyed "before" and "after"."""
+    source = source_at(args.against, scratch)
+    return serving(
+        args,
+        scratch,
+        {
+            "before": lambda port, log: start_api(port, database_url, scratch, args.rate_limit, source, log),
+            "after": lambda port, log: start_api(port, database_url, scratch, args.rate_limit, None, log),
+        },
+    )
+
+
+def round_figures(server: subprocess.Popen[bytes], port: int, args: argparse.Namespace, lua: Path) -> dict[str, float]:
+    """One round on one server: throughput and CPU per request at --connections, then one
+    connection's p50 and p99, each for --seconds."""
+    run = loaded_run(server.pid, port, args.connections, args.seconds, lua)
+    one = wrk(port, 1, args.seconds, lua)
+    return {
+        "rps": run["rps"],
+        "api_cpu_us": run.get("api_cpu_us", 0.0),
+        "pg_cpu_us": run.get("pg_cpu_us", 0.0),
+        "c1_p50_ms": one["p50_ms"],
+        "c1_p99_ms": one["p99_ms"],
+        "non_2xx": run["non_2xx"] + one["non_2xx"],
+    }
 
 
 def alternating(rounds: int, sides: tuple[str, ...] = ("before", "after")) -> Iterator[tuple[int, str]]:
@@ -685,19 +703,8 @@ def against(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
     runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
     with both_apis(args, database_url, scratch) as (apis, ports, lua):
         for round_, name in alternating(args.rounds):
-            run = loaded_run(apis[name].pid, ports[name], args.connections, args.seconds, lua)
-            one = wrk(ports[name], 1, args.seconds, lua)
-            runs[name].append(
-                {
-                    "rps": run["rps"],
-                    "api_cpu_us": run.get("api_cpu_us", 0.0),
-                    "pg_cpu_us": run.get("pg_cpu_us", 0.0),
-                    "c1_p50_ms": one["p50_ms"],
-                    "c1_p99_ms": one["p99_ms"],
-                    "non_2xx": run["non_2xx"] + one["non_2xx"],
-                }
-            )
-            print(f"bench: round {round_ + 1} {name}: {run['rps']:.0f} req/s", file=sys.stderr)
+            runs[name].append(round_figures(apis[name], ports[name], args, lua))
+            print(f"bench: round {round_ + 1} {name}: {runs[name][-1]['rps']:.0f} req/s", file=sys.stderr)
     return against_markdown(args, runs)
 
 

@@ -176,10 +176,10 @@ def request_fields(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, int, by
     """Content-Type, Content-Length (-1 if absent) and Idempotency-Key. Each may be given once: a
     repeated one is refused rather than guessed (a proxy in front may have read the other)."""
     found: dict[bytes, bytes] = {}
-    chunked = False
+    transfer_encoding = False
     for name, value in headers:
         if name == b"transfer-encoding":
-            chunked = True
+            transfer_encoding = True
         elif name in SINGLE_FIELDS:
             if name in found:
                 field = SINGLE_FIELDS[name]
@@ -194,7 +194,7 @@ def request_fields(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, int, by
             415, "unsupported-media-type", f"Content-Encoding {clip(encoding.decode('latin-1'))!r} is not accepted"
         )
     length = found.get(b"content-length", b"")
-    if chunked and length:
+    if transfer_encoding and length:
         # RFC 9112 6.3: a request framed both ways is an error (and a smuggling attempt's mark);
         # the body is read up to Content-Length, so it must be the only framing.
         raise framing_conflict()
