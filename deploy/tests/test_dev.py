@@ -65,7 +65,7 @@ def test_scripts_dev_runs_the_stack_from_env_on_loopback_and_ctrl_c_stops_everyt
     dotenv = tmp_path / ".env"
     dotenv.write_text(
         f"API_PORT={api_port}\nLOCUST_PORT={locust_port}  # the web UI\n"
-        'JOTC_ADMIN_TOKEN="token-from-dotenv"\nJOTC_MAX_CLOUDS=5\n'
+        'JOTC_ADMIN_TOKEN="token-from-dotenv-of-32-characters-or-more"\nJOTC_MAX_CLOUDS=5\n'
     )
     scratch = tmp_path / "tmp"
     scratch.mkdir()
@@ -96,7 +96,7 @@ def test_scripts_dev_runs_the_stack_from_env_on_loopback_and_ctrl_c_stops_everyt
             assert created.status_code == 201, created.text
             record = httpx.get(f"{base}/jumps/{created.json()['id']}").json()
             assert (record["jumps"], record["clouds"], record["user"]) == (4, [0, 0, 1, 0, 0, 1, 0], "dev")
-            stats = httpx.get(f"{base}/admin/stats", headers={"Authorization": "Bearer token-from-dotenv"})
+            stats = httpx.get(f"{base}/admin/stats", headers={"Authorization": "Bearer token-from-dotenv-of-32-characters-or-more"})
             assert stats.status_code == 200, stats.text
             wait_for(process, log, f"http://127.0.0.1:{locust_port}/", "Locust's UI did not come up")
             assert listening_addresses(api_port) == {"127.0.0.1"}
@@ -105,7 +105,7 @@ def test_scripts_dev_runs_the_stack_from_env_on_loopback_and_ctrl_c_stops_everyt
             for expected in (
                 f"{base}/schema",
                 f"curl -s {base}/jumps",
-                f"curl -s {base}/admin/stats -H 'Authorization: Bearer token-from-dotenv'",
+                f"curl -s {base}/admin/stats -H 'Authorization: Bearer token-from-dotenv-of-32-characters-or-more'",
                 f"JOTC_ADMIN_TOKEN in {dotenv}",
                 f"http://127.0.0.1:{locust_port}",
                 "Ctrl-C",

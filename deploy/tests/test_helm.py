@@ -62,7 +62,7 @@ MATRIX = {
         "--set",
         "api.grafanaDashboard.enabled=true,api.prometheusRule.enabled=true,locust.workers.autoscaling.enabled=true",
         "--set",
-        "api.autoscaling.enabled=true,adminToken.value=0123456789abcdef0123",
+        "api.autoscaling.enabled=true,adminToken.value=0123456789abcdef0123456789abcdef",
     ),
 }
 
@@ -619,7 +619,7 @@ def test_two_renders_are_identical(case: str) -> None:
     """What helm template, Argo CD and Flux do: render again. No random value, no lookup."""
     cases = {
         "evaluation-by-values": ["-f", str(VALUES["evaluation-values"]), *EVALUATION_BY_VALUES],
-        "admin-by-value": ["--set", "adminToken.value=0123456789abcdef0123", "--set", "locust.enabled=true"],
+        "admin-by-value": ["--set", "adminToken.value=0123456789abcdef0123456789abcdef", "--set", "locust.enabled=true"],
     }
     extra = cases[case] if case in cases else values_args(case)
     first, second = (run_helm("template", "rel", str(CHART), *extra) for _ in range(2))
@@ -660,7 +660,7 @@ def test_admin_token_by_value_is_stored_and_rotating_it_rolls_the_pods() -> None
 
     assert checksum(docs) == checksum(rendered("first-token-0123456789"))
     assert checksum(docs) != checksum(rendered("second-token-0123456789"))
-    assert "not both" in fails("--set", "adminToken.value=0123456789abcdef0123", "--set", "adminToken.existingSecret=x")
+    assert "not both" in fails("--set", "adminToken.value=0123456789abcdef0123456789abcdef", "--set", "adminToken.existingSecret=x")
     assert "schema" in fails("--set", "adminToken.value=short").lower()
 
 
@@ -671,7 +671,7 @@ def test_notes_say_where_the_admin_token_is_and_how_to_rotate_it() -> None:
         return result.stdout
 
     assert "Admin API:          off" in notes()
-    by_value = notes("--set", "adminToken.value=0123456789abcdef0123")
+    by_value = notes("--set", "adminToken.value=0123456789abcdef0123456789abcdef")
     assert "Rotate: helm upgrade rel … --reuse-values --set adminToken.value=" in by_value
     assert "rollout restart deploy/rel-jotc-api" in notes("--set", "adminToken.existingSecret=jotc-admin")
 

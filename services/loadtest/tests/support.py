@@ -10,7 +10,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-ADMIN_TOKEN = "loadtest-admin-token"
+ADMIN_TOKEN = "loadtest-admin-token-of-32-characters-or-more"  # pragma: allowlist secret
 JOTC_LOADTEST = str(Path(sys.executable).with_name("jotc-loadtest"))
 # Set while coverage measures this suite's subprocesses; a sibling service's command (the API,
 # jotc-migrate) must not be measured against this package's configuration.

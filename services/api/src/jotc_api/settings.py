@@ -153,6 +153,26 @@ def cors_origins(env: Mapping[str, str]) -> tuple[str, ...]:
     return origins
 
 
+ADMIN_TOKEN_MIN_LENGTH = 32
+
+
+def admin_token(env: Mapping[str, str]) -> str | None:
+    """The admin API's bearer token, or None (blank: the admin API is off). Surrounding white space
+    is dropped, as a file-mounted secret usually ends in a newline; what is left must be long
+    enough not to be guessed and sendable in an Authorization header."""
+    raw = env.get("JOTC_ADMIN_TOKEN", "").strip()
+    if not raw:
+        return None
+    if not all("!" <= character <= "~" for character in raw):
+        raise SettingsError("JOTC_ADMIN_TOKEN must be visible ASCII characters without spaces")
+    if len(raw) < ADMIN_TOKEN_MIN_LENGTH:
+        raise SettingsError(
+            f"JOTC_ADMIN_TOKEN must be at least {ADMIN_TOKEN_MIN_LENGTH} characters, got {len(raw)}; "
+            "make one with: openssl rand -hex 24"
+        )
+    return raw
+
+
 def choice(env: Mapping[str, str], name: str, default: str, allowed: set[str]) -> str:
     raw = env.get(name, "").strip() or default
     normalised = raw.upper() if name == "LOG_LEVEL" else raw.lower()
@@ -167,11 +187,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     env = os.environ if env is None else env
     workers_raw = env.get("JOTC_WORKERS", "").strip()
-    admin_token = env.get("JOTC_ADMIN_TOKEN", "")
     return Settings(
         database_url=database_url(env),
         redis_url=redis_url(env),
-        admin_token=admin_token if admin_token.strip() else None,
+        admin_token=admin_token(env),
         max_clouds=integer(env, "JOTC_MAX_CLOUDS", DEFAULT["max_clouds"], 2, 10_000_000),
         max_body_bytes=integer(env, "JOTC_MAX_BODY_BYTES", DEFAULT["max_body_bytes"], 64, 256 * 1024 * 1024),
         rate_limit=rate_limit(env),

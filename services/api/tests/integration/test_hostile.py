@@ -20,7 +20,7 @@ from jotc_api.redis_link import RedisLink
 from jotc_api.routes.admin import make_cursor
 from jotc_api.settings import RateLimit
 
-TOKEN = "hostile-test-token"
+TOKEN = "hostile-test-token-of-32-characters-or-more"  # pragma: allowlist secret
 ADMIN = {"authorization": f"Bearer {TOKEN}"}
 
 

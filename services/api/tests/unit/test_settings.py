@@ -121,3 +121,19 @@ def test_workers_follow_the_quota_rounded_down(monkeypatch: pytest.MonkeyPatch) 
     assert server.available_cpus() == 1
     monkeypatch.setattr(server, "cpu_quota", lambda: None)
     assert server.available_cpus() == 8
+
+
+def test_the_admin_token_is_stripped_of_a_secret_files_newline() -> None:
+    token = "a" * 32
+    assert load_settings({**GOOD, "JOTC_ADMIN_TOKEN": f"{token}\n"}).admin_token == token
+
+
+@pytest.mark.parametrize(
+    ("token", "why"),
+    [("abc", "at least 32 characters, got 3"), ("a" * 31, "got 31"), ("a" * 20 + " " + "b" * 20, "visible ASCII")],
+)
+def test_a_short_or_unsendable_admin_token_stops_start_up(token: str, why: str) -> None:
+    with pytest.raises(SettingsError, match="JOTC_ADMIN_TOKEN") as refused:
+        load_settings({**GOOD, "JOTC_ADMIN_TOKEN": token})
+    assert why in str(refused.value)
+    assert "\n" not in str(refused.value)
