@@ -28,6 +28,14 @@ releases it with its connection. ``DELETE /admin/users/{user}/requests`` runs
 the job for a bounded time itself; what is left is finished by the
 background ``Eraser`` of some worker, which also resumes, at start-up and
 every ``poll_seconds``, every job still ``running`` (one left by a restart).
+What follows a finished erasure (the user's idempotency keys) runs in the
+Eraser's background too, never in the request, and is retried until it works.
+
+A finished job keeps no name: its row is renamed to a digest of the name,
+marked with a control character that the user-name rule refuses wherever a
+name enters (parsing.check_user), so no user name is another user's record.
+The previous release's digests carried no mark, and are read and moved aside
+(``MOVE_UNMARKED``) where a user of that very name would collide with them.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import contextlib
 import hashlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -61,34 +69,67 @@ POLL_SECONDS: Final = 10.0
 # whose names hash alike merely take turns.
 LOCK_CLASS: Final = 0x4A4F5445
 
-# Every statement that returns a job returns these columns, in ErasureJob's order.
-# A new job, or the same job again: a running job is left as it is (a second request is
-# idempotent); a finished one starts afresh with a new cutoff.
-START = text(
-    """
-    INSERT INTO erasure_jobs AS job (user_name, state, cutoff, deleted, requested_at, updated_at)
-    VALUES (:user, 'running', now(), 0, now(), now())
-    ON CONFLICT (user_name) DO UPDATE
-    SET state = 'running', cutoff = now(), deleted = 0, requested_at = now(), updated_at = now(),
-        finished_at = NULL
-    WHERE job.state = 'done'
-    RETURNING user_name, state, deleted, cutoff, requested_at, updated_at, finished_at
-    """
-)
 # A finished job keeps no name: its row is renamed to a digest of the name (it holds nothing else
 # of the user), so the status stays readable by whoever knows the name, and nothing names the user.
+# The mark is a control character: parsing.check_user refuses every name that holds one, so no
+# user's name is another user's pseudonym. A running job's row carries the user's name.
+PSEUDONYM_MARK: Final = "\x01"
 
 
 def pseudonym(user: str) -> str:
+    return PSEUDONYM_MARK + unmarked_pseudonym(user)
+
+
+def unmarked_pseudonym(user: str) -> str:
+    """The previous release's pseudonym: a valid user name, so a finished row of that form is read
+    as a finished row only, never as a job of a user so named."""
     return "sha256:" + hashlib.sha256(user.encode()).hexdigest()
 
 
-READ = text(
-    "SELECT CAST(:user AS text), state, deleted, cutoff, requested_at, updated_at, finished_at FROM erasure_jobs"
-    " WHERE user_name IN (:user, :pseudonym) ORDER BY state = 'running' DESC LIMIT 1"
+def job_names(user: str) -> dict[str, str]:
+    """The parameters that find a user's job: their name (a running job) and pseudonyms (done)."""
+    return {"user": user, "pseudonym": pseudonym(user), "unmarked": unmarked_pseudonym(user)}
+
+
+# Every statement that returns a job returns these columns, in ErasureJob's order.
+# A finished row named exactly as the user is not theirs (theirs are renamed when done): it is
+# another user's, left by the previous release without the mark. It is moved to its marked name
+# (keeping the newer of the two if both exist), so this user's job can take the name, and the
+# other user's record survives.
+MOVE_UNMARKED = text(
+    """
+    WITH unmarked AS (
+        DELETE FROM erasure_jobs WHERE user_name = :user AND state = 'done'
+        RETURNING state, cutoff, deleted, requested_at, updated_at, finished_at
+    )
+    INSERT INTO erasure_jobs AS job (user_name, state, cutoff, deleted, requested_at, updated_at, finished_at)
+    SELECT :marked, state, cutoff, deleted, requested_at, updated_at, finished_at FROM unmarked
+    ON CONFLICT (user_name) DO UPDATE
+    SET cutoff = excluded.cutoff, deleted = excluded.deleted, requested_at = excluded.requested_at,
+        updated_at = excluded.updated_at, finished_at = excluded.finished_at
+    WHERE job.finished_at < excluded.finished_at
+    """
 )
-FORGET_EARLIER = text("DELETE FROM erasure_jobs WHERE user_name = :pseudonym")
+# A new job, or the job already running (a second request is idempotent). An earlier finished
+# job's row, under the pseudonym, stays readable until this one finishes.
+START = text(
+    """
+    INSERT INTO erasure_jobs (user_name, state, cutoff, deleted, requested_at, updated_at)
+    VALUES (:user, 'running', now(), 0, now(), now())
+    ON CONFLICT (user_name) DO NOTHING
+    RETURNING user_name, state, deleted, cutoff, requested_at, updated_at, finished_at
+    """
+)
+READ = text(
+    """
+    SELECT CAST(:user AS text), state, deleted, cutoff, requested_at, updated_at, finished_at FROM erasure_jobs
+    WHERE (user_name = :user AND state = 'running') OR (user_name IN (:pseudonym, :unmarked) AND state = 'done')
+    ORDER BY state = 'running' DESC, finished_at DESC LIMIT 1
+    """
+)
+FORGET_EARLIER = text("DELETE FROM erasure_jobs WHERE user_name IN (:pseudonym, :unmarked) AND state = 'done'")
 RUNNING = text("SELECT user_name FROM erasure_jobs WHERE state = 'running' ORDER BY requested_at")
+RECORDED = text("SELECT id FROM jump_requests WHERE id = ANY(:ids)")
 TRY_LOCK = text("SELECT pg_try_advisory_lock(:class, hashtext(:user))")
 UNLOCK = text("SELECT pg_advisory_unlock(:class, hashtext(:user))")
 # Newest first from the cutoff, each chunk resuming after the last row of the one before (the
@@ -136,7 +177,7 @@ PROGRESS = text(
         state = CASE WHEN :last THEN 'done' ELSE state END,
         finished_at = CASE WHEN :last THEN now() END,
         user_name = CASE WHEN :last THEN :pseudonym ELSE user_name END
-    WHERE user_name = :user
+    WHERE user_name = :user AND state = 'running'
     RETURNING CAST(:user AS text), state, deleted, cutoff, requested_at, updated_at, finished_at
     """
 )
@@ -160,21 +201,35 @@ class ErasureJob:
 async def start_job(engine: AsyncEngine, user: str) -> ErasureJob:
     """The user's erasure: a new one, or the one already running."""
     async with engine.begin() as connection:
+        await connection.execute(MOVE_UNMARKED, {"user": user, "marked": PSEUDONYM_MARK + user})
         row = (await connection.execute(START, {"user": user})).first()
         if row is None:
-            row = (await connection.execute(READ, {"user": user, "pseudonym": pseudonym(user)})).one()
+            row = (await connection.execute(READ, job_names(user))).one()
     return ErasureJob(*row)
 
 
 async def read_job(engine: AsyncEngine, user: str) -> ErasureJob | None:
     async with engine.connect() as connection:
-        row = (await connection.execute(READ, {"user": user, "pseudonym": pseudonym(user)})).first()
+        row = (await connection.execute(READ, job_names(user))).first()
     return ErasureJob(*row) if row is not None else None
 
 
 async def running_users(engine: AsyncEngine) -> list[str]:
     async with engine.connect() as connection:
         return list((await connection.execute(RUNNING)).scalars())
+
+
+async def recorded_ids(engine: AsyncEngine, ids: Iterable[str]) -> set[str]:
+    """Which of these request ids are still recorded (one query): what an erasure kept, as the
+    walk over the user's idempotency keys asks (idempotency.forget_erased)."""
+    wanted = []
+    for record in ids:
+        with contextlib.suppress(ValueError):  # not a request's id: nothing of it is recorded
+            wanted.append(uuid.UUID(record))
+    if not wanted:
+        return set()
+    async with engine.connect() as connection:
+        return {str(found) for found in (await connection.execute(RECORDED, {"ids": wanted})).scalars()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +267,7 @@ async def run_job(
 
 
 async def _run_locked(connection: AsyncConnection, user: str, pace: Pace, deadline: float | None) -> ErasureJob | None:
-    row = (await connection.execute(READ, {"user": user, "pseudonym": pseudonym(user)})).first()
+    row = (await connection.execute(READ, job_names(user))).first()
     await connection.commit()
     if row is None:
         return None
@@ -256,9 +311,10 @@ async def erase_chunk(
                 await connection.execute(SUBTRACT, {"user": user, "deleted": deleted})
             elif requests is not None:
                 await connection.execute(DROP_STATS, {"user": user})
+        names = job_names(user)
         if last:
-            await connection.execute(FORGET_EARLIER, {"pseudonym": pseudonym(user)})  # an earlier erasure's row
-        progress = {"user": user, "deleted": deleted, "last": last, "pseudonym": pseudonym(user)}
+            await connection.execute(FORGET_EARLIER, names)  # an earlier erasure's row
+        progress = {**names, "deleted": deleted, "last": last}
         row = (await connection.execute(PROGRESS, progress)).one()
     following = None if after is None or deleted < chunk_rows else (found[1], found[2])
     return ErasureJob(*row), following
@@ -266,7 +322,9 @@ async def erase_chunk(
 
 class Eraser:
     """A worker's background runner: finishes the jobs that outlive their request, and resumes
-    those left running by a restart, at start-up and every ``poll_seconds``."""
+    those left running by a restart, at start-up and every ``poll_seconds``. After every erasure
+    that finishes in this worker, in a request or here, ``on_finished(user)`` runs in a task of its
+    own (never in the request), and is tried again every ``poll_seconds`` until it succeeds."""
 
     def __init__(
         self,
@@ -281,7 +339,10 @@ class Eraser:
         self.pace = pace
         self._poll_seconds = poll_seconds
         self._wake = asyncio.Event()
+        self._finished: set[str] = set()  # users whose on_finished has yet to succeed
+        self._follow = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="eraser")
+        self._follow_up = asyncio.create_task(self._follow_up_loop(), name="eraser follow-up")
 
     async def erase(self, user: str, seconds: float = INLINE_SECONDS) -> ErasureJob:
         """Start (or find) the user's erasure and work on it for up to ``seconds``; what is left
@@ -289,14 +350,22 @@ class Eraser:
         job = await start_job(self._engine, user)
         if not job.done:
             job = await run_job(self._engine, user, pace=self.pace, seconds=seconds) or job
-        if not job.done:
+        if job.done:
+            self.finished(user)
+        else:
             self._wake.set()
         return job
 
+    def finished(self, user: str) -> None:
+        self._finished.add(user)
+        self._follow.set()
+
     async def close(self) -> None:
-        """Stop; a chunk in flight is rolled back and its job resumed by the next runner."""
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        """Stop; a chunk in flight is rolled back and its job resumed by the next runner. A follow-up
+        not yet done is dropped (what that means for idempotency keys: docs/reliability.md)."""
+        for task in (self._task, self._follow_up):
+            task.cancel()
+        await asyncio.gather(self._task, self._follow_up, return_exceptions=True)
 
     async def _loop(self) -> None:
         while True:
@@ -305,7 +374,7 @@ class Eraser:
                     job = await run_job(self._engine, user, pace=self.pace)
                     if job is not None and job.done:
                         log.info("erasure finished", deleted=job.deleted)
-                        await self._on_finished(user)
+                        self.finished(user)
             except (SQLAlchemyError, psycopg.Error, OSError) as exc:
                 log.warning("erasure runner: database unavailable; retrying", error=str(exc).splitlines()[0])
             except Exception:
@@ -313,3 +382,22 @@ class Eraser:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
             self._wake.clear()
+
+    async def _follow_up_loop(self) -> None:
+        while True:
+            # Idle until an erasure finishes; while a follow-up failed, look again every poll_seconds.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._follow.wait(), self._poll_seconds if self._finished else None)
+            self._follow.clear()
+            for user in list(self._finished):
+                try:
+                    await self._on_finished(user)
+                except Exception as exc:
+                    # The user's name stays out of the log: they have just been erased.
+                    log.warning(
+                        "after an erasure: its follow-up failed; retrying",
+                        waiting=len(self._finished),
+                        error=f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}",
+                    )
+                    break  # Redis or PostgreSQL is down for the others too: all again later
+                self._finished.discard(user)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from jotc_api import openapi, schema_compat
 from jotc_api.drain import DrainFlag
-from jotc_api.erasure import ErasureJob
+from jotc_api.erasure import ErasureJob, recorded_ids
 from jotc_api.problems import Problem
 from jotc_api.queries import ListedRequest
 from jotc_api.routes import admin, operations
@@ -143,9 +143,12 @@ class Eraser:
 class Idempotency:
     def __init__(self) -> None:
         self.forgotten: list[str] = []
+        self.recorded: Any = None
 
-    async def forget_user(self, user: str) -> None:
+    async def forget_erased(self, user: str, recorded: Any) -> int:
         self.forgotten.append(user)
+        self.recorded = recorded
+        return 0
 
 
 async def test_an_erasure_that_outlives_its_request_is_202_with_its_status() -> None:
@@ -158,13 +161,24 @@ async def test_an_erasure_that_outlives_its_request_is_202_with_its_status() -> 
     assert idempotency.forgotten == [], "keys are forgotten once the erasure is done, not before"
 
 
-async def test_a_finished_erasure_is_200_and_forgets_the_users_keys() -> None:
+async def test_a_finished_erasure_is_200_and_leaves_the_users_keys_to_the_background() -> None:
     idempotency = Idempotency()
     state = {"eraser": Eraser(job("done", 3)), "redis": SimpleNamespace(client=object())}
     response = await admin.admin_erase_user.fn(request(**state, idempotency=idempotency), user=" ann ")
     assert response.status_code == 200
     assert response.content == admin.Erased("ann", 3)
+    assert idempotency.forgotten == [], "the walk over the user's keys is the Eraser's, never the request's"
+
+
+async def test_after_an_erasure_the_keys_are_judged_by_the_records_left() -> None:
+    idempotency = Idempotency()
+    engine = object()
+    await admin.forget_erased(
+        SimpleNamespace(redis=SimpleNamespace(client=object()), idempotency=idempotency, engine=engine), "ann"
+    )
     assert idempotency.forgotten == ["ann"]
+    assert idempotency.recorded.func is recorded_ids
+    assert idempotency.recorded.args == (engine,)
 
 
 async def test_without_redis_there_are_no_keys_to_forget() -> None:

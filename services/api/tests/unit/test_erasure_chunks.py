@@ -247,7 +247,7 @@ async def test_a_failure_mid_chunk_throws_the_connection_and_its_lock_away() -> 
 async def test_asking_again_while_an_erasure_runs_returns_the_running_job() -> None:
     database = FakeDatabase(rows=3, stats=3, state="running")
     job = await start_job(FakeEngine(database), "ann")  # type: ignore[arg-type]
-    assert (job.state, database.log) == ("running", ["START", "READ"])
+    assert (job.state, database.log) == ("running", ["MOVE_UNMARKED", "START", "READ"])
 
 
 async def test_the_runner_finishes_in_the_background_what_outlives_its_request() -> None:
@@ -338,3 +338,54 @@ async def test_the_runner_leaves_a_job_another_process_holds_and_reports_nothing
     assert finished == []
     assert logs == []
     assert database.rows == 2
+
+
+async def test_what_follows_an_erasure_done_in_its_request_runs_after_the_answer_and_retries() -> None:
+    database = FakeDatabase(rows=3, stats=3, state="done")
+    attempts: list[str] = []
+    release = asyncio.Event()
+    succeeded = asyncio.Event()
+
+    async def on_finished(user: str) -> None:
+        attempts.append(user)
+        if len(attempts) == 1:
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6391. Connection refused.")
+        await release.wait()
+        succeeded.set()
+
+    with capture_logs() as logs:
+        eraser = Eraser(FakeEngine(database), on_finished, poll_seconds=0.01)  # type: ignore[arg-type]
+        job = await eraser.erase("ann")
+        assert (job.state, job.deleted) == ("done", 3)
+        assert attempts == [], "the request's answer does not wait for what follows"
+        await asyncio.wait_for(_until(lambda: len(attempts) == 2), timeout=5)  # failed once, tried again
+        release.set()
+        await asyncio.wait_for(succeeded.wait(), timeout=5)
+        await eraser.close()
+    assert attempts == ["ann", "ann"]
+    failures = [entry for entry in logs if entry["event"] == "after an erasure: its follow-up failed; retrying"]
+    assert len(failures) == 1
+    assert "ann" not in str(failures), "the erased user's name stays out of the log"
+
+
+async def test_a_follow_up_is_not_repeated_once_it_succeeded() -> None:
+    database = FakeDatabase(rows=2, stats=2, state="done")
+    done: list[str] = []
+
+    async def on_finished(user: str) -> None:
+        done.append(user)
+
+    eraser = Eraser(FakeEngine(database), on_finished, poll_seconds=0.01)  # type: ignore[arg-type]
+    await eraser.erase("ann")
+    await asyncio.wait_for(_until(lambda: done == ["ann"]), timeout=5)
+    database.running_asked.clear()
+    await asyncio.wait_for(database.running_asked.wait(), timeout=5)  # the runner looked again, more than once
+    database.running_asked.clear()
+    await asyncio.wait_for(database.running_asked.wait(), timeout=5)
+    await eraser.close()
+    assert done == ["ann"]
+
+
+async def _until(condition: Any) -> None:
+    while not condition():
+        await asyncio.sleep(0.005)

@@ -17,6 +17,7 @@ import hmac
 import re
 import uuid
 from datetime import datetime
+from functools import partial
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import quote
@@ -31,7 +32,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, Parameter
 from sqlalchemy.exc import SQLAlchemyError
 
-from jotc_api.erasure import ErasureJob, read_job
+from jotc_api.erasure import ErasureJob, read_job, recorded_ids
 from jotc_api.openapi import NoValidationOperation, problem
 from jotc_api.parsing import check_user
 from jotc_api.problems import FieldError, Problem, database_unavailable, validation_problem
@@ -354,14 +355,15 @@ async def admin_erase_user(request: Request[Any, Any, Any], user: FromPath[str])
     if not job.done:
         status = erasure_status(job)
         return Response(status, status_code=202, headers={"Location": status.status_url})
-    await forget_erased(request.app.state, name)
     return Response(Erased(name, job.deleted), status_code=200)
 
 
 async def forget_erased(state: Any, user: str) -> None:
-    """After an erasure, wherever it finished: the user's idempotency keys replay as 410."""
+    """What follows a finished erasure, in the Eraser's background (never in the request): the
+    user's idempotency keys whose requests it deleted become tombstones; keys of the requests it
+    kept go on replaying."""
     if state.redis.client is not None:
-        await state.idempotency.forget_user(user)
+        await state.idempotency.forget_erased(user, partial(recorded_ids, state.engine))
 
 
 @get(
