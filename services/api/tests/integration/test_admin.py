@@ -242,3 +242,62 @@ def test_hostile_user_on_erasure(client: httpx.Client, user: str) -> None:
     response = client.delete(f"/admin/users/{user}/requests", headers=AUTH)
     assert response.status_code in {200, 404, 414, 422}
     assert response.status_code < 500
+
+
+def test_no_user_name_reads_or_replaces_another_users_erasure_record(client: httpx.Client, db: Connection) -> None:
+    ada = unique("ada")
+    record(client, ada, 1)
+    assert client.delete(f"/admin/users/{ada}/requests", headers=AUTH).json() == {"user": ada, "deleted": 1}
+    before = client.get(f"/admin/erasures/{ada}", headers=AUTH).json()
+    alias = erasure.unmarked_pseudonym(ada)  # "sha256:<digest of ada>": a valid user name
+    assert client.get(f"/admin/erasures/{alias}", headers=AUTH).status_code == 404
+    record(client, alias, 2)
+    assert client.delete(f"/admin/users/{alias}/requests", headers=AUTH).json() == {"user": alias, "deleted": 2}
+    assert client.get(f"/admin/erasures/{ada}", headers=AUTH).json() == before
+    assert client.get(f"/admin/erasures/{alias}", headers=AUTH).json()["deleted"] == 2
+    names = {row[0] for row in db.execute("SELECT user_name FROM erasure_jobs WHERE user_name LIKE %s", ("%sha256:%",))}
+    assert {erasure.pseudonym(ada), erasure.pseudonym(alias)} <= names
+    assert not {ada, alias} & names, "a finished record names no one"
+
+
+def plant_unmarked(db: Connection, user: str, deleted: int, days_ago: int) -> None:
+    """A finished erasure's record as the previous release left it: named by an unmarked digest."""
+    db.execute(
+        "INSERT INTO erasure_jobs (user_name, state, cutoff, deleted, requested_at, updated_at, finished_at) "
+        "SELECT %s, 'done', t, %s, t, t, t FROM (SELECT now() - make_interval(days => %s) AS t) AS past",
+        (erasure.unmarked_pseudonym(user), deleted, days_ago),
+    )
+
+
+def test_records_left_by_the_previous_release_stay_readable_and_apart(client: httpx.Client, db: Connection) -> None:
+    ada = unique("ada")
+    plant_unmarked(db, ada, deleted=5, days_ago=1)
+    alias = erasure.unmarked_pseudonym(ada)
+    ours = client.get(f"/admin/erasures/{ada}", headers=AUTH)
+    assert (ours.status_code, ours.json()["state"], ours.json()["deleted"]) == (200, "done", 5)
+    assert client.get(f"/admin/erasures/{alias}", headers=AUTH).status_code == 404, "nothing to read for the alias"
+    record(client, alias, 1)
+    assert client.delete(f"/admin/users/{alias}/requests", headers=AUTH).json() == {"user": alias, "deleted": 1}
+    assert client.get(f"/admin/erasures/{ada}", headers=AUTH).json() == ours.json(), "moved aside, not replaced"
+    # Ada erased again: one record of hers is left, under the marked name.
+    record(client, ada, 1)
+    assert client.delete(f"/admin/users/{ada}/requests", headers=AUTH).json() == {"user": ada, "deleted": 1}
+    rows = db.execute(
+        "SELECT user_name, deleted FROM erasure_jobs WHERE user_name IN (%s, %s)", (erasure.pseudonym(ada), alias)
+    ).fetchall()
+    assert rows == [(erasure.pseudonym(ada), 1)]
+
+
+def test_of_two_records_of_one_user_the_newer_is_kept_when_one_is_moved(client: httpx.Client, db: Connection) -> None:
+    ada = unique("ada")
+    record(client, ada, 1)
+    assert client.delete(f"/admin/users/{ada}/requests", headers=AUTH).json()["deleted"] == 1  # marked, today
+    db.execute(
+        "UPDATE erasure_jobs SET finished_at = finished_at - interval '2 days' WHERE user_name = %s",
+        (erasure.pseudonym(ada),),
+    )
+    plant_unmarked(db, ada, deleted=7, days_ago=1)  # a previous-release pod finished a later one
+    assert client.get(f"/admin/erasures/{ada}", headers=AUTH).json()["deleted"] == 7, "the newer record is read"
+    alias = erasure.unmarked_pseudonym(ada)
+    assert client.delete(f"/admin/users/{alias}/requests", headers=AUTH).status_code == 200
+    assert client.get(f"/admin/erasures/{ada}", headers=AUTH).json()["deleted"] == 7
