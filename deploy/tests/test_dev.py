@@ -96,7 +96,9 @@ def test_scripts_dev_runs_the_stack_from_env_on_loopback_and_ctrl_c_stops_everyt
             assert created.status_code == 201, created.text
             record = httpx.get(f"{base}/jumps/{created.json()['id']}").json()
             assert (record["jumps"], record["clouds"], record["user"]) == (4, [0, 0, 1, 0, 0, 1, 0], "dev")
-            stats = httpx.get(f"{base}/admin/stats", headers={"Authorization": "Bearer token-from-dotenv-of-32-characters-or-more"})
+            stats = httpx.get(
+                f"{base}/admin/stats", headers={"Authorization": "Bearer token-from-dotenv-of-32-characters-or-more"}
+            )
             assert stats.status_code == 200, stats.text
             wait_for(process, log, f"http://127.0.0.1:{locust_port}/", "Locust's UI did not come up")
             assert listening_addresses(api_port) == {"127.0.0.1"}

@@ -477,12 +477,41 @@ def test_explicit_workers_win() -> None:
 
 
 def test_connections_beyond_the_databases_budget_are_refused() -> None:
-    # 11 pods (10 + surge) x 2 workers x 4 = 88, + 1 migration: fits 90; the pool of 5 does not.
-    ok = ["--set", "api.replicaCount=10", "--set-string", "api.resources.limits.cpu=2"]
+    # 8 pods (7 + surge) x 2 workers x (4 + 1 for /readyz) = 80, + 1 migration: fits 90; a pool of 5
+    # does not.
+    ok = ["--set", "api.replicaCount=7", "--set-string", "api.resources.limits.cpu=2,api.resources.limits.memory=1Gi"]
     render("default", *ok)
     message = fails(*ok, "--set-string", "api.settings.JOTC_DB_POOL_SIZE=5")
     assert "database.connectionBudget is 90" in message
-    assert "111 PostgreSQL connections" in message
+    assert "97 PostgreSQL connections" in message
+
+
+def test_redis_connections_beyond_its_budget_are_refused() -> None:
+    ok = ["--set", "api.replicaCount=7", "--set-string", "api.resources.limits.cpu=2,api.resources.limits.memory=1Gi"]
+    render("default", *ok)  # 8 pods x 2 workers x 16 = 256 of 1000
+    message = fails(*ok, "--set-string", "api.settings.JOTC_REDIS_MAX_CONNECTIONS=64")
+    assert "1024 Redis connections" in message
+    assert "redis.connectionBudget is 1000" in message
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        (["--set", "api.workers=4"], "each of 4 API worker(s) may hold 0Mi"),
+        (["--set-string", "api.resources.limits.memory=160Mi"], "may hold 0Mi of requests"),
+        (["--set-string", "api.settings.JOTC_REQUEST_MEMORY=4Mi"], "less than one request of the largest body"),
+        (["--set-string", "api.settings.JOTC_REQUEST_MEMORY=400Mi"], "needs 560Mi"),
+        (["--set", "api.workers=2", "--set-string", "api.settings.JOTC_REQUEST_MEMORY=128Mi"], "needs 288Mi"),
+    ],
+)
+def test_a_worker_without_the_memory_its_budget_needs_is_refused(settings: list[str], words: str) -> None:
+    assert words in fails(*settings)
+
+
+def test_the_memory_budget_reads_every_way_kubernetes_writes_a_quantity() -> None:
+    for limit in ("1Gi", "1073741824", "1100M", "1.5Gi"):
+        render("default", "--set", "api.workers=4", "--set-string", f"api.resources.limits.memory={limit}")
+    assert "not a memory quantity" in fails("--set-string", "api.resources.limits.memory=1Zb")
 
 
 # --- Rate limiting needs trusted proxies ------------------------------------------------------------
@@ -619,7 +648,12 @@ def test_two_renders_are_identical(case: str) -> None:
     """What helm template, Argo CD and Flux do: render again. No random value, no lookup."""
     cases = {
         "evaluation-by-values": ["-f", str(VALUES["evaluation-values"]), *EVALUATION_BY_VALUES],
-        "admin-by-value": ["--set", "adminToken.value=0123456789abcdef0123456789abcdef", "--set", "locust.enabled=true"],
+        "admin-by-value": [
+            "--set",
+            "adminToken.value=0123456789abcdef0123456789abcdef",
+            "--set",
+            "locust.enabled=true",
+        ],
     }
     extra = cases[case] if case in cases else values_args(case)
     first, second = (run_helm("template", "rel", str(CHART), *extra) for _ in range(2))
@@ -649,18 +683,20 @@ def test_admin_token_by_value_is_stored_and_rotating_it_rolls_the_pods() -> None
     def rendered(token: str) -> list[dict[str, Any]]:
         return render("default", "--set", f"adminToken.value={token}")
 
-    docs = rendered("first-token-0123456789")
+    docs = rendered("first-token-0123456789-0123456789ab")
     secret = one(docs, "Secret", "-secrets")
-    assert secret["data"] == {"token": b64("first-token-0123456789")}
+    assert secret["data"] == {"token": b64("first-token-0123456789-0123456789ab")}
     env = {e["name"]: e for e in api_pod(docs)["containers"][0]["env"]}
     assert env["JOTC_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "rel-jotc-secrets", "key": "token"}
 
     def checksum(docs: list[dict[str, Any]]) -> str:
         return str(one(docs, "Deployment", "-api")["spec"]["template"]["metadata"]["annotations"]["checksum/secret"])
 
-    assert checksum(docs) == checksum(rendered("first-token-0123456789"))
-    assert checksum(docs) != checksum(rendered("second-token-0123456789"))
-    assert "not both" in fails("--set", "adminToken.value=0123456789abcdef0123456789abcdef", "--set", "adminToken.existingSecret=x")
+    assert checksum(docs) == checksum(rendered("first-token-0123456789-0123456789ab"))
+    assert checksum(docs) != checksum(rendered("second-token-0123456789-0123456789a"))
+    assert "not both" in fails(
+        "--set", "adminToken.value=0123456789abcdef0123456789abcdef", "--set", "adminToken.existingSecret=x"
+    )
     assert "schema" in fails("--set", "adminToken.value=short").lower()
 
 

@@ -52,6 +52,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end }}
 
+{{/* Memory quantity in bytes ("512Mi", "1Gi", "500M", 536870912); 0 when unset. */}}
+{{- define "jotc.bytes" -}}
+{{- $quantity := toString (default "" .) | trim -}}
+{{- $units := dict "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 -}}
+{{- $suffix := regexFind "[a-zA-Z]+$" $quantity -}}
+{{- $number := trimSuffix $suffix $quantity -}}
+{{- if not $quantity -}}0
+{{- else if and $suffix (not (hasKey $units $suffix)) -}}{{- fail (printf "%q is not a memory quantity this chart understands (use Mi or Gi)" $quantity) -}}
+{{- else -}}{{ mulf (float64 $number) (default 1 (get $units $suffix)) | int64 }}
+{{- end -}}
+{{- end }}
+
 {{/* Granian workers per pod: api.workers, else the CPU limit rounded down (a fractional limit
 must not oversubscribe: Granian workers each want a whole core), else the CPU request rounded
 down, else 1 (NOTES warns). At least 1. */}}
@@ -111,9 +123,31 @@ neither a CPU limit nor a CPU request is set: 1 Granian worker per pod. Set api.
 {{- $pool := int (default 4 $settings.JOTC_DB_POOL_SIZE) -}}
 {{- $workers := include "jotc.apiWorkers" . | int -}}
 {{- $pods := include "jotc.apiMaxPods" . | int -}}
-{{- $needed := add (mul $pods $workers $pool) 1 -}}
+{{- $needed := add (mul $pods $workers (add $pool 1)) 1 -}}
 {{- if gt $needed (int .Values.database.connectionBudget) -}}
-{{- fail (printf "the API may open %d PostgreSQL connections ((max replicas + surge) %d x workers %d x JOTC_DB_POOL_SIZE %d, + 1 migration) but database.connectionBudget is %d: lower replicas, workers or the pool size, or raise the budget (and the server's max_connections)" $needed $pods $workers $pool (int .Values.database.connectionBudget)) -}}
+{{- fail (printf "the API may open %d PostgreSQL connections ((max replicas + surge) %d x workers %d x (JOTC_DB_POOL_SIZE %d + 1 for /readyz), + 1 migration) but database.connectionBudget is %d: lower replicas, workers or the pool size, or raise the budget (and the server's max_connections)" $needed $pods $workers $pool (int .Values.database.connectionBudget)) -}}
+{{- end -}}
+{{- $redisPool := int (default 16 $settings.JOTC_REDIS_MAX_CONNECTIONS) -}}
+{{- $redisNeeded := mul $pods $workers $redisPool -}}
+{{- if gt $redisNeeded (int .Values.redis.connectionBudget) -}}
+{{- fail (printf "the API may open %d Redis connections ((max replicas + surge) %d x workers %d x JOTC_REDIS_MAX_CONNECTIONS %d) but redis.connectionBudget is %d: lower replicas, workers or JOTC_REDIS_MAX_CONNECTIONS, or raise the budget (and Redis's maxclients)" $redisNeeded $pods $workers $redisPool (int .Values.redis.connectionBudget)) -}}
+{{- end -}}
+{{- /* The memory budget (services/api/src/jotc_api/memory.py): each worker needs its own 160Mi
+plus JOTC_REQUEST_MEMORY (default 128Mi, or what the worker's share leaves after its 160Mi when
+that is less), which must hold one request of the largest body. */ -}}
+{{- $mi := 1048576 -}}
+{{- $clouds := int64 (default 100000 $settings.JOTC_MAX_CLOUDS) -}}
+{{- $body := int64 (default (add (mul 3 $clouds) 16384) $settings.JOTC_MAX_BODY_BYTES) -}}
+{{- $largest := add $body (mul 64 (min $body $clouds)) 16384 -}}
+{{- $limit := include "jotc.bytes" ((.Values.api.resources.limits | default dict).memory) | int64 -}}
+{{- $left := sub (div $limit $workers) (mul 160 $mi) -}}
+{{- $requestMemory := include "jotc.bytes" $settings.JOTC_REQUEST_MEMORY | int64 -}}
+{{- if and $requestMemory (gt $requestMemory $left) -}}
+{{- fail (printf "api.resources.limits.memory gives each of %d worker(s) %dMi but a worker needs %dMi (160Mi of its own + JOTC_REQUEST_MEMORY %dMi): raise the limit, or lower api.workers or JOTC_REQUEST_MEMORY" $workers (div (div $limit $workers) $mi) (div (add (mul 160 $mi) $requestMemory) $mi) (div $requestMemory $mi)) -}}
+{{- end -}}
+{{- $effective := $requestMemory | default (min (mul 128 $mi) $left) -}}
+{{- if lt $effective $largest -}}
+{{- fail (printf "each of %d API worker(s) may hold %dMi of requests (api.resources.limits.memory / workers - 160Mi, at most JOTC_REQUEST_MEMORY), less than one request of the largest body needs (JOTC_MAX_BODY_BYTES %d, JOTC_MAX_CLOUDS %d: %d bytes): raise the memory limit or lower those limits" $workers (div (max $effective 0) $mi) $body $clouds $largest) -}}
 {{- end -}}
 {{- $deadline := int .Values.migrations.activeDeadlineSeconds -}}
 {{- if gt (add $deadline 30) (int .Values.migrations.helmTimeoutSeconds) -}}

@@ -19,10 +19,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from jotc_api import __version__, transport
+from jotc_api.clients import Clients
 from jotc_api.drain import DrainFlag
 from jotc_api.erasure import Eraser, Pace
 from jotc_api.idempotency import IdempotencyStore
 from jotc_api.logs import configure_logging
+from jotc_api.memory import DEFAULT_REQUEST_MEMORY, MemoryBudget
 from jotc_api.metrics import metrics_route
 from jotc_api.openapi import SCHEMA_PATH, SelfHostedSwaggerUI
 from jotc_api.pipeline import cors_config, response_pipeline
@@ -39,7 +41,7 @@ from jotc_api.recorder import Recorder
 from jotc_api.redis_link import RedisLink
 from jotc_api.routes.admin import admin_router, forget_erased
 from jotc_api.routes.jumps import get_jump, post_jotc, post_jumps
-from jotc_api.routes.operations import healthz, index, problem_kind, readyz
+from jotc_api.routes.operations import READY_CHECK_TIMEOUT, DatabaseReadiness, healthz, index, problem_kind, readyz
 from jotc_api.settings import Settings
 
 log = structlog.get_logger("jotc.app")
@@ -104,6 +106,17 @@ def make_engine(settings: Settings) -> AsyncEngine:
     )
 
 
+def make_readiness_engine(settings: Settings) -> AsyncEngine:
+    """/readyz's own connection (one per worker, counted in the connection budget)."""
+    return create_async_engine(
+        settings.database_url,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=READY_CHECK_TIMEOUT,
+        connect_args={"connect_timeout": 1, "application_name": "jotc-api-readiness"},
+    )
+
+
 async def warm_up(engine: AsyncEngine, pool_size: int) -> None:
     """Open every pooled connection now, so the first request pays no connection set-up."""
     connections = [await engine.connect() for _ in range(pool_size)]
@@ -131,7 +144,7 @@ def create_app(
     ``clock`` is the wall clock of rate limiting's windows (tests give their own)."""
     if configure_logs:
         configure_logging(settings.log_level, settings.log_format)
-    link = redis if redis is not None else RedisLink(settings.redis_url)
+    link = redis if redis is not None else RedisLink(settings.redis_url, settings.redis_max_connections)
     drain = drain if drain is not None else DrainFlag.attach()
     litestar = create_litestar(settings, link, drain)
     app: ASGIApp = transport.fast_path(litestar, litestar) if fast_path else litestar
@@ -143,6 +156,8 @@ def create_app(
 
 
 def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Litestar:
+    memory = MemoryBudget(settings.request_memory or DEFAULT_REQUEST_MEMORY)
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = make_engine(settings)
@@ -157,7 +172,14 @@ def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Li
             max_pending=settings.recorder_max_batch * settings.db_pool_size * 4,
             write_timeout=DB_WRITE_TIMEOUT_SECONDS,
         )
-        app.state.update(engine=engine, recorder=recorder, redis=link, idempotency=IdempotencyStore(link))
+        readiness_engine = make_readiness_engine(settings)
+        app.state.update(
+            engine=engine,
+            recorder=recorder,
+            redis=link,
+            idempotency=IdempotencyStore(link),
+            readiness=DatabaseReadiness(readiness_engine),
+        )
         # Erasures that outlive their request, or a restart, are finished here (erasure.py).
         pace = Pace(settings.erasure_chunk_rows, settings.erasure_busy_percent / 100)
         app.state.eraser = Eraser(engine, partial(forget_erased, app.state), pace=pace)
@@ -168,6 +190,7 @@ def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Li
             await app.state.eraser.close()
             await recorder.close(timeout=settings.shutdown_timeout)
             await engine.dispose()
+            await readiness_engine.dispose()
             await link.close()
             log.info("stopped")
 
@@ -188,8 +211,16 @@ def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Li
                 "settings": settings,
                 "drain": drain,
                 "uploads": transport.Uploads(
-                    settings.upload_slots, settings.max_body_bytes, settings.body_read_timeout
+                    slots=settings.upload_slots,
+                    per_client=settings.uploads_per_client,
+                    max_body=settings.max_body_bytes,
+                    max_clouds=settings.max_clouds,
+                    seconds=settings.body_read_timeout,
+                    min_rate=settings.body_min_rate,
+                    memory=memory,
+                    clients=Clients(settings.trusted_proxies),
                 ),
+                "memory": memory,
             }
         ),
         lifespan=[lifespan],

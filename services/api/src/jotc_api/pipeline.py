@@ -28,6 +28,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from jotc_api.drain import DrainFlag
 from jotc_api.logs import CURRENT_REQUEST_ID, AccessLog
+from jotc_api.memory import give_back
 from jotc_api.metrics import NOT_MEASURED, UNMATCHED, RequestTally, method_label
 from jotc_api.problems import Problem, internal_error
 from jotc_api.transport import CLIENT_CLOSED_KEY, send_answer
@@ -171,6 +172,7 @@ def response_pipeline(
                 raise  # the answer has started: the server can only cut the connection
             await send_answer(send_through, *internal_error().render())
         finally:
+            give_back(scope)  # the memory the request charged (memory.py): its answer is out
             # No answer went out, or the body stopped short (the client left, or its framing was
             # broken): a client close, never a server error.
             final = CLIENT_CLOSED if not status or scope.get(CLIENT_CLOSED_KEY) else status

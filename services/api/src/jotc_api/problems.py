@@ -44,6 +44,11 @@ KINDS: dict[str, tuple[str, str]] = {
         "The body did not arrive within JOTC_BODY_READ_TIMEOUT seconds of the headers; nothing was "
         "recorded and the connection is closed. Send the whole body promptly.",
     ),
+    "length-required": (
+        "Content-Length required",
+        "A body must be sent with Content-Length. Transfer-Encoding (chunked or any other coding) is "
+        "refused: a body framed two ways is how requests are smuggled past proxies.",
+    ),
     "unsupported-media-type": (
         "Unsupported media type",
         "Send Content-Type: application/json, or text/plain with the HackerRank input format.",
@@ -57,7 +62,8 @@ KINDS: dict[str, tuple[str, str]] = {
     ),
     "overloaded": (
         "Service overloaded",
-        "Too many requests are already waiting for the database in this worker; nothing was "
+        "This worker is at one of its bounds (requests waiting for the database, bodies being "
+        "received, this client's share of them, or the memory requests may hold); nothing was "
         "recorded. Retry after Retry-After seconds.",
     ),
     "unauthorized": ("Unauthorized", "Send Authorization: Bearer <JOTC_ADMIN_TOKEN>."),
@@ -188,22 +194,43 @@ def body_longer_than_declared() -> Problem:
     return Problem(400, "malformed-body", "the request body is longer than its Content-Length", headers=CLOSE)
 
 
-def framing_conflict() -> Problem:
+def body_too_slow(bytes_per_second: int) -> Problem:
     return Problem(
-        400,
-        "bad-request",
-        "Content-Length and Transfer-Encoding must not both be given: send one framing",
+        408,
+        "body-timeout",
+        f"the request body arrived slower than {bytes_per_second} bytes a second (JOTC_BODY_MIN_RATE)",
         headers=CLOSE,
     )
 
 
-def uploads_full() -> Problem:
+def length_required() -> Problem:
     return Problem(
-        503,
-        "overloaded",
-        "too many request bodies are being received at once; nothing was recorded",
-        headers={"Retry-After": RETRY_AFTER_SECONDS, **CLOSE},
+        411,
+        "length-required",
+        "send the body with Content-Length; Transfer-Encoding is not accepted",
+        headers=CLOSE,
     )
+
+
+def busy(detail: str) -> Problem:
+    """503 overloaded before the body was read: nothing was recorded, and the connection closes."""
+    return Problem(
+        503, "overloaded", f"{detail}; nothing was recorded", headers={"Retry-After": RETRY_AFTER_SECONDS, **CLOSE}
+    )
+
+
+def uploads_full() -> Problem:
+    return busy("too many request bodies are being received at once")
+
+
+def client_uploads_full() -> Problem:
+    return busy(
+        "this client is already sending as many request bodies at once as one client may (JOTC_UPLOAD_SHARE_PERCENT)"
+    )
+
+
+def memory_full() -> Problem:
+    return busy("this worker holds as much request data as its memory allows (JOTC_REQUEST_MEMORY)")
 
 
 def internal_error() -> Problem:

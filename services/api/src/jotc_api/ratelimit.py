@@ -14,7 +14,6 @@ Without Redis each worker enforces the limit alone.
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import math
 import time
@@ -25,6 +24,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 from prometheus_client import Counter
 
+from jotc_api.clients import Clients
 from jotc_api.problems import Problem
 from jotc_api.redis_link import REDIS_ERRORS, REDIS_TIMEOUT_SECONDS, RedisLink
 from jotc_api.settings import RateLimit
@@ -34,39 +34,6 @@ RATE_LIMITED = Counter("jotc_rate_limited", "Requests answered 429")
 SYNC_SECONDS = 0.1
 MAX_CLIENTS = 100_000  # tracked per worker per window; past it, new clients share OVERFLOW
 OVERFLOW = "overflow"
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def parse_address(text: str) -> IPAddress | None:
-    """An address as proxies write it: "203.0.113.7", "203.0.113.7:5678", "2001:db8::1",
-    "[2001:db8::1]:5678", optionally quoted; None for anything else."""
-    candidate = text.strip().strip('"')
-    if candidate.startswith("["):
-        candidate = candidate[1:].partition("]")[0]
-    elif candidate.count(":") == 1:
-        candidate = candidate.partition(":")[0]
-    try:
-        address = ipaddress.ip_address(candidate)
-    except ValueError:
-        return None
-    # An IPv4 client seen through a dual-stack listener is that IPv4 address.
-    return address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped else address
-
-
-def address_key(address: IPAddress | None) -> str:
-    if address is None:
-        return "unknown"
-    if isinstance(address, ipaddress.IPv6Address):
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
-
-
-@functools.lru_cache(maxsize=4096)
-def peer_key(peer: str) -> str:
-    """The bucket of a peer's own address. A worker sees the same peers (clients, or the ingress's
-    few addresses) again and again, and parsing one costs five times what admitting it does; the
-    cache is bounded, so made-up peers only churn it."""
-    return address_key(parse_address(peer))
 
 
 @dataclass(slots=True)
@@ -90,7 +57,7 @@ class RateLimiter:
     ) -> None:
         self.limit = limit
         self.link = link
-        self.trusted = tuple(trusted_proxies)
+        self.clients = Clients(trusted_proxies)
         self.max_clients = max_clients
         self.clock = clock
         self.windows: dict[str, Window] = {}
@@ -98,32 +65,7 @@ class RateLimiter:
         self.sync_task: asyncio.Task[None] | None = None
 
     def client_key(self, peer: str, forwarded_for: list[str]) -> str:
-        """The bucket a request counts against: its client's address, an IPv6 client's /64
-        (one subscriber's allocation: made-up addresses inside it share one budget)."""
-        if not forwarded_for:
-            return peer_key(peer)
-        return address_key(self.client_address(peer, forwarded_for))
-
-    def client_address(self, peer: str, forwarded_for: list[str]) -> IPAddress | None:
-        """The peer, unless it is a trusted proxy: then, reading X-Forwarded-For right to left
-        (every line of it, as one list, RFC 9110 5.3), the first hop that is not a trusted proxy.
-        A hop that is not an IP address ends the walk at the proxy that passed it on: what lies
-        left of it was written by the client and is not believed."""
-        current = parse_address(peer)
-        if current is None or not forwarded_for or not self.is_trusted(current):
-            return current
-        hops = [hop for line in forwarded_for for hop in line.split(",")]
-        for hop in reversed(hops):
-            address = parse_address(hop)
-            if address is None:
-                return current
-            if not self.is_trusted(address):
-                return address
-            current = address
-        return current
-
-    def is_trusted(self, address: IPAddress) -> bool:
-        return any(address in network for network in self.trusted)
+        return self.clients.key(peer, forwarded_for)
 
     def admit(self, client: str) -> tuple[bool, int, int]:
         """(admitted, remaining, seconds until the window resets). Past ``max_clients`` tracked
@@ -212,14 +154,7 @@ def rate_limit_middleware(limiter: RateLimiter, app: ASGIApp) -> ASGIApp:
         if scope["type"] != ScopeType.HTTP or scope["path"].rstrip("/") in EXEMPT_PATHS:
             await app(scope, receive, send)
             return
-        client = scope.get("client")
-        peer = client[0] if client else ""
-        forwarded = (
-            [value.decode("latin-1") for name, value in scope["headers"] if name == b"x-forwarded-for"]
-            if limiter.trusted
-            else []
-        )
-        admitted, _, reset = limiter.admit(limiter.client_key(peer, forwarded))
+        admitted, _, reset = limiter.admit(limiter.clients.of(scope))
         if admitted:
             await app(scope, receive, send)
             return

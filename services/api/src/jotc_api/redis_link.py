@@ -3,7 +3,8 @@
 Redis is optional and may fail at any moment; nothing may stop or stall /jumps
 because of it. Every call has a short timeout; a failure is counted in
 ``jotc_redis_failures_total`` and logged once per episode (and once when Redis
-is back), not once per request; the client reconnects by itself. The client is
+is back), not once per request; the client reconnects by itself. Its connections are a bounded
+pool, sized with the rest of the connection budget (JOTC_REDIS_MAX_CONNECTIONS). The client is
 made here but connects on first use, so no connection exists before the app's
 lifespan starts.
 """
@@ -14,8 +15,10 @@ import asyncio
 
 import structlog
 from prometheus_client import Counter
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
+
+from jotc_api.settings import DEFAULT
 
 log = structlog.get_logger("jotc.redis")
 
@@ -27,14 +30,20 @@ REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 class RedisLink:
     """The Redis client and the episode bookkeeping shared by every Redis feature of a worker."""
 
-    def __init__(self, url: str | None) -> None:
+    def __init__(self, url: str | None, max_connections: int = DEFAULT["redis_max_connections"]) -> None:
+        # A bounded pool (JOTC_REDIS_MAX_CONNECTIONS per worker): a caller past the bound waits up
+        # to the operation's timeout for a connection, then fails as if Redis were down.
         self.client: Redis | None = (
-            Redis.from_url(
-                url,
-                socket_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-                retry_on_timeout=False,
-                health_check_interval=30,
+            Redis(
+                connection_pool=BlockingConnectionPool.from_url(
+                    url,
+                    max_connections=max_connections,
+                    timeout=REDIS_TIMEOUT_SECONDS,
+                    socket_timeout=REDIS_TIMEOUT_SECONDS,
+                    socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                    retry_on_timeout=False,
+                    health_check_interval=30,
+                )
             )
             if url
             else None
@@ -66,4 +75,4 @@ class RedisLink:
 
     async def close(self) -> None:
         if self.client is not None:
-            await self.client.aclose()
+            await self.client.aclose(close_connection_pool=True)

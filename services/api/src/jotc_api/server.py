@@ -26,11 +26,15 @@ from typing import Any
 from granian.server import Server
 
 from jotc_api.drain import FLAG_ENV, DrainFlag
+from jotc_api.memory import BudgetError, plan_request_memory
 from jotc_api.settings import Settings, SettingsError, load_settings
 
 CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 CGROUP_V1_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
 CGROUP_V1_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+CGROUP_V2_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
+CGROUP_V1_MEMORY_LIMIT = Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+UNLIMITED_V1 = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63
 
 
 def cpu_quota(cpu_max: Path = CGROUP_V2_CPU_MAX) -> float | None:
@@ -48,6 +52,27 @@ def cpu_quota(cpu_max: Path = CGROUP_V2_CPU_MAX) -> float | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+def memory_limit(paths: tuple[Path, ...] = (CGROUP_V2_MEMORY_MAX, CGROUP_V1_MEMORY_LIMIT)) -> int | None:
+    """The container's memory limit in bytes, or None when unlimited or unknown."""
+    for path in paths:
+        try:
+            raw = path.read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < UNLIMITED_V1:
+            return int(raw)
+        return None
+    return None
+
+
+def worker_memory(settings: Settings, workers: int) -> int | None:
+    """The memory each worker is given: JOTC_WORKER_MEMORY, else the container's limit shared."""
+    if settings.worker_memory is not None:
+        return settings.worker_memory
+    limit = memory_limit()
+    return None if limit is None else limit // workers
 
 
 def available_cpus() -> int:
@@ -142,6 +167,18 @@ def run(settings: Settings) -> None:
     from granian.log import LogLevels
 
     workers = settings.workers or available_cpus()
+    try:
+        request_memory = plan_request_memory(
+            request_memory=settings.request_memory,
+            max_body_bytes=settings.max_body_bytes,
+            max_clouds=settings.max_clouds,
+            worker_memory=worker_memory(settings, workers),
+            workers=workers,
+        )
+    except BudgetError as exc:
+        print(f"jotc-api: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    os.environ["JOTC_REQUEST_MEMORY"] = str(request_memory)  # what each worker's budget holds
     prepare_metrics_dir()
     drain = DrainFlag.create()
     assert drain.path is not None

@@ -16,6 +16,16 @@ from typing import Any
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+MIB = 1024 * 1024
+DEFAULT_MAX_CLOUDS = 100_000
+
+
+def longest_body(max_clouds: int) -> int:
+    """The default body limit: the largest valid input in its longest ordinary spelling, a JSON
+    array with ", " between clouds (3 bytes a cloud, as Python's json.dumps writes it), plus room
+    for the other fields (a 320-character user name written as \\u escapes is under 4 KiB)."""
+    return 3 * max_clouds + 16 * 1024
+
 
 class SettingsError(ValueError):
     """One environment variable has a value the service cannot run with."""
@@ -32,8 +42,8 @@ class Settings:
     database_url: URL
     redis_url: str | None = None
     admin_token: str | None = None
-    max_clouds: int = 100_000
-    max_body_bytes: int = 1024 * 1024
+    max_clouds: int = DEFAULT_MAX_CLOUDS
+    max_body_bytes: int = longest_body(DEFAULT_MAX_CLOUDS)
     rate_limit: RateLimit | None = None
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     cors_origins: tuple[str, ...] = ()
@@ -53,6 +63,11 @@ class Settings:
     max_header_bytes: int = 64 * 1024
     body_read_timeout: float = 10.0
     max_uploads: int | None = None  # None: half of backpressure
+    upload_share_percent: int = 25
+    body_min_rate: int = 4096
+    request_memory: int | None = None  # None: memory.DEFAULT_REQUEST_MEMORY, or less if a worker has less
+    worker_memory: int | None = None  # None: the container's memory limit divided among the workers
+    redis_max_connections: int = 16
     admin_page_cells: int = 1_000_000
     erasure_chunk_rows: int = 1000
     erasure_busy_percent: int = 10
@@ -69,6 +84,11 @@ class Settings:
         """Bodies being received at once per worker. Below backpressure, so clients that trickle
         their bodies can never take every slot: probes and quick requests always find room."""
         return self.max_uploads if self.max_uploads is not None else max(1, self.backpressure // 2)
+
+    @property
+    def uploads_per_client(self) -> int:
+        """Upload slots one client (clients.py: an address, an IPv6 /64) may hold at once."""
+        return max(1, self.upload_slots * self.upload_share_percent // 100)
 
 
 # Each default is written once, on the dataclass above; the loader below reads it from there.
@@ -87,6 +107,23 @@ def integer(env: Mapping[str, str], name: str, default: int, low: int, high: int
         raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+UNITS = {"": 1, "k": 1000, "ki": 1024, "m": 1000**2, "mi": MIB, "g": 1000**3, "gi": 1024 * MIB}
+
+
+def byte_size(env: Mapping[str, str], name: str, low: int, high: int) -> int | None:
+    """Bytes, written as Kubernetes writes memory: 134217728, 128Mi, 1Gi, 500M; None when unset."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    match = re.fullmatch(r"([0-9]{1,15})\s*([kKmMgG]i?)?", raw)
+    if not match:
+        raise SettingsError(f"{name} must be a size in bytes such as 134217728, 128Mi or 1Gi, got {raw!r}")
+    value = int(match[1]) * UNITS[(match[2] or "").lower()]
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low // MIB}Mi and {high // MIB}Mi, got {raw!r}")
     return value
 
 
@@ -187,12 +224,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     env = os.environ if env is None else env
     workers_raw = env.get("JOTC_WORKERS", "").strip()
+    max_clouds = integer(env, "JOTC_MAX_CLOUDS", DEFAULT["max_clouds"], 2, 10_000_000)
     return Settings(
         database_url=database_url(env),
         redis_url=redis_url(env),
         admin_token=admin_token(env),
-        max_clouds=integer(env, "JOTC_MAX_CLOUDS", DEFAULT["max_clouds"], 2, 10_000_000),
-        max_body_bytes=integer(env, "JOTC_MAX_BODY_BYTES", DEFAULT["max_body_bytes"], 64, 256 * 1024 * 1024),
+        max_clouds=max_clouds,
+        max_body_bytes=integer(env, "JOTC_MAX_BODY_BYTES", longest_body(max_clouds), 64, 256 * MIB),
         rate_limit=rate_limit(env),
         trusted_proxies=trusted_proxies(env),
         cors_origins=cors_origins(env),
@@ -219,6 +257,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_uploads=integer(env, "JOTC_MAX_UPLOADS", 1, 1, 100_000)
         if env.get("JOTC_MAX_UPLOADS", "").strip()
         else None,
+        upload_share_percent=integer(env, "JOTC_UPLOAD_SHARE_PERCENT", DEFAULT["upload_share_percent"], 1, 100),
+        body_min_rate=integer(env, "JOTC_BODY_MIN_RATE", DEFAULT["body_min_rate"], 0, 100 * MIB),
+        request_memory=byte_size(env, "JOTC_REQUEST_MEMORY", MIB, 64 * 1024 * MIB),
+        worker_memory=byte_size(env, "JOTC_WORKER_MEMORY", 64 * MIB, 1024 * 1024 * MIB),
+        redis_max_connections=integer(env, "JOTC_REDIS_MAX_CONNECTIONS", DEFAULT["redis_max_connections"], 2, 10_000),
         admin_page_cells=integer(env, "JOTC_ADMIN_PAGE_CELLS", DEFAULT["admin_page_cells"], 1000, 100_000_000),
         erasure_chunk_rows=integer(env, "JOTC_ERASURE_CHUNK_ROWS", DEFAULT["erasure_chunk_rows"], 10, 100_000),
         # The share of the time an erasure's runner deletes; it rests the remainder (erasure.py).

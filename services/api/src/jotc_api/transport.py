@@ -12,8 +12,9 @@ nothing to keep in step by hand. Everything else goes to Litestar.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import msgspec
@@ -21,16 +22,20 @@ from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
+from jotc_api.clients import Clients
 from jotc_api.deadline import Deadline
+from jotc_api.memory import MemoryBudget, body_cost
 from jotc_api.problems import (
     FieldError,
     Problem,
     body_longer_than_declared,
     body_timeout,
     body_too_large,
+    body_too_slow,
+    client_uploads_full,
     clip,
-    framing_conflict,
     incomplete_body,
+    length_required,
     uploads_full,
     validation_problem,
 )
@@ -99,35 +104,49 @@ async def send_answer(send: Send, status: int, headers: list[tuple[bytes, bytes]
     await send(end)
 
 
-async def read_body(receive: Receive, limit: int, timeout: float, length: int = -1) -> bytes | None:
-    """The whole body within ``timeout`` seconds (else 408), refused with 413 as soon as it passes
-    ``limit``; None if the client left.
+RATE_GRACE_SECONDS = 1.0  # before the body's minimum rate applies: one round trip, a slow start
 
-    ``length`` is the declared Content-Length (-1: none, as with chunked bodies; request_fields
-    refuses a request that declares both). Once that many bytes are in, the body is complete by
-    HTTP's own framing, so the server's closing empty message is not awaited: Granian sends the
-    bytes with ``more_body`` still true, and asking again is one more hand-over between its
-    threads and the event loop (~23 µs of CPU a request, and a wake-up at one connection:
-    services/api/README.md). More bytes than declared are refused, whoever delivered them."""
+
+async def read_body(
+    receive: Receive,
+    limit: int,
+    timeout: float,
+    length: int = -1,
+    min_rate: int = 0,
+    grace: float = RATE_GRACE_SECONDS,
+) -> bytes | None:
+    """The whole body within ``timeout`` seconds (else 408), refused with 413 as soon as it passes
+    ``limit``; None if the client left. With ``min_rate`` (bytes a second), a body that falls
+    behind that rate after ``grace`` seconds is cut off with 408 as soon as it does, so a client
+    that stalls cannot keep its upload slot for the whole timeout.
+
+    ``length`` is the declared Content-Length (-1: none). Once that many bytes are in, the body is
+    complete by HTTP's own framing, so the server's closing empty message is not awaited: Granian
+    sends the bytes with ``more_body`` still true, and asking again is one more hand-over between
+    its threads and the event loop. More bytes than declared are refused, whoever delivered them."""
     chunks: list[bytes] = []
     size = 0
-    try:
-        with Deadline(timeout):
-            while True:
+    started = time.monotonic()
+    ends = started + timeout
+    while True:
+        # Wait for the next chunk until the deadline, or until the body falls behind min_rate.
+        due = min(ends, started + grace + size / min_rate) if min_rate else ends
+        try:
+            with Deadline(due - time.monotonic()):
                 message = await receive()
-                if message["type"] == "http.disconnect":
-                    return None
-                chunk = cast("bytes", message.get("body", b""))
-                size += len(chunk)
-                if size > limit:
-                    raise body_too_large()
-                if size > length >= 0:
-                    raise body_longer_than_declared()  # a server that does not enforce Content-Length
-                chunks.append(chunk)
-                if size == length or not message.get("more_body", False):
-                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    except TimeoutError:
-        raise body_timeout(timeout) from None
+        except TimeoutError:
+            raise (body_timeout(timeout) if due >= ends else body_too_slow(min_rate)) from None
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = cast("bytes", message.get("body", b""))
+        size += len(chunk)
+        if size > limit:
+            raise body_too_large()
+        if size > length >= 0:
+            raise body_longer_than_declared()  # a server that does not enforce Content-Length
+        chunks.append(chunk)
+        if size == length or not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def served_routes(app: Litestar) -> dict[str, ServedRoute]:
@@ -143,25 +162,43 @@ def served_routes(app: Litestar) -> dict[str, ServedRoute]:
 
 @dataclass(slots=True)
 class Uploads:
-    """How a served route receives its body, whichever transport brought the request: refused
-    early from Content-Length (413), at most ``slots`` bodies received at once in this worker
-    (503), each within ``seconds`` (408)."""
+    """How a served route receives its body, whichever transport brought the request, each bound
+    checked from the headers before a byte of the body is read: refused from Content-Length
+    (413); the most the body can cost charged to the worker's memory budget (503, memory.py); at
+    most ``slots`` bodies received at once in this worker, and ``per_client`` of them from one
+    client (503); each body within ``seconds`` and never slower than ``min_rate`` (408)."""
 
     slots: int
+    per_client: int
     max_body: int
+    max_clouds: int
     seconds: float
+    min_rate: int
+    memory: MemoryBudget
+    clients: Clients
     busy: int = 0
+    by_client: dict[str, int] = field(default_factory=dict)
 
-    async def receive(self, content_length: int, receive: Receive) -> bytes | None:
+    async def receive(self, scope: Scope, content_length: int, receive: Receive) -> bytes | None:
         if content_length > self.max_body:
             raise body_too_large()
+        await self.memory.charge(scope, body_cost(content_length, self.max_clouds))
         if self.busy >= self.slots:
             raise uploads_full()
+        client = self.clients.of(scope)
+        held = self.by_client.get(client, 0)
+        if held >= self.per_client:
+            raise client_uploads_full()
         self.busy += 1
+        self.by_client[client] = held + 1
         try:
-            return await read_body(receive, self.max_body, self.seconds, content_length)
+            return await read_body(receive, self.max_body, self.seconds, content_length, self.min_rate)
         finally:
             self.busy -= 1
+            if self.by_client[client] > 1:
+                self.by_client[client] -= 1
+            else:
+                del self.by_client[client]
 
 
 SINGLE_FIELDS = {
@@ -174,13 +211,17 @@ SINGLE_FIELDS = {
 
 def request_fields(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, int, bytes | None]:
     """Content-Type, Content-Length (-1 if absent) and Idempotency-Key. Each may be given once: a
-    repeated one is refused rather than guessed (a proxy in front may have read the other)."""
+    repeated one is refused rather than guessed (a proxy in front may have read the other).
+
+    A body must be framed by Content-Length alone: any Transfer-Encoding is refused (411). The
+    server reads a request framed both ways as chunked and drops its Content-Length before the
+    application sees it (RFC 9112 6.3 allows that), so refusing Transfer-Encoding is the one way
+    to refuse that request, and an unknown coding ("gzip, chunked") is never read as plain."""
     found: dict[bytes, bytes] = {}
-    transfer_encoding = False
     for name, value in headers:
         if name == b"transfer-encoding":
-            transfer_encoding = True
-        elif name in SINGLE_FIELDS:
+            raise length_required()
+        if name in SINGLE_FIELDS:
             if name in found:
                 field = SINGLE_FIELDS[name]
                 if field is None:
@@ -194,10 +235,6 @@ def request_fields(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, int, by
             415, "unsupported-media-type", f"Content-Encoding {clip(encoding.decode('latin-1'))!r} is not accepted"
         )
     length = found.get(b"content-length", b"")
-    if transfer_encoding and length:
-        # RFC 9112 6.3: a request framed both ways is an error (and a smuggling attempt's mark);
-        # the body is read up to Content-Length, so it must be the only framing.
-        raise framing_conflict()
     return (
         found.get(b"content-type", b"").decode("latin-1"),
         int(length) if length.isdigit() else -1,
@@ -214,7 +251,7 @@ async def receive_and_serve(state: Any, route: ServedRoute, scope: Scope, receiv
     """A served route's answer, from the raw request: the one way either transport runs it."""
     content_type, content_length, key = request_fields(scope["headers"])
     kind = route.check(content_type)
-    body = await state.uploads.receive(content_length, receive)
+    body = await state.uploads.receive(scope, content_length, receive)
     if body is None:
         # The body ended early: the client hung up (the answer then goes nowhere and the pipeline
         # counts a client close), or the server rejected its framing (broken chunked encoding):

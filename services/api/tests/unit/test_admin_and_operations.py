@@ -73,13 +73,13 @@ async def test_times_without_an_offset_are_422_naming_each() -> None:
     assert [e.field for e in refused.value.errors or []] == ["since", "until"]
 
 
-async def test_a_stats_cursor_whose_time_is_not_a_time_is_refused() -> None:
-    cursor = admin.make_cursor("stats:last_request_at:desc", ["yesterday", "ann"])
+@pytest.mark.parametrize("sort", ["requests", "last_request_at"])
+async def test_a_stats_cursor_with_a_sort_that_does_not_page_is_refused(sort: str) -> None:
+    cursor = admin.make_cursor("stats:user:desc", ["ann", "ann"])
     with pytest.raises(Problem) as refused:
-        await admin.admin_stats.fn(request(), limit=10, cursor=cursor, sort="last_request_at", order="desc")
+        await admin.admin_stats.fn(request(), limit=10, cursor=cursor, sort=sort, order="desc")
     assert status_of(refused) == (422, "validation")
-    assert refused.value.errors
-    assert refused.value.errors[0].field == "cursor"
+    assert [(e.field, e.message) for e in refused.value.errors or []] == [("cursor", admin.UNPAGED_SORT)]
 
 
 async def test_stats_while_postgresql_is_down_is_503(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -238,7 +238,8 @@ async def test_readyz_on_a_newer_compatible_schema_is_ready_and_says_which(monke
 
     monkeypatch.setattr(operations, "schema_verdict", verdict)
     engine = SimpleNamespace(connect=Connecting)
-    response = await operations.readyz.fn(request(engine=engine, drain=DrainFlag(bytearray(1)), redis=Redis()))
+    readiness = operations.DatabaseReadiness(engine)
+    response = await operations.readyz.fn(request(readiness=readiness, drain=DrainFlag(bytearray(1)), redis=Redis()))
     assert response.status_code == 200
     assert msgspec.json.decode(response.content)["checks"]["schema"] == {
         "status": "ok",

@@ -15,6 +15,8 @@ from litestar.exceptions import HTTPException
 
 from jotc_api import app as app_module
 from jotc_api import problems
+from jotc_api.clients import Clients
+from jotc_api.memory import HELD_KEY, MemoryBudget, body_cost, give_back
 from jotc_api.problems import FieldError, Problem
 from jotc_api.transport import (
     CLIENT_CLOSED_KEY,
@@ -235,16 +237,50 @@ async def test_a_body_that_does_not_arrive_in_time_is_408() -> None:
     assert (refused.value.status, refused.value.kind) == (408, "body-timeout")
 
 
-async def test_uploads_refuse_a_declared_length_over_the_limit_before_reading() -> None:
-    uploads = Uploads(slots=1, max_body=10, seconds=5)
+async def test_a_body_that_falls_behind_the_minimum_rate_is_cut_off_before_the_timeout() -> None:
+    receive = messages({"type": "http.request", "body": b"ab", "more_body": True})  # then nothing
+    stalled = asyncio.Event()
+
+    async def then_stall() -> Message:
+        if not stalled.is_set():
+            stalled.set()
+            return await receive()
+        return await never()
+
     with pytest.raises(Problem) as refused:
-        await uploads.receive(11, never)
-    assert refused.value.status == 413
-    assert uploads.busy == 0
+        await read_body(then_stall, limit=100, timeout=60, length=10, min_rate=1000, grace=0)
+    assert (refused.value.status, refused.value.kind) == (408, "body-timeout")
+    assert "slower than 1000 bytes a second" in refused.value.detail
 
 
-async def test_uploads_refuse_a_body_when_every_slot_is_busy_and_free_the_slot_after() -> None:
-    uploads = Uploads(slots=1, max_body=100, seconds=5)
+async def test_a_body_that_keeps_the_minimum_rate_is_read() -> None:
+    receive = messages(
+        {"type": "http.request", "body": b"ab", "more_body": True},
+        {"type": "http.request", "body": b"cd", "more_body": True},
+    )
+    assert await read_body(receive, limit=100, timeout=5, length=4, min_rate=1000, grace=0.5) == b"abcd"
+
+
+def make_uploads(**settings: Any) -> Uploads:
+    defaults: dict[str, Any] = {
+        "slots": 2,
+        "per_client": 2,
+        "max_body": 100,
+        "max_clouds": 100,
+        "seconds": 5,
+        "min_rate": 0,
+        "memory": MemoryBudget(10**9),
+        "clients": Clients(()),
+    }
+    return Uploads(**(defaults | settings))
+
+
+def from_client(address: str = "203.0.113.7") -> dict[str, Any]:
+    return {"client": (address, 50000), "headers": []}
+
+
+async def held_open(uploads: Uploads, scope: dict[str, Any]) -> tuple[asyncio.Task[bytes | None], asyncio.Event]:
+    """An upload that has taken its slot and waits until the returned event is set."""
     entered, gate = asyncio.Event(), asyncio.Event()
 
     async def slow() -> Message:
@@ -252,15 +288,62 @@ async def test_uploads_refuse_a_body_when_every_slot_is_busy_and_free_the_slot_a
         await gate.wait()
         return {"type": "http.request", "body": b"done", "more_body": False}
 
-    first = asyncio.create_task(uploads.receive(4, slow))
+    task = asyncio.create_task(uploads.receive(scope, 4, slow))  # type: ignore[arg-type]
     await asyncio.wait_for(entered.wait(), timeout=5)
+    return task, gate
+
+
+async def test_uploads_refuse_a_declared_length_over_the_limit_before_reading() -> None:
+    uploads = make_uploads(max_body=10)
+    with pytest.raises(Problem) as refused:
+        await uploads.receive(from_client(), 11, never)  # type: ignore[arg-type]
+    assert refused.value.status == 413
+    assert uploads.busy == 0
+
+
+async def test_uploads_refuse_a_body_when_every_slot_is_busy_and_free_the_slot_after() -> None:
+    uploads = make_uploads(slots=1)
+    first, gate = await held_open(uploads, from_client("203.0.113.1"))
     assert uploads.busy == 1
     with pytest.raises(Problem) as refused:
-        await uploads.receive(4, slow)
+        await uploads.receive(from_client("203.0.113.2"), 4, never)  # type: ignore[arg-type]
     assert (refused.value.status, refused.value.kind) == (503, "overloaded")
     gate.set()
     assert await asyncio.wait_for(first, timeout=5) == b"done"
     assert uploads.busy == 0, "the slot is given back once the body is in"
+
+
+async def test_one_client_holds_at_most_its_share_of_the_slots_and_others_still_find_room() -> None:
+    uploads = make_uploads(slots=4, per_client=2)
+    held = [await held_open(uploads, from_client("2001:db8::1")), await held_open(uploads, from_client("2001:db8::2"))]
+    with pytest.raises(Problem) as refused:  # the same /64: the same client
+        await uploads.receive(from_client("2001:db8::3"), 4, never)  # type: ignore[arg-type]
+    assert (refused.value.status, refused.value.kind) == (503, "overloaded")
+    assert "this client" in refused.value.detail
+    bystander, gate = await held_open(uploads, from_client("198.51.100.9"))
+    for _, release in [*held, (bystander, gate)]:
+        release.set()
+    assert await asyncio.gather(bystander, *(task for task, _ in held)) == [b"done"] * 3
+    assert (uploads.busy, uploads.by_client) == (0, {}), "every slot and every client's count given back"
+
+
+async def test_a_body_is_charged_to_the_memory_budget_before_it_is_read_and_refused_when_it_does_not_fit() -> None:
+    cost = body_cost(50, 100)
+    uploads = make_uploads(memory=MemoryBudget(cost * 2, wait_seconds=0))
+    first, second = from_client(), from_client()
+    read = messages({"type": "http.request", "body": b"x" * 50, "more_body": False})
+    assert await uploads.receive(first, 50, read) == b"x" * 50  # type: ignore[arg-type]
+    assert uploads.memory.held == cost, "held until the answer has gone out, not until the body is in"
+    read = messages({"type": "http.request", "body": b"x" * 50, "more_body": False})
+    await uploads.receive(second, 50, read)  # type: ignore[arg-type]
+    with pytest.raises(Problem) as refused:
+        await uploads.receive(from_client(), 50, never)  # type: ignore[arg-type]
+    assert (refused.value.status, refused.value.kind) == (503, "overloaded")
+    assert "memory" in refused.value.detail
+    give_back(first)  # type: ignore[arg-type]
+    give_back(second)  # type: ignore[arg-type]
+    assert uploads.memory.held == 0
+    assert first[HELD_KEY].cost == 0, "given back once"
 
 
 @pytest.mark.parametrize(
@@ -281,16 +364,21 @@ def test_a_repeated_header_field_is_refused_not_guessed(
     assert words in refused.value.detail
 
 
-def test_a_request_framed_by_both_content_length_and_transfer_encoding_is_refused() -> None:
-    for headers in (
+@pytest.mark.parametrize(
+    "headers",
+    [
         [(b"content-length", b"10"), (b"transfer-encoding", b"chunked")],
         [(b"transfer-encoding", b"chunked"), (b"content-length", b"10")],
-    ):
-        with pytest.raises(Problem) as refused:
-            request_fields(headers)
-        assert refused.value.status == 400
-        assert "Content-Length and Transfer-Encoding" in document(refused.value)["detail"]
-    assert request_fields([(b"transfer-encoding", b"chunked")]) == ("", -1, None), "chunked alone: no length"
+        [(b"transfer-encoding", b"chunked")],
+        [(b"transfer-encoding", b"gzip, chunked")],
+        [(b"transfer-encoding", b"identity")],
+    ],
+)
+def test_a_body_framed_by_transfer_encoding_is_refused(headers: list[tuple[bytes, bytes]]) -> None:
+    with pytest.raises(Problem) as refused:
+        request_fields(headers)
+    assert (refused.value.status, refused.value.kind) == (411, "length-required")
+    assert refused.value.headers["Connection"] == "close"
 
 
 def test_request_fields_read_once_each() -> None:
@@ -317,7 +405,7 @@ async def test_a_body_that_stops_short_is_400_and_marks_the_client_closed() -> N
     route = ServedRoute("/jumps", check=lambda kind: f"kind of {kind}", answer=None, replay=None, serve=serve)  # type: ignore[arg-type]
 
     class State:
-        uploads = Uploads(slots=2, max_body=100, seconds=5)
+        uploads = make_uploads()
 
     scope: dict[str, Any] = {"headers": [(b"content-type", b"application/json")], "query_string": b""}
     gone = messages({"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"})

@@ -1,0 +1,92 @@
+"""Who a request comes from, as every per-client bound counts it: the client's address, an IPv6
+client's /64, and X-Forwarded-For believed only from trusted proxies (JOTC_TRUSTED_PROXIES).
+
+Rate limiting (ratelimit.py) and the per-client share of upload slots (transport.py) both key
+their counts with ``Clients.of``, so one client is one client for every bound.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Iterable
+
+from litestar.types import Scope
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_address(text: str) -> IPAddress | None:
+    """An address as proxies write it: "203.0.113.7", "203.0.113.7:5678", "2001:db8::1",
+    "[2001:db8::1]:5678", optionally quoted; None for anything else."""
+    candidate = text.strip().strip('"')
+    if candidate.startswith("["):
+        candidate = candidate[1:].partition("]")[0]
+    elif candidate.count(":") == 1:
+        candidate = candidate.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(candidate)
+    except ValueError:
+        return None
+    # An IPv4 client seen through a dual-stack listener is that IPv4 address.
+    return address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped else address
+
+
+def address_key(address: IPAddress | None) -> str:
+    if address is None:
+        return "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def peer_key(peer: str) -> str:
+    """The bucket of a peer's own address. A worker sees the same peers (clients, or the ingress's
+    few addresses) again and again, and parsing one costs five times what admitting it does; the
+    cache is bounded, so made-up peers only churn it."""
+    return address_key(parse_address(peer))
+
+
+class Clients:
+    """The key of a request's client, given the proxies whose X-Forwarded-For is believed."""
+
+    def __init__(self, trusted_proxies: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+        self.trusted = tuple(trusted_proxies)
+
+    def of(self, scope: Scope) -> str:
+        """The key of the client that sent this request."""
+        client = scope.get("client")
+        peer = client[0] if client else ""
+        if not self.trusted:
+            return peer_key(peer)
+        forwarded = [value.decode("latin-1") for name, value in scope["headers"] if name == b"x-forwarded-for"]
+        return self.key(peer, forwarded)
+
+    def key(self, peer: str, forwarded_for: list[str]) -> str:
+        """The bucket a request counts against: its client's address, an IPv6 client's /64
+        (one subscriber's allocation: made-up addresses inside it share one budget)."""
+        if not forwarded_for:
+            return peer_key(peer)
+        return address_key(self.address(peer, forwarded_for))
+
+    def address(self, peer: str, forwarded_for: list[str]) -> IPAddress | None:
+        """The peer, unless it is a trusted proxy: then, reading X-Forwarded-For right to left
+        (every line of it, as one list, RFC 9110 5.3), the first hop that is not a trusted proxy.
+        A hop that is not an IP address ends the walk at the proxy that passed it on: what lies
+        left of it was written by the client and is not believed."""
+        current = parse_address(peer)
+        if current is None or not forwarded_for or not self.is_trusted(current):
+            return current
+        hops = [hop for line in forwarded_for for hop in line.split(",")]
+        for hop in reversed(hops):
+            address = parse_address(hop)
+            if address is None:
+                return current
+            if not self.is_trusted(address):
+                return address
+            current = address
+        return current
+
+    def is_trusted(self, address: IPAddress) -> bool:
+        return any(address in network for network in self.trusted)

@@ -1,0 +1,173 @@
+"""A worker's memory budget: what requests may hold at once, charged before they hold it.
+
+A worker's memory is its own footprint (interpreter, libraries, pools: ``WORKER_BASELINE``) plus
+what the requests in flight hold: bodies being received, parsed inputs, solutions and answers
+on their way out, rows waiting for the recorder. The second part is bounded by design: before a
+served route reads a body it charges the most that body can cost (``body_cost``, from its
+Content-Length), and GET /jumps/{id} charges its record's clouds before it rebuilds the answer
+(``clouds_cost``). The charge stays until the answer has gone out (the response pipeline gives
+it back). A charge that does not fit in ``JOTC_REQUEST_MEMORY`` waits, first come first served, for
+up to CHARGE_WAIT_SECONDS while nothing of its body is read (it stays in the kernel's buffers,
+not in the worker), then is refused with 503 ``overloaded``: a crowd of the largest bodies is
+served as fast as memory allows and the rest get 503s, never an out-of-memory kill. Small
+requests charge little, so they keep being served beside it.
+
+The costs are upper bounds measured with tracemalloc (docs/reliability.md): a request holds at
+most ~57 bytes a cloud at its peak (its clouds, the path of a max_jump = 1 input, the encoded
+answer), and a body of L bytes holds at most L clouds (the digit-string form spends one byte a
+cloud). At start-up ``plan_request_memory`` sizes the budget from the memory each worker is given
+(JOTC_WORKER_MEMORY, else the container's limit divided among the workers) and refuses settings
+it cannot hold; the chart checks the same at render time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import Final
+
+from litestar.types import Scope
+
+from jotc_api.deadline import Deadline
+from jotc_api.problems import memory_full
+
+MIB: Final = 1024 * 1024
+PER_CLOUD: Final = 64  # bytes, at a request's peak (measured ≤ 57)
+PER_REQUEST: Final = 16 * 1024  # what any request holds besides its clouds: scope, headers, answer
+DEFAULT_REQUEST_MEMORY: Final = 128 * MIB  # JOTC_REQUEST_MEMORY unless the worker is given less
+WORKER_BASELINE: Final = 160 * MIB  # a worker's own footprint under load (measured ~115 MiB idle)
+CHARGE_WAIT_SECONDS: Final = 2.0  # the most a request waits for memory before its 503
+HELD_KEY: Final = "jotc.memory"  # the scope key of a request's charge, given back by the pipeline
+
+
+def body_cost(length: int, max_clouds: int) -> int:
+    """The most a request whose body is ``length`` bytes can hold (-1: no body)."""
+    length = max(length, 0)
+    return length + PER_CLOUD * min(length, max_clouds) + PER_REQUEST
+
+
+def clouds_cost(n: int) -> int:
+    """The most a request that rebuilds the answer of a recorded input of n clouds can hold."""
+    return PER_CLOUD * n + PER_REQUEST
+
+
+class Held:
+    """What one request has charged; given back once, when its answer has gone out."""
+
+    __slots__ = ("budget", "cost")
+
+    def __init__(self, budget: MemoryBudget, cost: int) -> None:
+        self.budget = budget
+        self.cost = cost
+
+    def give_back(self) -> None:
+        cost, self.cost = self.cost, 0
+        self.budget.release(cost)
+
+
+class MemoryBudget:
+    """``limit`` bytes for the requests a worker has in flight; charges that do not fit wait in
+    line, and memory given back goes to the first of them straight away (so a newcomer cannot
+    take it in between and a large charge is never passed over for ever)."""
+
+    __slots__ = ("held", "limit", "wait_seconds", "waiting")
+
+    def __init__(self, limit: int, wait_seconds: float = CHARGE_WAIT_SECONDS) -> None:
+        self.limit = limit
+        self.held = 0
+        self.wait_seconds = wait_seconds
+        self.waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def charge(self, scope: Scope, cost: int) -> None:
+        """Charge the request ``cost`` bytes until its answer has gone out; 503 if they do not fit
+        within ``wait_seconds``."""
+        if self.held + cost <= self.limit and not self.waiting:
+            self.held += cost
+        else:
+            await self.wait_for(cost)
+        held: Held | None = scope.get(HELD_KEY)  # type: ignore[assignment]
+        if held is None:
+            scope[HELD_KEY] = Held(self, cost)  # type: ignore[typeddict-unknown-key]
+        else:
+            held.cost += cost
+
+    async def wait_for(self, cost: int) -> None:
+        if cost > self.limit:
+            raise memory_full()
+        granted = asyncio.get_running_loop().create_future()
+        entry = (cost, granted)
+        self.waiting.append(entry)
+        try:
+            with Deadline(self.wait_seconds):
+                await granted
+        except BaseException as error:
+            if granted.done() and not granted.cancelled():
+                self.release(cost)  # granted just as the wait ended: given back
+            else:
+                with contextlib.suppress(ValueError):
+                    self.waiting.remove(entry)
+                self.grant()  # this charge may have stood first in line
+            if isinstance(error, TimeoutError):
+                raise memory_full() from None
+            raise
+
+    def release(self, cost: int) -> None:
+        self.held -= cost
+        if self.waiting:
+            self.grant()
+
+    def grant(self) -> None:
+        """Memory to the waiting charges, in order, while the first in line fits."""
+        while self.waiting:
+            cost, granted = self.waiting[0]
+            if granted.done():  # its request gave up waiting
+                self.waiting.popleft()
+                continue
+            if self.held + cost > self.limit:
+                return
+            self.waiting.popleft()
+            self.held += cost
+            granted.set_result(None)
+
+
+def give_back(scope: Scope) -> None:
+    """The response pipeline's part: the request's charge is free again."""
+    held: Held | None = scope.get(HELD_KEY)  # type: ignore[assignment]
+    if held is not None:
+        held.give_back()
+
+
+class BudgetError(ValueError):
+    """The memory a worker is given cannot hold what its settings let requests take (one line)."""
+
+
+def plan_request_memory(
+    *, request_memory: int | None, max_body_bytes: int, max_clouds: int, worker_memory: int | None, workers: int
+) -> int:
+    """The bytes a worker's requests may hold (JOTC_REQUEST_MEMORY): as set, else the default
+    or, when the worker is given less, what its memory leaves after its own footprint. Raises
+    BudgetError when that is more than the worker is given, or less than one request of the
+    largest body needs."""
+    largest = body_cost(max_body_bytes, max_clouds)
+    left = None if worker_memory is None else worker_memory - WORKER_BASELINE
+    given = f"each of {workers} worker(s) is given {(worker_memory or 0) // MIB}Mi"
+    if request_memory is None:
+        request_memory = DEFAULT_REQUEST_MEMORY if left is None else min(DEFAULT_REQUEST_MEMORY, left)
+    elif left is not None and request_memory > left:
+        raise BudgetError(
+            f"{given} but needs {(WORKER_BASELINE + request_memory) // MIB}Mi ({WORKER_BASELINE // MIB}Mi of its "
+            f"own + JOTC_REQUEST_MEMORY {request_memory // MIB}Mi): raise the memory limit (or JOTC_WORKER_MEMORY), "
+            "or lower JOTC_WORKERS or JOTC_REQUEST_MEMORY"
+        )
+    if request_memory < largest:
+        what = (
+            f"JOTC_REQUEST_MEMORY ({request_memory // MIB}Mi)"
+            if left is None or request_memory < left
+            else f"{given}, which leaves {max(left, 0) // MIB}Mi after its own {WORKER_BASELINE // MIB}Mi: that"
+        )
+        raise BudgetError(
+            f"{what} cannot hold one request of the largest body (JOTC_MAX_BODY_BYTES {max_body_bytes}, "
+            f"JOTC_MAX_CLOUDS {max_clouds}: {-(-largest // MIB)}Mi); give workers more memory or lower those limits"
+        )
+    return request_memory
