@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 from structlog.testing import capture_logs
 
 from jotc_api import erasure
-from jotc_api.erasure import Eraser, ErasureJob, Pace, run_job, start_job
+from jotc_api.erasure import Eraser, ErasureJob, Pace, recorded_ids, run_job, start_job
 
 CUTOFF = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -389,3 +389,9 @@ async def test_a_follow_up_is_not_repeated_once_it_succeeded() -> None:
 async def _until(condition: Any) -> None:
     while not condition():
         await asyncio.sleep(0.005)
+
+
+async def test_ids_that_are_not_a_requests_are_not_recorded_and_cost_no_query() -> None:
+    database = FakeDatabase(rows=0, stats=None)
+    assert await recorded_ids(FakeEngine(database), ["not-a-uuid", ""]) == set()  # type: ignore[arg-type]
+    assert database.log == []
