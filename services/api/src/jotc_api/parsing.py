@@ -22,16 +22,54 @@ DEFAULT_USER = "anonymous"
 DEFAULT_MAX_JUMP = 2
 MAX_JUMP_LIMIT = 1000
 USER_MAX_LENGTH = 320
+# The longest run of combining marks a name may hold. Real writing stacks a few on a letter
+# (Vietnamese two, pointed Hebrew with cantillation four or five, Tibetan stacks a few more);
+# "zalgo" text stacks hundreds. Unicode's stream-safe format allows 30.
+USER_MAX_MARKS = 8
+# A character's canonical decomposition is at most 4 characters, so NFC shortens a name at most
+# fourfold: a longer one cannot fit, and is refused before normalising, whose canonical reordering
+# is quadratic in a run of combining marks.
+NFC_SHRINKS_AT_MOST = 4
 
-# Names are shown back to administrators, so nothing that can hide or reorder what they read:
-# control characters (Cc), format characters (Cf: bidirectional overrides and isolates, zero-width
-# spaces, BOM, tag characters), line and paragraph separators (Zl, Zp). The zero-width joiners are
-# kept: emoji sequences and several scripts need them.
+# One person, one name: a name is stored, compared and shown in NFC, and nothing in it may render
+# as nothing, hide or reorder what an administrator reads, or make it look like another name.
+# Control and format characters (Cc, Cf: bidirectional overrides and isolates, zero-width spaces,
+# BOM, soft hyphen, tag characters) and line and paragraph separators (Zl, Zp) are refused; the
+# two joiners are Cf too, and are kept only where they change what is seen (joiner_shows).
 HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp"})
-JOINERS = frozenset("\u200c\u200d")
+ZWNJ, ZWJ = "\u200c", "\u200d"
+JOINERS = frozenset({ZWNJ, ZWJ})
+# Characters that render as nothing although they are letters, marks or symbols: the combining
+# grapheme joiner, the Hangul fillers, the Khmer inherent vowels, the braille blank, the Khitan
+# filler and the musical null notehead.
+BLANK = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0\U00016fe4\U0001d159")
+# Every other space (U+00A0, U+2000-U+200A, U+202F, ...) looks like one of these two: a second
+# spelling of a name. The ideographic space is wider, and separates family and given names in CJK.
+PLAIN_SPACES = frozenset(" \u3000")
+VIRAMA = 9  # the canonical combining class of the Indic viramas (Devanagari U+094D, Malayalam U+0D4D, ...)
+# Scripts whose letters join one another, so that a ZWNJ or ZWJ between two of them changes their
+# shapes: the first words of their characters' names.
+JOINING_SCRIPTS = (
+    "ARABIC ",
+    "SYRIAC ",
+    "NKO ",
+    "MANDAIC ",
+    "MONGOLIAN ",
+    "PHAGS-PA ",
+    "MANICHAEAN ",
+    "PSALTER PAHLAVI ",
+    "HANIFI ROHINGYA ",
+    "SOGDIAN ",
+    "OLD UYGHUR ",
+    "CHORASMIAN ",
+    "ADLAM ",
+)
+EMOJI_MODIFIERS = ("\U0001f3fb", "\U0001f3ff")  # the skin tones, first and last
 DIGITS_TO_VALUES = bytes.maketrans(b"01", b"\x00\x01")
-NOT_A_VALUE = bytes(range(2, 256))
-
+# A text body's bytes as str.splitlines() and str.split() read ASCII: every line break a \n (a \r\n
+# is made one first), every other white space a space.
+TEXT_SPACING = bytes.maketrans(b"\r\x0b\x0c\x1c\x1d\x1e\t\x1f", b"\n\n\n\n\n\n  ")
+SPACE_OR_NOT = bytes(0x20 if byte == 0x20 else 0x78 for byte in range(256))  # a space, or an x
 
 # What the structs below say beyond their types is for the OpenAPI document (extra_json_schema);
 # the checks further down enforce it, with messages that name the field and the rule.
@@ -55,8 +93,9 @@ CloudDigits = Annotated[
 User = Annotated[
     str,
     Meta(
-        description=f"Who asked; trimmed, then 1 to {USER_MAX_LENGTH} characters without control characters or "
-        f'text-direction overrides; default "{DEFAULT_USER}"',
+        description=f"Who asked; trimmed and NFC-normalised, then 1 to {USER_MAX_LENGTH} characters without "
+        "control or formatting characters, text-direction overrides, or anything that renders as nothing "
+        f'(Hangul fillers, stray joiners, more than {USER_MAX_MARKS} stacked marks); default "{DEFAULT_USER}"',
         extra_json_schema={"minLength": 1, "pattern": r"^[^\x00]*[^\x00\s][^\x00]*$"},
     ),
 ]
@@ -89,6 +128,11 @@ DECODERS = {body: msgspec.json.Decoder(body) for body in (JotcBody, JumpsBody)}
 MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 UNKNOWN_FIELD = re.compile(r"Object contains unknown field `(?P<name>[^`]*)`")
 MISSING_FIELD = re.compile(r"Object missing required field `(?P<name>[^`]*)`")
+# A member's name: a string then a colon. The string's closing quote is not escaped (one after an
+# escaped backslash would end a name with a backslash in it, which no field has), and a field's name
+# is at most 48 characters however spelled (8 characters, each at most a six-character \\u escape),
+# so a search that starts at a value's opening quote gives up after 48 characters.
+MEMBER_NAME = re.compile(rb'"([^"]{1,48}+)(?<!\\)"\s*+:')
 
 
 def parse_json(body: bytes, query: Mapping[str, str], max_clouds: int, form: type[JotcBody] = JumpsBody) -> JumpInput:
@@ -100,6 +144,8 @@ def parse_json(body: bytes, query: Mapping[str, str], max_clouds: int, form: typ
         raise validation_problem([msgspec_field_error(str(exc), form)]) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise Problem(400, "malformed-body", f"body is not valid UTF-8 JSON: {exc}") from None
+    if repeated := repeated_member(body):
+        raise validation_problem([FieldError(repeated, "given more than once")])
     errors: list[FieldError] = []
     if isinstance(decoded.clouds, str):
         clouds = clouds_from_digits(decoded.clouds, max_clouds, errors)
@@ -113,36 +159,56 @@ def parse_json(body: bytes, query: Mapping[str, str], max_clouds: int, form: typ
     return JumpInput(clouds, user, max_jump)
 
 
+def repeated_member(decoded: bytes) -> str | None:
+    """The first member a body gives twice, however spelled (``"\\u0075ser"`` is ``user``): msgspec
+    keeps the last, and the API refuses a repeated member as it refuses a repeated header or query
+    parameter. Only for a body msgspec decoded into a form: valid JSON, one object of known fields
+    and no nested object, so every string followed by a colon is one of its members' names."""
+    names = MEMBER_NAME.findall(decoded)
+    if len(set(names)) == len(names) and b"\\" not in b"".join(names):
+        return None
+    seen = set()
+    for raw in names:
+        name = msgspec.json.decode(b'"' + raw + b'"', type=str)
+        if name in seen:
+            return name
+        seen.add(name)
+    return None  # two spellings of different names
+
+
 def parse_text(body: bytes, query: Mapping[str, str], max_clouds: int) -> JumpInput:
-    """HackerRank format: first line n, second line n space-separated 0/1 values."""
+    """HackerRank format: first line n, second line n space-separated 0/1 values. Whatever the body,
+    the lines, n and the number of values are checked before any work per value, and that work is
+    done on the bytes: a refused body costs less than the largest valid one."""
     unknown = {key: value for key, value in query.items() if key not in {"user", "max_jump"}}
     if unknown:
         raise unknown_query(unknown, "text/plain requests accept only user and max_jump")
-    try:
-        text = body.decode("ascii")
-    except UnicodeDecodeError:
-        raise Problem(400, "malformed-body", "text/plain body must be ASCII digits") from None
-    lines = text.strip().splitlines()
-    if len(lines) != 2:
+    if not body.isascii():
+        raise Problem(400, "malformed-body", "text/plain body must be ASCII digits")
+    # What str.splitlines() and str.split() treat as line breaks and spaces, as \n and a space.
+    text = body.replace(b"\r\n", b"\n").translate(TEXT_SPACING).strip()
+    count_line, _, values = text.partition(b"\n")
+    if not values or b"\n" in values:
+        lines = text.count(b"\n") + 1 if text else 0
         raise Problem(
             400,
             "malformed-body",
-            f"text/plain body must be two lines (n, then the n clouds); got {len(lines)} line(s)",
+            f"text/plain body must be two lines (n, then the n clouds); got {lines} line(s)",
         )
-    count_line, values_line = lines[0].strip(), lines[1].split()
+    count_line = count_line.strip()
     if not count_line.isdigit() or len(count_line) > 9:
-        raise Problem(400, "malformed-body", f"first line must be the number n, got {clip(count_line)!r}")
-    for index, token in enumerate(values_line):
-        if not token.isdigit() or len(token) > 9:
-            raise Problem(400, "malformed-body", f"second line: value {index} is {token[:20]!r}, not 0 or 1")
-    if int(count_line) != len(values_line):
+        raise Problem(400, "malformed-body", f"first line must be the number n, got {clip(count_line.decode())!r}")
+    values = values.strip()
+    # Values begin at the start of the line and after each run of spaces.
+    found = values.translate(SPACE_OR_NOT).count(b" x") + 1
+    if int(count_line) != found:
         raise Problem(
             400,
             "malformed-body",
-            f"first line says n = {int(count_line)} but the second line has {len(values_line)} values",
+            f"first line says n = {int(count_line)} but the second line has {found} values",
         )
     errors: list[FieldError] = []
-    clouds = clouds_from_array([int(token) for token in values_line], max_clouds, errors)
+    clouds = clouds_from_values(values, found, max_clouds, errors) if check_count(found, max_clouds, errors) else b""
     user = check_user(query.get("user"), errors)
     max_jump = DEFAULT_MAX_JUMP
     if "max_jump" in query:
@@ -155,6 +221,32 @@ def parse_text(body: bytes, query: Mapping[str, str], max_clouds: int) -> JumpIn
     if errors:
         raise validation_problem(errors)
     return JumpInput(clouds, user, max_jump)
+
+
+def clouds_from_values(values: bytes, n: int, max_clouds: int, errors: list[FieldError]) -> bytes:
+    """The clouds of a text body's second line: n values (at most max_clouds) separated by spaces."""
+    if len(values) == 2 * n - 1:  # "0 0 1 0": one character a value, single spaces
+        digits = values[::2]
+    else:
+        tokens = values.split()
+        digits = b"".join(tokens)
+        if len(digits) != n:  # a value of several digits ("01" is 1, "10" is ten): one by one
+            for index, token in enumerate(tokens):
+                if not token.isdigit() or len(token) > 9:
+                    shown = token[:20].decode()
+                    raise Problem(400, "malformed-body", f"second line: value {index} is {shown!r}, not 0 or 1")
+            return clouds_from_array([int(token) for token in tokens], max_clouds, errors)
+    if digits.translate(None, b"0123456789"):
+        index = len(digits) - len(digits.lstrip(b"0123456789"))
+        value = digits[index : index + 1].decode()
+        raise Problem(400, "malformed-body", f"second line: value {index} is {value!r}, not 0 or 1")
+    if digits.translate(None, b"01"):
+        index = len(digits) - len(digits.lstrip(b"01"))
+        errors.append(FieldError(f"clouds[{index}]", f"must be 0 or 1, got {digits[index : index + 1].decode()}"))
+        return b""
+    clouds = digits.translate(DIGITS_TO_VALUES)
+    check_ends(clouds, errors)
+    return clouds
 
 
 def clouds_from_array(values: list[int], max_clouds: int, errors: list[FieldError]) -> bytes:
@@ -192,7 +284,7 @@ def clouds_from_digits(text: str, max_clouds: int, errors: list[FieldError]) -> 
         raw = b"\xff"
     bad = raw.translate(None, b"01")
     if bad or not raw:
-        position = next((i for i, ch in enumerate(digits) if ch not in "01"), 0)
+        position = len(digits) - len(digits.lstrip("01"))
         shown = digits[position : position + 1] or "nothing"
         errors.append(
             FieldError(
@@ -226,28 +318,114 @@ def check_ends(clouds: bytes, errors: list[FieldError]) -> None:
 
 
 def check_user(user: str | None, errors: list[FieldError]) -> str:
-    """The one rule for a user name, wherever one arrives (a body, a query, an admin URL)."""
+    """The one rule for a user name, wherever one arrives (a body, a query, an admin URL or filter):
+    trimmed, then NFC (José typed precomposed or with a combining accent is one user), then 1 to
+    USER_MAX_LENGTH characters of which none renders as nothing or as another name. Returns the
+    name as it is stored, compared, erased and answered."""
     if user is None:
         return DEFAULT_USER
-    trimmed = user.strip()
-    # Printable ASCII holds none of them: most names skip the look-up per character.
-    visible_ascii = trimmed.isascii() and trimmed.isprintable()
-    if not visible_ascii and any(
-        unicodedata.category(character) in HIDDEN and character not in JOINERS for character in trimmed
+    name = user.strip()
+    # Printable ASCII is already NFC and holds nothing the per-character rules refuse: most names
+    # skip both.
+    printable_ascii = name.isascii() and name.isprintable()
+    if not printable_ascii and len(name) <= NFC_SHRINKS_AT_MOST * USER_MAX_LENGTH:
+        name = unicodedata.normalize("NFC", name)
+    if not 1 <= len(name) <= USER_MAX_LENGTH:
+        errors.append(FieldError("user", f"must be 1 to {USER_MAX_LENGTH} characters after trimming, got {len(name)}"))
+    elif not printable_ascii and (why := unseen(name)):
+        errors.append(FieldError("user", why))
+    return name
+
+
+def unseen(name: str) -> str | None:
+    """Why a trimmed NFC name would render blank, hide part of itself, or look like another name;
+    None when it would not."""
+    marks = 0
+    for at, character in enumerate(name):
+        category = unicodedata.category(character)
+        if character in JOINERS:
+            if not joiner_shows(name, at):
+                return (
+                    f"must not contain {described(character)} here: it is kept only between two emoji, next to "
+                    "a virama, or between two letters of a joining script such as Arabic; elsewhere it "
+                    "renders as nothing"
+                )
+        elif category in HIDDEN:
+            return (
+                "must not contain control or formatting characters (NUL, newlines, escapes, text-direction "
+                f"overrides, zero-width spaces); found {described(character)}"
+            )
+        elif character in BLANK or category == "Cs" or (category == "Cn" and renders_as_nothing(character)):
+            return (
+                f"must not contain {described(character)}: it renders as nothing, so the name would look "
+                "blank or like another"
+            )
+        elif category == "Zs" and character not in PLAIN_SPACES:
+            return (
+                f"must separate words with plain spaces: {described(character)} looks like one, and would "
+                "make a second spelling of the name"
+            )
+        elif variation_selector(character) and not (at and unicodedata.category(name[at - 1])[0] in "LNPS"):
+            return f"must not contain {described(character)} here: it must follow the character it styles"
+        marks = marks + 1 if category[0] == "M" else 0
+        if marks > USER_MAX_MARKS:
+            return f"must not stack more than {USER_MAX_MARKS} combining marks on one character"
+    return None
+
+
+def joiner_shows(name: str, at: int) -> bool:
+    """Whether the ZWJ or ZWNJ at name[at] changes what is seen: in an emoji sequence (ZWJ: woman,
+    ZWJ, laptop), after a virama (Indic conjuncts: Devanagari U+0915 U+094D ZWJ U+0937), before a
+    virama after a letter (Bengali ra-phala), or between letters of a script whose letters join
+    (Persian writes a ZWNJ inside many words). Anywhere else it renders as nothing: a name with one
+    would look like the name without it."""
+    if at == 0 or at == len(name) - 1:
+        return False
+    before, after = name[at - 1], name[at + 1]
+    if unicodedata.combining(before) == VIRAMA:
+        return unicodedata.category(after)[0] == "L"
+    if name[at] == ZWJ and unicodedata.combining(after) == VIRAMA:
+        return unicodedata.category(before)[0] == "L"
+    if unicodedata.name(before, "").startswith(JOINING_SCRIPTS) and unicodedata.name(after, "").startswith(
+        JOINING_SCRIPTS
     ):
-        errors.append(
-            FieldError(
-                "user", "must not contain control characters (NUL, newlines, escapes) or text-direction overrides"
-            )
-        )
-    elif not 1 <= len(trimmed) <= USER_MAX_LENGTH:
-        errors.append(
-            FieldError(
-                "user",
-                f"must be 1 to {USER_MAX_LENGTH} characters after trimming, got {len(trimmed)}",
-            )
-        )
-    return trimmed
+        return True
+    return name[at] == ZWJ and emoji_ends_at(name, at - 1) and unicodedata.category(after) == "So"
+
+
+def emoji_ends_at(name: str, at: int) -> bool:
+    """Whether name[at] ends an emoji: a symbol, perhaps followed by its presentation selector or a skin tone."""
+    while at > 0 and (name[at] == "\ufe0f" or EMOJI_MODIFIERS[0] <= name[at] <= EMOJI_MODIFIERS[1]):
+        at -= 1
+    return unicodedata.category(name[at]) == "So"
+
+
+def variation_selector(character: str) -> bool:
+    return (
+        "\ufe00" <= character <= "\ufe0f"
+        or "\U000e0100" <= character <= "\U000e01ef"
+        or "\u180b" <= character <= "\u180d"
+        or character == "\u180f"
+    )
+
+
+def renders_as_nothing(unassigned: str) -> bool:
+    """Unassigned code points that are default-ignorable (whatever they become, they render as
+    nothing), and the noncharacters."""
+    point = ord(unassigned)
+    return (
+        point == 0x2065
+        or 0xFFF0 <= point <= 0xFFF8
+        or 0xE0000 <= point <= 0xE0FFF
+        or 0xFDD0 <= point <= 0xFDEF
+        or point & 0xFFFE == 0xFFFE
+    )
+
+
+def described(character: str) -> str:
+    """U+3164 HANGUL FILLER: how a message names a character it cannot show."""
+    name = unicodedata.name(character, "")
+    return f"U+{ord(character):04X} {name}" if name else f"U+{ord(character):04X}"
 
 
 def check_max_jump(max_jump: int, errors: list[FieldError]) -> None:

@@ -9,7 +9,7 @@ import unicodedata
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jotc_api.parsing import HIDDEN, JOINERS, JumpInput, check_user, parse_json, parse_text
+from jotc_api.parsing import USER_MAX_LENGTH, JumpInput, check_user, parse_json, parse_text, unseen
 from jotc_api.problems import FieldError, Problem
 
 MAX_CLOUDS = 500
@@ -112,13 +112,22 @@ def test_near_miss_text_bodies(tokens: list[str]) -> None:
     check(parse_text, f"{len(values.split())}\n{values}\n".encode(), {})
 
 
-@given(st.text(max_size=40) | st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=40))
-@settings(max_examples=400, deadline=None)
-def test_a_user_name_is_refused_exactly_when_it_holds_a_hidden_character(name: str) -> None:
-    """The ASCII short cut in check_user decides as the per-character rule does."""
-    trimmed = name.strip()
-    hidden = any(unicodedata.category(c) in HIDDEN and c not in JOINERS for c in trimmed)
+# What a name's rules turn on: joiners, marks, variation selectors, fillers, spaces, emoji, letters
+# of scripts that need joiners, controls and printable ASCII.
+NAME_PARTS = (
+    "a \u200d\u200c\u0301\u0323\u094d\u0915\u0645\ufe0f\U000e0100\u3164\u00a0\u3000\U0001f469\U0001f3fd\u2764\x1b"
+)
+
+
+@given(
+    st.text(max_size=40)
+    | st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=40)
+    | st.text(alphabet=NAME_PARTS, max_size=12)
+)
+@settings(max_examples=600, deadline=None)
+def test_a_user_name_is_its_nfc_form_and_refused_exactly_when_the_full_rule_refuses_it(name: str) -> None:
+    """The printable-ASCII short cut in check_user decides as the per-character rule does."""
+    normal = unicodedata.normalize("NFC", name.strip())
     errors: list[FieldError] = []
-    check_user(name, errors)
-    refused_for_hiding = any("control characters" in error.message for error in errors)
-    assert refused_for_hiding == hidden
+    assert check_user(name, errors) == normal
+    assert bool(errors) == (not 1 <= len(normal) <= USER_MAX_LENGTH or unseen(normal) is not None)
