@@ -89,6 +89,7 @@ def test_a_crowd_of_the_largest_bodies_cannot_push_a_worker_past_its_memory(data
         peak = workers_peak_rss(server)
     finally:
         server.stop()
+    print(f"\n300 bodies of {len(body):,} bytes: {dict(answers)}; the worker's peak RSS {peak / MIB:.0f} MiB")
     assert set(answers) <= {"201", "503"}, answers
     assert answers["201"] > 0, answers
     assert peak < WORKER_BASELINE + DEFAULT_REQUEST_MEMORY, f"peak {peak / MIB:.0f} MiB"
