@@ -68,7 +68,8 @@ EMOJI_MODIFIERS = ("\U0001f3fb", "\U0001f3ff")  # the skin tones, first and last
 DIGITS_TO_VALUES = bytes.maketrans(b"01", b"\x00\x01")
 # A text body's bytes as str.splitlines() and str.split() read ASCII: every line break a \n (a \r\n
 # is made one first), every other white space a space.
-TEXT_SPACING = bytes.maketrans(b"\r\x0b\x0c\x1c\x1d\x1e\t\x1f", b"\n\n\n\n\n\n  ")
+OTHER_SPACING = (b"\r", b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", b"\t", b"\x1f")
+TEXT_SPACING = bytes.maketrans(b"".join(OTHER_SPACING), b"\n\n\n\n\n\n  ")
 SPACE_OR_NOT = bytes(0x20 if byte == 0x20 else 0x78 for byte in range(256))  # a space, or an x
 
 # What the structs below say beyond their types is for the OpenAPI document (extra_json_schema);
@@ -177,16 +178,19 @@ def repeated_member(decoded: bytes) -> str | None:
 
 
 def parse_text(body: bytes, query: Mapping[str, str], max_clouds: int) -> JumpInput:
-    """HackerRank format: first line n, second line n space-separated 0/1 values. Whatever the body,
-    the lines, n and the number of values are checked before any work per value, and that work is
-    done on the bytes: a refused body costs less than the largest valid one."""
+    """HackerRank format: first line n, second line n space-separated 0/1 values. The lines, n
+    against the limits and the number of values are checked before anything is done per value,
+    and that is done on the bytes: a refused body costs less than the largest valid one."""
     unknown = {key: value for key, value in query.items() if key not in {"user", "max_jump"}}
     if unknown:
         raise unknown_query(unknown, "text/plain requests accept only user and max_jump")
     if not body.isascii():
         raise Problem(400, "malformed-body", "text/plain body must be ASCII digits")
-    # What str.splitlines() and str.split() treat as line breaks and spaces, as \n and a space.
-    text = body.replace(b"\r\n", b"\n").translate(TEXT_SPACING).strip()
+    if b"\r" in body:
+        body = body.replace(b"\r\n", b"\n")
+    if any(space in body for space in OTHER_SPACING):
+        body = body.translate(TEXT_SPACING)
+    text = body.strip()
     count_line, _, values = text.partition(b"\n")
     if not values or b"\n" in values:
         lines = text.count(b"\n") + 1 if text else 0
@@ -198,17 +202,24 @@ def parse_text(body: bytes, query: Mapping[str, str], max_clouds: int) -> JumpIn
     count_line = count_line.strip()
     if not count_line.isdigit() or len(count_line) > 9:
         raise Problem(400, "malformed-body", f"first line must be the number n, got {clip(count_line.decode())!r}")
-    values = values.strip()
-    # Values begin at the start of the line and after each run of spaces.
-    found = values.translate(SPACE_OR_NOT).count(b" x") + 1
-    if int(count_line) != found:
-        raise Problem(
-            400,
-            "malformed-body",
-            f"first line says n = {int(count_line)} but the second line has {found} values",
-        )
+    n = int(count_line)
     errors: list[FieldError] = []
-    clouds = clouds_from_values(values, found, max_clouds, errors) if check_count(found, max_clouds, errors) else b""
+    clouds = b""
+    if check_count(n, max_clouds, errors):
+        values = values.strip()
+        digits: bytes | None = None
+        every_other = values[::2]
+        if len(values) % 2 and values[1::2] == b" " * (len(values) // 2) and b" " not in every_other:
+            digits = every_other  # "0 0 1 0": one character a value, single spaces
+            found = len(digits)
+        else:
+            found = values.translate(SPACE_OR_NOT).count(b" x") + 1  # a value starts each run of non-spaces
+        if found != n:
+            raise Problem(400, "malformed-body", f"first line says n = {n} but the second line has {found} values")
+        if digits is None:
+            clouds = clouds_from_tokens(values.split(), max_clouds, errors)
+        else:
+            clouds = clouds_from_value_digits(digits, errors)
     user = check_user(query.get("user"), errors)
     max_jump = DEFAULT_MAX_JUMP
     if "max_jump" in query:
@@ -223,19 +234,20 @@ def parse_text(body: bytes, query: Mapping[str, str], max_clouds: int) -> JumpIn
     return JumpInput(clouds, user, max_jump)
 
 
-def clouds_from_values(values: bytes, n: int, max_clouds: int, errors: list[FieldError]) -> bytes:
-    """The clouds of a text body's second line: n values (at most max_clouds) separated by spaces."""
-    if len(values) == 2 * n - 1:  # "0 0 1 0": one character a value, single spaces
-        digits = values[::2]
-    else:
-        tokens = values.split()
-        digits = b"".join(tokens)
-        if len(digits) != n:  # a value of several digits ("01" is 1, "10" is ten): one by one
-            for index, token in enumerate(tokens):
-                if not token.isdigit() or len(token) > 9:
-                    shown = token[:20].decode()
-                    raise Problem(400, "malformed-body", f"second line: value {index} is {shown!r}, not 0 or 1")
-            return clouds_from_array([int(token) for token in tokens], max_clouds, errors)
+def clouds_from_tokens(tokens: list[bytes], max_clouds: int, errors: list[FieldError]) -> bytes:
+    """A second line's values, spaced unevenly or of several digits ("01" is 1, "10" is ten); their
+    number was checked."""
+    digits = b"".join(tokens)
+    if len(digits) == len(tokens):
+        return clouds_from_value_digits(digits, errors)
+    for index, token in enumerate(tokens):
+        if not token.isdigit() or len(token) > 9:
+            raise Problem(400, "malformed-body", f"second line: value {index} is {token[:20].decode()!r}, not 0 or 1")
+    return clouds_from_array([int(token) for token in tokens], max_clouds, errors)
+
+
+def clouds_from_value_digits(digits: bytes, errors: list[FieldError]) -> bytes:
+    """A second line's values of one character each, as one string of them; their number was checked."""
     if digits.translate(None, b"0123456789"):
         index = len(digits) - len(digits.lstrip(b"0123456789"))
         value = digits[index : index + 1].decode()
