@@ -7,8 +7,10 @@ routes and errors, and a crash that escapes them all leave through here:
   one; bound to every log line of the request and sent back in X-Request-ID;
 - CORS exactly as JOTC_CORS_ORIGINS configures it (Litestar's CORSConfig
   decides what is allowed; preflights are answered here);
-- security headers on every answer, and ``Connection: close`` while the server drains
-  (drain.py), so kept-alive clients move to another instance before the listener closes;
+- security headers on every answer (no sniffing, no framing, no server name), and
+  ``Cache-Control: no-store`` on every answer that sets no Cache-Control of its own;
+- ``Connection: close`` while the server drains (drain.py), so kept-alive clients move to
+  another instance before the listener closes;
 - HEAD answered as GET without the body, for every GET route;
 - the last resort: an exception that escapes every layer before the answer
   started becomes a problem+json 500 carrying the request id;
@@ -37,10 +39,19 @@ log = structlog.get_logger("jotc.app")
 
 CLIENT_CLOSED = 499  # the status nginx logs for a client that left before its answer
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
-# nosniff on every answer; and an empty Server header, which stops Granian from naming itself.
-PRIVATE_PREFIX = "/admin"
-NO_STORE = (b"cache-control", b"no-store")
-SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"server", b"")]
+# On every answer: nosniff; no page of this API may be framed (the docs page at /schema takes the
+# admin token: framed by another site, it could be clicked through); and an empty Server header,
+# which stops Granian from naming itself.
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"server", b""),
+]
+# Answers carry records, user names, statistics: no shared cache or browser keeps one (a cached
+# record would outlive its erasure). What may be cached says so itself (the docs UI's files).
+CACHE_CONTROL = b"cache-control"
+NO_STORE = (CACHE_CONTROL, b"no-store")
 CONNECTION_CLOSE = (b"connection", b"close")
 # What a browser application may read of an answer beyond the CORS-safelisted headers.
 EXPOSED_HEADERS = [
@@ -129,7 +140,6 @@ def response_pipeline(
         added = [*SECURITY_HEADERS, (b"x-request-id", request_id)]
         if policy is not None:
             added += policy.headers(origin)
-        private = scope["path"].startswith(PRIVATE_PREFIX)
         started = time.perf_counter()
         status = 0
         method = scope["method"]
@@ -141,10 +151,13 @@ def response_pipeline(
             nonlocal status
             if message["type"] == "http.response.start":
                 headers = [*message.get("headers", ()), *added]
+                for name, _ in headers:
+                    if name == CACHE_CONTROL:
+                        break
+                else:
+                    headers.append(NO_STORE)
                 if draining[0]:
                     headers.append(CONNECTION_CLOSE)
-                if private and not any(name == b"cache-control" for name, _ in headers):
-                    headers.append(NO_STORE)  # every admin answer, refusals included: never cached
                 message["headers"] = headers
                 await send(message)
                 status = message["status"]  # counted once it went out: a client that left gets 499
