@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import case, func, literal, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -71,27 +70,17 @@ async def read_totals(engine: AsyncEngine) -> tuple[int, int]:
 
 
 async def stats_page(
-    engine: AsyncEngine, sort: str, descending: bool, limit: int, after: tuple[Any, str] | None
+    engine: AsyncEngine, sort: str, descending: bool, limit: int, after_user: str | None
 ) -> list[UserStats]:
-    """One keyset page of user_stats ordered by (sort column, user_name)."""
-    column = STATS_ORDER[sort]
-    key = tuple_(column, user_stats.c.user_name)
-    query = select(user_stats.c.user_name, user_stats.c.requests, user_stats.c.last_request_at)
-    if sort == "user":
-        key = tuple_(user_stats.c.user_name)
-        order = [user_stats.c.user_name.desc() if descending else user_stats.c.user_name.asc()]
-        if after is not None:
-            bound = tuple_(literal(after[1]))
-            query = query.where(key < bound if descending else key > bound)
-    else:
-        order = (
-            [column.desc(), user_stats.c.user_name.desc()]
-            if descending
-            else [column.asc(), user_stats.c.user_name.asc()]
-        )
-        if after is not None:
-            bound = tuple_(literal(after[0], column.type), literal(after[1]))
-            query = query.where(key < bound if descending else key > bound)
+    """``limit`` rows of user_stats ordered by the sort column, ties broken by user name. Sorted by
+    user (the one key that never changes), ``after_user`` continues a keyset listing past that name."""
+    name = user_stats.c.user_name
+    columns = [name] if sort == "user" else [STATS_ORDER[sort], name]
+    query = select(name, user_stats.c.requests, user_stats.c.last_request_at)
+    if after_user is not None:
+        assert sort == "user", "only the user sort pages"
+        query = query.where(name < after_user if descending else name > after_user)
+    order = [column.desc() if descending else column.asc() for column in columns]
     async with engine.connect() as connection:
         rows = (await connection.execute(query.order_by(*order).limit(limit))).all()
     return [UserStats(*row) for row in rows]

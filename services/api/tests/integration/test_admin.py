@@ -101,17 +101,27 @@ def seven_users() -> Iterator[httpx.Client]:
         yield http
 
 
-@pytest.mark.parametrize("sort", ["requests", "user", "last_request_at"])
+STATS_ORDER = {
+    "requests": lambda u: (u["requests"], u["user"]),
+    "user": lambda u: u["user"],
+    "last_request_at": lambda u: (u["last_request_at"], u["user"]),
+}
+
+
 @pytest.mark.parametrize("order", ["asc", "desc"])
-def test_stats_keyset_pages_cover_every_user_once_in_order(seven_users: httpx.Client, sort: str, order: str) -> None:
-    users = walk(seven_users, "/admin/stats", {"sort": sort, "order": order, "limit": 2}, "users")
-    assert sorted(u["user"] for u in users) == [f"user-{i}" for i in range(7)]
-    key = {
-        "requests": lambda u: (u["requests"], u["user"]),
-        "user": lambda u: u["user"],
-        "last_request_at": lambda u: (u["last_request_at"], u["user"]),
-    }[sort]
-    assert users == sorted(users, key=key, reverse=order == "desc")
+def test_stats_keyset_pages_by_user_cover_every_user_once_in_order(seven_users: httpx.Client, order: str) -> None:
+    users = walk(seven_users, "/admin/stats", {"sort": "user", "order": order, "limit": 2}, "users")
+    assert [u["user"] for u in users] == sorted((f"user-{i}" for i in range(7)), reverse=order == "desc")
+
+
+@pytest.mark.parametrize("sort", ["requests", "last_request_at"])
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_stats_by_a_changing_key_are_one_page_in_order(seven_users: httpx.Client, sort: str, order: str) -> None:
+    everyone = walk(seven_users, "/admin/stats", {"sort": sort, "order": order, "limit": 1000}, "users")
+    assert everyone == sorted(everyone, key=STATS_ORDER[sort], reverse=order == "desc")
+    assert sorted(u["user"] for u in everyone) == [f"user-{i}" for i in range(7)]
+    page = seven_users.get("/admin/stats", params={"sort": sort, "order": order, "limit": 2}, headers=AUTH).json()
+    assert (page["users"], page["next_cursor"], page["complete"]) == (everyone[:2], None, False)
 
 
 def test_requests_listing_newest_first_filtered_and_without_clouds(client: httpx.Client) -> None:
@@ -233,8 +243,11 @@ def test_a_cursor_from_another_sort_is_refused(client: httpx.Client) -> None:
     record(client, unique("cursor-b"), 1)
     page = client.get("/admin/stats", params={"sort": "user", "limit": 1}, headers=AUTH).json()
     assert page["next_cursor"]
-    response = client.get("/admin/stats", params={"sort": "requests", "cursor": page["next_cursor"]}, headers=AUTH)
+    response = client.get(
+        "/admin/stats", params={"sort": "user", "order": "asc", "cursor": page["next_cursor"]}, headers=AUTH
+    )
     assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "cursor"
 
 
 @pytest.mark.parametrize("user", ["x" * 5000, "' OR '1'='1"])

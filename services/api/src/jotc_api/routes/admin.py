@@ -26,7 +26,6 @@ import anyio.to_thread
 import msgspec
 from litestar import Request, Response, Router, delete, get
 from litestar.connection import ASGIConnection
-from litestar.datastructures import ResponseHeader
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, Parameter
@@ -155,10 +154,14 @@ class StatsUser(msgspec.Struct):
 
 
 class StatsPage(msgspec.Struct):
+    """`next_cursor` (sort=user only) fetches the next page; `complete` is false while users
+    follow the last one listed (with another sort: raise limit, or list by user)."""
+
     total_requests: int
     total_users: int
     users: list[StatsUser]
     next_cursor: str | None
+    complete: bool
 
 
 class RequestItem(msgspec.Struct):
@@ -213,59 +216,79 @@ AUTH_ERRORS = {
 Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size")]
 Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page, unchanged", max_length=2048)]
 
+# Statistics page by user name only: a name never changes, while a user's requests and
+# last_request_at change with each request they make, so a keyset over those would skip or
+# repeat a user who posts between two pages.
+PAGED_SORT = "user"
+UNPAGED_SORT = (
+    "only sort=user pages: a user's requests and last_request_at change as they post, so pages in "
+    "that order would skip or repeat users; page with sort=user"
+)
+StatsCursor = Annotated[
+    str | None,
+    Parameter(description="next_cursor of the previous page, unchanged; sort=user only", max_length=2048),
+]
+StatsSort = Annotated[
+    Literal["requests", "user", "last_request_at"],
+    Parameter(
+        description="Sort key. Only `user` pages (next_cursor): with `requests` or `last_request_at` the answer "
+        "is the first `limit` users in that order, `complete` false when more follow"
+    ),
+]
+
+
+def stats_cursor_key(cursor: str | None, sort: str, order: str, errors: list[FieldError]) -> str | None:
+    """The user name a statistics cursor continues after; a cursor with a sort that does not page,
+    or one this listing did not make, is an error on ``cursor``."""
+    if cursor is not None and sort != PAGED_SORT:
+        errors.append(FieldError("cursor", UNPAGED_SORT))
+        return None
+    key = read_cursor(cursor, f"stats:{PAGED_SORT}:{order}", errors)
+    if key is None:
+        return None
+    # [sort value, user name], the sort value being the name itself: the shape of every cursor
+    # this listing has made, so a listing under way survives an upgrade.
+    if len(key) == 2 and all(isinstance(value, str) and storable(value) for value in key):
+        return str(key[1])
+    errors.append(FieldError("cursor", BAD_CURSOR))
+    return None
+
 
 @get(
     "/stats",
     summary="Requests per user",
+    description="Pages (next_cursor) only when sorted by user: the one key a request never changes, so no "
+    "user is skipped or repeated while others post. Sorted by requests or last_request_at, the answer is one "
+    "page of at most `limit` users, and `complete` says whether it lists them all.",
     operation_class=NoValidationOperation,
     responses=AUTH_ERRORS,
 )
 async def admin_stats(
     request: Request[Any, Any, Any],
     limit: Limit = DEFAULT_LIMIT,
-    cursor: Cursor = None,
-    sort: Annotated[Literal["requests", "user", "last_request_at"], Parameter(description="Sort key")] = "requests",
+    cursor: StatsCursor = None,
+    sort: StatsSort = "requests",
     order: Annotated[Literal["asc", "desc"], Parameter(description="Sort order")] = "desc",
 ) -> StatsPage:
     errors: list[FieldError] = []
-    after = read_cursor(cursor, f"stats:{sort}:{order}", errors)
-    key: tuple[Any, str] | None = None
-    if after is not None:
-        value = after[0] if len(after) == 2 and isinstance(after[1], str) else None
-        if sort == "last_request_at" and isinstance(value, str):
-            try:
-                value = datetime.fromisoformat(value)
-            except ValueError:
-                value = None
-        expected = {"requests": int, "user": str, "last_request_at": datetime}[sort]
-        if isinstance(value, expected) and not isinstance(value, bool) and storable(value) and storable(after[1]):
-            key = (value, after[1])
-        else:
-            errors.append(FieldError("cursor", BAD_CURSOR))
+    after = stats_cursor_key(cursor, sort, order, errors)
     if errors:
         raise validation_problem(errors)
     engine = request.app.state.engine
     try:
         total_requests, total_users = await read_totals(engine)
-        rows = await stats_page(engine, sort, order == "desc", limit + 1, key)
+        rows = await stats_page(engine, sort, order == "desc", limit + 1, after)
     except SQLAlchemyError:
         raise unavailable() from None
     more = len(rows) > limit
     rows = rows[:limit]
-    next_cursor = None
-    if more:
-        last = rows[-1]
-        sort_value: Any = {
-            "requests": last.requests,
-            "user": last.user,
-            "last_request_at": last.last_request_at.isoformat(),
-        }[sort]
-        next_cursor = make_cursor(f"stats:{sort}:{order}", [sort_value, last.user])
+    last = rows[-1].user if rows else ""
     return StatsPage(
         total_requests,
         total_users,
         [StatsUser(r.user, r.requests, r.last_request_at.isoformat()) for r in rows],
-        next_cursor,
+        make_cursor(f"stats:{PAGED_SORT}:{order}", [last, last]) if more and sort == PAGED_SORT else None,
+        complete=not more,
     )
 
 
@@ -390,8 +413,7 @@ admin_router = Router(
     path="/admin",
     route_handlers=[admin_stats, admin_requests, admin_erase_user, admin_erasure],
     guards=[require_admin, strict_query],
-    # Recorded requests and user names: no shared cache or browser keeps a copy.
-    response_headers=[ResponseHeader(name="Cache-Control", value="no-store")],
+    # Answers are Cache-Control: no-store, as every answer that names no policy (pipeline.py).
     tags=["admin"],
     security=[{"bearer": []}],
 )
