@@ -3,11 +3,18 @@
 The request id bound to every line of a request is set by the response
 pipeline (pipeline.py), which also decides when an access line is written: one
 per request when JOTC_ACCESS_LOG is on; for answers of 500 and above, always.
+
+No line carries a raw control character, whatever a client sent (a request's
+path is percent-decoded, so ``%1b`` is an escape character): JSON lines escape
+them as JSON does (``\\u001b``), console lines as Python does (``\\x1b``). Raw, an
+escape sequence recolours or rewrites the terminal that shows the log, and a
+backspace or a NUL hides what came before it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 from contextvars import ContextVar
@@ -32,24 +39,45 @@ def add_request_id(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def escaped(text: str) -> str:
+    """text with every character that is not printable (controls, format characters such as
+    U+202E, line and paragraph separators) written as a Python literal writes it: ``\\x1b``."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
+
+
+MULTILINE = {"exception", "stack"}  # tracebacks: their line breaks are the format
+
+
+def escape_controls(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Console lines only: the JSON renderer escapes every control character itself; the console
+    renderer writes strings as they are."""
+    for key, value in event.items():
+        if isinstance(value, str) and not value.isprintable():
+            event[key] = "\n".join(escaped(line) for line in value.split("\n")) if key in MULTILINE else escaped(value)
+    return event
+
+
 def configure_logging(level: str, fmt: str) -> None:
     shared: list[Any] = [
         add_request_id,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
+    # Tracebacks as text, for libraries' records too (the console renderer's own rendering
+    # prints local variables; JSON rendered a library's exc_info as three reprs).
+    finish: list[Any] = (
+        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else [
+            structlog.processors.format_exc_info,
+            escape_controls,
+            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
+        ]
     )
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.StackInfoRenderer(), *finish],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
@@ -58,7 +86,7 @@ def configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *finish],
             foreign_pre_chain=shared,
         )
     )
@@ -98,7 +126,10 @@ class AccessLog:
         }
         if not self.pending:
             asyncio.get_running_loop().call_later(ACCESS_FLUSH_SECONDS, self.flush)
-        self.pending.append(self.encode(line))
+        # msgspec escapes C0 controls but writes DEL, C1 controls and U+202E as they are; a path
+        # holding one (rare, hostile) is written as the standard library writes JSON: all escaped.
+        encoded = self.encode(line) if path.isprintable() else json.dumps(line, separators=(",", ":")).encode()
+        self.pending.append(encoded)
 
     def flush(self) -> None:
         if self.pending:

@@ -1,10 +1,12 @@
 """What a Granian worker and the commands set up, run here in process: log configuration (JSON and
-console, libraries' logs in the same format), /metrics summing the worker files of multiprocess
-mode, the drain flag a worker maps read-only, the cgroup v1 CPU quota, the metrics directory made
-when none is given, and jotc-retention's exit on a database error. No server, no database."""
+console, libraries' logs in the same format, no control character written raw), /metrics summing
+the worker files of multiprocess mode, the drain flag a worker maps read-only, the cgroup v1 CPU
+quota, the metrics directory made when none is given, and jotc-retention's exit on a database
+error. No server, no database."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Iterator
@@ -19,15 +21,18 @@ import structlog
 from prometheus_client import values
 from structlog.testing import capture_logs
 
-from jotc_api import retention, server
+from jotc_api import logs, retention, server
 from jotc_api.drain import FLAG_ENV, DrainFlag
-from jotc_api.logs import AccessLog, configure_logging
+from jotc_api.logs import AccessLog, configure_logging, escaped
 from jotc_api.metrics import metrics_route
 
 
 @pytest.fixture
-def restored_logging() -> Iterator[None]:
-    """configure_logging() changes process-wide state: put structlog and the root logger back."""
+def restored_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """configure_logging() changes process-wide state: put structlog and the root logger back. The
+    access logger is a fresh one for the test: once used, the module's own would stay bound to
+    this test's captured output."""
+    monkeypatch.setattr(logs, "access_log", structlog.get_logger("jotc.access"))
     saved = structlog.get_config()
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
@@ -60,6 +65,55 @@ def test_console_logs_are_readable_lines(capsys: pytest.CaptureFixture[str]) -> 
     assert "below the level" not in out
     assert not out.lstrip().startswith("{")
     assert "\x1b[" not in out, "no colours when stderr is not a terminal"
+
+
+HOSTILE = "/a\x1b[31m\x08\x00\x7f\x9b\u202e\u2028\tz"
+SHOWN = r"/a\x1b[31m\x08\x00\x7f\x9b\u202e\u2028\tz"
+RAW = ["\x1b", "\x08", "\x00", "\x7f", "\x9b", "\u202e", "\u2028", "\t"]
+
+
+def test_escaped_writes_what_is_not_printable_as_a_python_literal() -> None:
+    assert escaped(HOSTILE) == SHOWN
+    assert escaped("José ☁ plain") == "José ☁ plain"
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_console_lines_escape_every_value_the_message_and_a_librarys_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", "console")
+    structlog.get_logger("test.logs").warning(f"event {HOSTILE}", path=HOSTILE)
+    AccessLog("console").add("GET", HOSTILE, 404, 0.001, "rid")
+    logging.getLogger("some.library").warning("from %s", HOSTILE)
+    out = capsys.readouterr().out
+    assert not [raw for raw in RAW if raw in out], repr(out)
+    assert out.count(SHOWN) == 4, out
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_console_tracebacks_keep_their_line_breaks_and_escape_the_rest(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", "console")
+    for logger in (structlog.get_logger("test.logs"), logging.getLogger("some.library")):
+        try:
+            raise ValueError(HOSTILE)
+        except ValueError:
+            logger.exception("failed")
+    out = capsys.readouterr().out
+    assert not [raw for raw in RAW if raw in out], repr(out)
+    assert out.count(f"ValueError: {SHOWN}") == 2, out
+    assert out.count("Traceback (most recent call last):\n") == 2, out
+
+
+def test_json_access_lines_escape_every_control_character_and_read_back() -> None:
+    lines = AccessLog("json")
+
+    async def add() -> None:
+        lines.add("GET", HOSTILE, 404, 0.001, "rid")
+        lines.add("GET", "/jumps/José", 404, 0.001, "rid")
+
+    asyncio.run(add())
+    hostile, plain = lines.pending
+    assert not [raw for raw in RAW if raw.encode() in hostile], hostile
+    assert msgspec.json.decode(hostile)["path"] == HOSTILE
+    assert msgspec.json.decode(plain)["path"] == "/jumps/José"
 
 
 def test_the_console_access_line_goes_through_structlog() -> None:
