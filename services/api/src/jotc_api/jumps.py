@@ -150,7 +150,7 @@ async def solve_and_record(state: Any, data: JumpInput) -> tuple[uuid.UUID, Solu
         await state.recorder.record(row)
     except Overloaded:
         raise overloaded() from None
-    except DatabaseUnavailable as exc:
+    except DatabaseUnavailable as exc:  # its message names PostgreSQL's role, never its address
         raise database_unavailable(f"the request was not recorded: {exc}") from None
     return request_id, answer
 

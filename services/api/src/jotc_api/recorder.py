@@ -93,7 +93,9 @@ RECORD_ONE: Final = RECORD.replace(
 
 
 class DatabaseUnavailable(Exception):
-    """The row was not acknowledged as recorded: PostgreSQL failed, or the service is stopping."""
+    """The row was not acknowledged as recorded: PostgreSQL failed, or the service is stopping.
+    Its message is told to the client: it names PostgreSQL's role, never its address or its error
+    text (those go to the log)."""
 
 
 class Overloaded(DatabaseUnavailable):
@@ -215,11 +217,11 @@ class Recorder:
 
     def _fail(self, batch: list[Waiting], exc: BaseException) -> None:
         FAILED_ROWS.inc(len(batch))
-        reason = describe_failure(exc)
-        log.warning("batch not recorded; answering 503", rows=len(batch), reason=reason)
+        log.warning("batch not recorded; answering 503", rows=len(batch), reason=describe_failure(exc))
+        told = told_to_clients(exc)
         for _, future in batch:
             if not future.done():
-                future.set_exception(DatabaseUnavailable(reason))
+                future.set_exception(DatabaseUnavailable(told))
 
     def _fail_queued(self, reason: str) -> int:
         failed = 0
@@ -297,9 +299,21 @@ async def discard(connection: AsyncConnection) -> None:
         pass
 
 
+TIMED_OUT = "PostgreSQL did not answer in time"
+
+
+def told_to_clients(exc: BaseException) -> str:
+    """What a 503 says of a failed write: PostgreSQL's role, never what the driver said, which
+    names the server (``connection to server at "10.0.0.5", port 5432 failed``)."""
+    if isinstance(exc, DatabaseUnavailable):
+        return str(exc)
+    return TIMED_OUT if isinstance(exc, TimeoutError) else "PostgreSQL is unavailable"
+
+
 def describe_failure(exc: BaseException) -> str:
+    """The failure for the log, driver's words included."""
     if isinstance(exc, TimeoutError):
-        return "PostgreSQL did not answer in time"
+        return TIMED_OUT
     if isinstance(exc, DBAPIError) and exc.orig is not None:
         exc = exc.orig
     message = str(exc).strip()
