@@ -31,10 +31,10 @@ def test_database_503_details_name_postgresql_never_its_address(database_url: st
         finally:
             server.stop()
     address = ("127.0.0.1", str(proxy.port))
-    for answer in answers:
-        where = f"{answer.request.method} {answer.request.url.path}"
-        assert answer.status_code == 503, f"{where}: {answer.status_code} {answer.text}"
-        detail = answer.json()["detail"]
-        assert "PostgreSQL" in detail, f"{where}: {detail}"
-        assert not [part for part in address if part in answer.text], f"{where} tells the address: {detail}"
+    said = [(f"{a.request.method} {a.request.url.path}", a.status_code, a.json()["detail"]) for a in answers]
+    assert [status for _, status, _ in said] == [503] * len(said), said
+    assert not [(where, detail) for where, _, detail in said if any(part in detail for part in address)], (
+        f"the address is told: {said}"
+    )
+    assert all("PostgreSQL" in detail for _, _, detail in said), f"the role is not named: {said}"
     assert f"port {proxy.port}" in log, "the driver's words, address included, are kept in the log"
