@@ -158,7 +158,7 @@ class IdempotencyStore:
         Raises IdempotencyUnavailable when Redis fails (and what ``recorded`` raises): the caller
         tries again, and a walk done twice does no harm."""
         client = self.require()
-        index, legacy = self.user_index(user), self.legacy_index(user)
+        index, old_index = self.user_index(user), self.legacy_index(user)
         turned = 0
         try:
             cursor = 0
@@ -168,8 +168,8 @@ class IdempotencyStore:
                 if cursor == 0:
                     break
             while True:
-                cursor, keys = await client.sscan(legacy, cursor, count=WALK_CHUNK)
-                turned += await self._forget_chunk(client, legacy, keys, recorded, legacy=True)
+                cursor, keys = await client.sscan(old_index, cursor, count=WALK_CHUNK)
+                turned += await self._forget_chunk(client, old_index, keys, recorded, legacy=True)
                 if cursor == 0:
                     break
         except REDIS_ERRORS as exc:
