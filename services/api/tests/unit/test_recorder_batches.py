@@ -145,12 +145,13 @@ async def test_a_failed_batch_is_503_for_all_its_rows_and_its_connection_is_thro
     engine = FakeEngine()
     statement.fail = lambda rows: OperationalError("INSERT", None, Exception("server closed the connection"))
     recorder = make(engine)
-    with capture_logs():
+    with capture_logs() as logs:
         results = await asyncio.wait_for(
             asyncio.gather(recorder.record(row()), recorder.record(row()), return_exceptions=True), timeout=5
         )
     assert all(isinstance(r, DatabaseUnavailable) for r in results)
-    assert "server closed the connection" in str(results[0])
+    assert str(results[0]) == "PostgreSQL is unavailable", "the client is told the role, not the driver's words"
+    assert [line["reason"] for line in logs] == ["server closed the connection"], "those go to the log, once"
     assert engine.connections[0].invalidated
     assert engine.connections[0].closed
     statement.fail = None
@@ -163,8 +164,9 @@ async def test_a_connection_that_cannot_even_be_invalidated_is_dropped_quietly(s
     engine = FakeEngine(fail_invalidate=True)
     statement.fail = lambda rows: OSError("network unreachable")
     recorder = make(engine)
-    with capture_logs(), pytest.raises(DatabaseUnavailable, match="network unreachable"):
+    with capture_logs() as logs, pytest.raises(DatabaseUnavailable, match=r"^PostgreSQL is unavailable$"):
         await asyncio.wait_for(recorder.record(row()), timeout=5)
+    assert [line["reason"] for line in logs] == ["network unreachable"]
     await recorder.close(timeout=5)
 
 
