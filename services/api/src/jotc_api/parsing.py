@@ -2,8 +2,12 @@
 
 Two wire forms: JSON (``clouds`` as an array of 0/1 or a digit string) and
 text/plain (HackerRank's input file, ``user`` and ``max_jump`` in the query).
-Parse errors are 400, broken rules 422 naming each field; nothing here can
-raise anything but a Problem.
+Parse errors are 400, broken rules 422 naming each field (a JSON member given
+twice included); nothing here can raise anything but a Problem. Counts and
+lengths are checked before anything is done per value, so a refused body costs
+less than the largest valid one. ``check_user`` is the one rule for a user
+name wherever one arrives, here or in the admin API: one spelling (NFC) per
+name, and nothing that renders as nothing or as another name.
 """
 
 from __future__ import annotations
