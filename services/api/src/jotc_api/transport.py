@@ -12,7 +12,9 @@ nothing to keep in step by hand. Everything else goes to Litestar.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -104,6 +106,7 @@ async def send_answer(send: Send, status: int, headers: list[tuple[bytes, bytes]
     await send(end)
 
 
+SHARE_WAIT_SECONDS = 1.0  # how long a client past its share of upload slots waits for one of its own
 RATE_GRACE_SECONDS = 1.0  # before the body's minimum rate applies: one round trip, a slow start
 
 
@@ -165,8 +168,11 @@ class Uploads:
     """How a served route receives its body, whichever transport brought the request, each bound
     checked from the headers before a byte of the body is read: refused from Content-Length
     (413); the most the body can cost charged to the worker's memory budget (503, memory.py); at
-    most ``slots`` bodies received at once in this worker, and ``per_client`` of them from one
-    client (503); each body within ``seconds`` and never slower than ``min_rate`` (408)."""
+    most ``slots`` bodies received at once in this worker (503), and ``per_client`` of them from
+    one client: a client past its share waits up to ``share_wait`` seconds for one of its own
+    uploads to finish and hand its slot over (a burst from one address is served), then 503 (a
+    client that stalls its uploads cannot take more); each body within ``seconds`` and never
+    slower than ``min_rate`` (408)."""
 
     slots: int
     per_client: int
@@ -176,29 +182,64 @@ class Uploads:
     min_rate: int
     memory: MemoryBudget
     clients: Clients
+    share_wait: float = SHARE_WAIT_SECONDS
     busy: int = 0
     by_client: dict[str, int] = field(default_factory=dict)
+    waiting: dict[str, deque[asyncio.Future[None]]] = field(default_factory=dict)
 
     async def receive(self, scope: Scope, content_length: int, receive: Receive) -> bytes | None:
         if content_length > self.max_body:
             raise body_too_large()
         await self.memory.charge(scope, body_cost(content_length, self.max_clouds))
-        if self.busy >= self.slots:
-            raise uploads_full()
         client = self.clients.of(scope)
-        held = self.by_client.get(client, 0)
-        if held >= self.per_client:
-            raise client_uploads_full()
-        self.busy += 1
-        self.by_client[client] = held + 1
+        await self.take_slot(client)
         try:
             return await read_body(receive, self.max_body, self.seconds, content_length, self.min_rate)
         finally:
-            self.busy -= 1
-            if self.by_client[client] > 1:
-                self.by_client[client] -= 1
-            else:
-                del self.by_client[client]
+            self.give_slot(client)
+
+    async def take_slot(self, client: str) -> None:
+        held = self.by_client.get(client, 0)
+        if held < self.per_client:
+            if self.busy >= self.slots:
+                raise uploads_full()
+            self.busy += 1
+            self.by_client[client] = held + 1
+            return
+        handed = asyncio.get_running_loop().create_future()
+        line = self.waiting.setdefault(client, deque())
+        line.append(handed)
+        try:
+            with Deadline(self.share_wait):
+                await handed
+        except BaseException as error:
+            if handed.done() and not handed.cancelled():
+                self.give_slot(client)  # handed over just as the wait ended: passed on
+            elif handed in line:
+                line.remove(handed)
+            if not line and self.waiting.get(client) is line:
+                del self.waiting[client]
+            if isinstance(error, TimeoutError):
+                raise client_uploads_full() from None
+            raise
+
+    def give_slot(self, client: str) -> None:
+        """The slot goes to the client's next waiting upload, else back to the worker."""
+        line = self.waiting.get(client)
+        while line:
+            handed = line.popleft()
+            if not handed.done():
+                if not line:
+                    del self.waiting[client]
+                handed.set_result(None)
+                return
+        if line is not None:
+            del self.waiting[client]
+        self.busy -= 1
+        if self.by_client[client] > 1:
+            self.by_client[client] -= 1
+        else:
+            del self.by_client[client]
 
 
 SINGLE_FIELDS = {

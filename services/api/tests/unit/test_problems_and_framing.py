@@ -314,7 +314,7 @@ async def test_uploads_refuse_a_body_when_every_slot_is_busy_and_free_the_slot_a
 
 
 async def test_one_client_holds_at_most_its_share_of_the_slots_and_others_still_find_room() -> None:
-    uploads = make_uploads(slots=4, per_client=2)
+    uploads = make_uploads(slots=4, per_client=2, share_wait=0.01)
     held = [await held_open(uploads, from_client("2001:db8::1")), await held_open(uploads, from_client("2001:db8::2"))]
     with pytest.raises(Problem) as refused:  # the same /64: the same client
         await uploads.receive(from_client("2001:db8::3"), 4, never)  # type: ignore[arg-type]
@@ -325,6 +325,19 @@ async def test_one_client_holds_at_most_its_share_of_the_slots_and_others_still_
         release.set()
     assert await asyncio.gather(bystander, *(task for task, _ in held)) == [b"done"] * 3
     assert (uploads.busy, uploads.by_client) == (0, {}), "every slot and every client's count given back"
+
+
+async def test_a_burst_from_one_client_past_its_share_waits_for_its_own_slots() -> None:
+    uploads = make_uploads(slots=4, per_client=1, share_wait=30)
+    first, release = await held_open(uploads, from_client())
+    read = messages({"type": "http.request", "body": b"next", "more_body": False})
+    second = asyncio.create_task(uploads.receive(from_client(), 4, read))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert not second.done(), "past its share: it waits for the client's own slot"
+    assert uploads.busy == 1
+    release.set()
+    assert await asyncio.wait_for(asyncio.gather(first, second), 5) == [b"done", b"next"]
+    assert (uploads.busy, uploads.by_client, uploads.waiting) == (0, {}, {})
 
 
 async def test_a_body_is_charged_to_the_memory_budget_before_it_is_read_and_refused_when_it_does_not_fit() -> None:
