@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jotc_api.idempotency import once
+from jotc_api.memory import clouds_cost
 from jotc_api.parsing import JotcBody, JumpInput, parse_json, parse_text
 from jotc_api.problems import FieldError, Problem, database_unavailable, overloaded, validation_problem
 from jotc_api.queries import find_request
@@ -234,7 +235,10 @@ def canonical_id(raw_id: str) -> uuid.UUID:
     return wanted
 
 
-async def read_jump(engine: AsyncEngine, raw_id: str, offload_from: int) -> JumpRecord:
+async def read_jump(
+    engine: AsyncEngine, raw_id: str, offload_from: int, charge: Callable[[int], Awaitable[None]]
+) -> JumpRecord:
+    """The recorded request; its clouds are charged (memory.py) before its answer is rebuilt."""
     wanted = canonical_id(raw_id)
     try:
         found = await find_request(engine, wanted)
@@ -242,6 +246,7 @@ async def read_jump(engine: AsyncEngine, raw_id: str, offload_from: int) -> Jump
         raise database_unavailable("PostgreSQL is unavailable; the request could not be read") from None
     if found is None:
         raise Problem(404, "not-found", f"no recorded request has id {wanted}")
+    await charge(clouds_cost(found.n))
     clouds = unpack_clouds(found.clouds, found.n)
     answer = await solve_without_stalling(bytes(clouds), found.max_jump, offload_from)
     path = answer.path if isinstance(answer, Solution) else []

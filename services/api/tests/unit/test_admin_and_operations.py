@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 from jotc_api import openapi, schema_compat
 from jotc_api.drain import DrainFlag
 from jotc_api.erasure import ErasureJob, recorded_ids
+from jotc_api.memory import MemoryBudget
 from jotc_api.problems import Problem
 from jotc_api.queries import ListedRequest
 from jotc_api.routes import admin, operations
@@ -35,8 +36,9 @@ def request(**state: Any) -> Any:
     defaults: dict[str, Any] = {
         "engine": object(),
         "settings": SimpleNamespace(offload_from=50_000, admin_page_cells=10),
+        "memory": MemoryBudget(10**9),
     }
-    return SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(**(defaults | state))))
+    return SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(**(defaults | state))), scope={})
 
 
 async def failing_async(*_: Any, **__: Any) -> Any:

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from jotc_api import jumps
+from jotc_api.memory import clouds_cost
 from jotc_api.parsing import JumpInput
 from jotc_api.queries import RecordedRequest, find_request
 from jotc_api.recorder import DatabaseUnavailable, Overloaded, Row
@@ -155,16 +156,23 @@ async def test_a_replay_while_postgresql_is_down_is_503(monkeypatch: pytest.Monk
 
 
 async def test_reading_a_record_while_postgresql_is_down_is_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    charged: list[int] = []
     finding(monkeypatch, OperationalError("SELECT", None, Exception("connection refused")))
     with pytest.raises(jumps.Problem) as refused:
-        await jumps.read_jump(object(), str(RECORD_ID), 50_000)  # type: ignore[arg-type]
+        await jumps.read_jump(object(), str(RECORD_ID), 50_000, charged.append)  # type: ignore[arg-type]
     assert (refused.value.status, refused.value.kind) == (503, "database-unavailable")
 
 
 async def test_reading_a_record_gives_its_clouds_and_path(monkeypatch: pytest.MonkeyPatch) -> None:
     finding(monkeypatch, RECORDED)
-    record = await jumps.read_jump(object(), str(RECORD_ID), 50_000)  # type: ignore[arg-type]
+    charged: list[int] = []
+
+    async def charge(cost: int) -> None:
+        charged.append(cost)
+
+    record = await jumps.read_jump(object(), str(RECORD_ID), 50_000, charge)  # type: ignore[arg-type]
     assert (record.clouds, record.path, record.jumps) == (list(CLOUDS), [0, 1, 3, 4, 6], 4)
+    assert charged == [clouds_cost(len(CLOUDS))], "its clouds are charged before the answer is rebuilt"
     assert record.created_at == "2026-01-02T03:04:05+00:00"
 
 
@@ -173,8 +181,9 @@ async def test_only_the_canonical_spelling_of_an_id_names_a_record(
     spelling: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     asked = finding(monkeypatch, RECORDED)
+    charged: list[int] = []
     with pytest.raises(jumps.Problem) as refused:
-        await jumps.read_jump(object(), spelling, 50_000)  # type: ignore[arg-type]
+        await jumps.read_jump(object(), spelling, 50_000, charged.append)  # type: ignore[arg-type]
     assert refused.value.status == 404
     assert asked == [], "the database is not asked"
 

@@ -32,6 +32,7 @@ from litestar.params import FromPath, Parameter
 from sqlalchemy.exc import SQLAlchemyError
 
 from jotc_api.erasure import ErasureJob, read_job, recorded_ids
+from jotc_api.memory import clouds_cost
 from jotc_api.openapi import NoValidationOperation, problem
 from jotc_api.parsing import check_user
 from jotc_api.problems import FieldError, Problem, database_unavailable, validation_problem
@@ -333,7 +334,9 @@ async def admin_requests(
         )
     except SQLAlchemyError:
         raise unavailable() from None
-    if sum(row.n for row in rows) < state.settings.offload_from:
+    clouds = sum(row.n for row in rows)
+    await state.memory.charge(request.scope, clouds_cost(clouds))  # the paths about to be rebuilt
+    if clouds < state.settings.offload_from:
         items = listed_items(rows)
     else:  # paths of large inputs are recomputed off the event loop
         items = await anyio.to_thread.run_sync(listed_items, rows)

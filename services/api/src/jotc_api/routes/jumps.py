@@ -10,6 +10,7 @@ declared ``serve`` function; jumps.py holds the work itself.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -109,4 +110,5 @@ post_jotc = served_post(
 )
 async def get_jump(request: Request[Any, Any, Any], request_id: FromPath[str]) -> JumpRecord:
     state = request.app.state
-    return await read_jump(state.engine, request_id, state.settings.offload_from)
+    charge = partial(state.memory.charge, request.scope)
+    return await read_jump(state.engine, request_id, state.settings.offload_from, charge)
