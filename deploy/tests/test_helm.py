@@ -13,6 +13,8 @@ import pytest
 import yaml
 from chart import CHART, VALUES, find, invalid_on, one, render, run_helm, values_args
 
+ADMIN_TOKEN = "0123456789abcdef0123456789abcdef"  # pragma: allowlist secret
+
 # The oldest Kubernetes minor on which every field the chart uses exists and is on by default:
 # lifecycle.preStop.sleep (PodLifecycleSleepAction) is alpha and off in 1.29, beta and on in 1.30;
 # matchLabelKeys in topologySpreadConstraints and the PDB's unhealthyPodEvictionPolicy are on from
@@ -62,7 +64,7 @@ MATRIX = {
         "--set",
         "api.grafanaDashboard.enabled=true,api.prometheusRule.enabled=true,locust.workers.autoscaling.enabled=true",
         "--set",
-        "api.autoscaling.enabled=true,adminToken.value=0123456789abcdef0123456789abcdef",
+        f"api.autoscaling.enabled=true,adminToken.value={ADMIN_TOKEN}",
     ),
 }
 
@@ -147,7 +149,7 @@ def test_a_drain_too_short_for_the_readiness_probe_to_notice_is_refused() -> Non
     ("cpu", "workers"), [("1", "1"), ("2", "2"), ("1500m", "1"), ("500m", "1"), ("2.5", "2"), ("3999m", "3")]
 )
 def test_granian_workers_follow_the_cpu_limit_rounded_down(cpu: str, workers: str) -> None:
-    docs = render("default", "--set-string", f"api.resources.limits.cpu={cpu}")
+    docs = render("default", "--set-string", f"api.resources.limits.cpu={cpu},api.resources.limits.memory=1Gi")
     assert one(docs, "ConfigMap", "-api")["data"]["JOTC_WORKERS"] == workers
 
 
@@ -472,7 +474,7 @@ def test_without_a_cpu_limit_workers_come_from_the_request_and_notes_warn() -> N
 
 
 def test_explicit_workers_win() -> None:
-    docs = render("default", "--set", "api.workers=3")
+    docs = render("default", "--set", "api.workers=3", "--set-string", "api.resources.limits.memory=1Gi")
     assert one(docs, "ConfigMap", "-api")["data"]["JOTC_WORKERS"] == "3"
 
 
@@ -498,7 +500,7 @@ def test_redis_connections_beyond_its_budget_are_refused() -> None:
     ("settings", "words"),
     [
         (["--set", "api.workers=4"], "each of 4 API worker(s) may hold 0Mi"),
-        (["--set-string", "api.resources.limits.memory=160Mi"], "may hold 0Mi of requests"),
+        (["--set-string", "api.resources.limits.memory=224Mi"], "may hold 0Mi of requests"),
         (["--set-string", "api.settings.JOTC_REQUEST_MEMORY=4Mi"], "less than one request of the largest body"),
         (["--set-string", "api.settings.JOTC_REQUEST_MEMORY=400Mi"], "needs 560Mi"),
         (["--set", "api.workers=2", "--set-string", "api.settings.JOTC_REQUEST_MEMORY=128Mi"], "needs 288Mi"),
@@ -511,7 +513,8 @@ def test_a_worker_without_the_memory_its_budget_needs_is_refused(settings: list[
 def test_the_memory_budget_reads_every_way_kubernetes_writes_a_quantity() -> None:
     for limit in ("1Gi", "1073741824", "1100M", "1.5Gi"):
         render("default", "--set", "api.workers=4", "--set-string", f"api.resources.limits.memory={limit}")
-    assert "not a memory quantity" in fails("--set-string", "api.resources.limits.memory=1Zb")
+    for wrong in ("1Zb", "128 Mi", "128mi", "500m"):
+        assert "not a memory quantity" in fails("--set-string", f"api.resources.limits.memory={wrong}")
 
 
 # --- Rate limiting needs trusted proxies ------------------------------------------------------------
@@ -650,7 +653,7 @@ def test_two_renders_are_identical(case: str) -> None:
         "evaluation-by-values": ["-f", str(VALUES["evaluation-values"]), *EVALUATION_BY_VALUES],
         "admin-by-value": [
             "--set",
-            "adminToken.value=0123456789abcdef0123456789abcdef",
+            f"adminToken.value={ADMIN_TOKEN}",
             "--set",
             "locust.enabled=true",
         ],
@@ -694,9 +697,7 @@ def test_admin_token_by_value_is_stored_and_rotating_it_rolls_the_pods() -> None
 
     assert checksum(docs) == checksum(rendered("first-token-0123456789-0123456789ab"))
     assert checksum(docs) != checksum(rendered("second-token-0123456789-0123456789a"))
-    assert "not both" in fails(
-        "--set", "adminToken.value=0123456789abcdef0123456789abcdef", "--set", "adminToken.existingSecret=x"
-    )
+    assert "not both" in fails("--set", f"adminToken.value={ADMIN_TOKEN}", "--set", "adminToken.existingSecret=x")
     assert "schema" in fails("--set", "adminToken.value=short").lower()
 
 
@@ -707,7 +708,7 @@ def test_notes_say_where_the_admin_token_is_and_how_to_rotate_it() -> None:
         return result.stdout
 
     assert "Admin API:          off" in notes()
-    by_value = notes("--set", "adminToken.value=0123456789abcdef0123456789abcdef")
+    by_value = notes("--set", f"adminToken.value={ADMIN_TOKEN}")
     assert "Rotate: helm upgrade rel … --reuse-values --set adminToken.value=" in by_value
     assert "rollout restart deploy/rel-jotc-api" in notes("--set", "adminToken.existingSecret=jotc-admin")
 

@@ -59,6 +59,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- $suffix := regexFind "[a-zA-Z]+$" $quantity -}}
 {{- $number := trimSuffix $suffix $quantity -}}
 {{- if not $quantity -}}0
+{{- else if not (regexMatch "^[0-9]+(\\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$" $quantity) -}}{{- fail (printf "%q is not a memory quantity this chart understands (bytes, or a number with Ki, Mi, Gi, Ti, k, M, G or T)" $quantity) -}}
 {{- else if and $suffix (not (hasKey $units $suffix)) -}}{{- fail (printf "%q is not a memory quantity this chart understands (use Mi or Gi)" $quantity) -}}
 {{- else -}}{{ mulf (float64 $number) (default 1 (get $units $suffix)) | int64 }}
 {{- end -}}
@@ -132,22 +133,24 @@ neither a CPU limit nor a CPU request is set: 1 Granian worker per pod. Set api.
 {{- if gt $redisNeeded (int .Values.redis.connectionBudget) -}}
 {{- fail (printf "the API may open %d Redis connections ((max replicas + surge) %d x workers %d x JOTC_REDIS_MAX_CONNECTIONS %d) but redis.connectionBudget is %d: lower replicas, workers or JOTC_REDIS_MAX_CONNECTIONS, or raise the budget (and Redis's maxclients)" $redisNeeded $pods $workers $redisPool (int .Values.redis.connectionBudget)) -}}
 {{- end -}}
-{{- /* The memory budget (services/api/src/jotc_api/memory.py): each worker needs its own 160Mi
-plus JOTC_REQUEST_MEMORY (default 128Mi, or what the worker's share leaves after its 160Mi when
-that is less), which must hold one request of the largest body. */ -}}
+{{- /* The memory budget (services/api/src/jotc_api/memory.py): 64Mi of the limit for Granian's
+main process and socket buffers; each worker needs its own 160Mi plus JOTC_REQUEST_MEMORY (default
+128Mi, or what the worker's share leaves after its 160Mi when that is less), which must hold one
+request of the largest body (96 bytes a cloud it may carry, plus the body and 16 KiB). */ -}}
 {{- $mi := 1048576 -}}
 {{- $clouds := int64 (default 100000 $settings.JOTC_MAX_CLOUDS) -}}
 {{- $body := int64 (default (add (mul 3 $clouds) 16384) $settings.JOTC_MAX_BODY_BYTES) -}}
-{{- $largest := add $body (mul 64 (min $body $clouds)) 16384 -}}
+{{- $largest := add $body (mul 96 (min $body $clouds)) 16384 -}}
 {{- $limit := include "jotc.bytes" ((.Values.api.resources.limits | default dict).memory) | int64 -}}
-{{- $left := sub (div $limit $workers) (mul 160 $mi) -}}
+{{- $perWorker := div (max (sub $limit (mul 64 $mi)) 0) $workers -}}
+{{- $left := sub $perWorker (mul 160 $mi) -}}
 {{- $requestMemory := include "jotc.bytes" $settings.JOTC_REQUEST_MEMORY | int64 -}}
 {{- if and $requestMemory (gt $requestMemory $left) -}}
-{{- fail (printf "api.resources.limits.memory gives each of %d worker(s) %dMi but a worker needs %dMi (160Mi of its own + JOTC_REQUEST_MEMORY %dMi): raise the limit, or lower api.workers or JOTC_REQUEST_MEMORY" $workers (div (div $limit $workers) $mi) (div (add (mul 160 $mi) $requestMemory) $mi) (div $requestMemory $mi)) -}}
+{{- fail (printf "api.resources.limits.memory gives each of %d worker(s) %dMi but a worker needs %dMi (160Mi of its own + JOTC_REQUEST_MEMORY %dMi): raise the limit, or lower api.workers or JOTC_REQUEST_MEMORY" $workers (div $perWorker $mi) (div (add (mul 160 $mi) $requestMemory) $mi) (div $requestMemory $mi)) -}}
 {{- end -}}
 {{- $effective := $requestMemory | default (min (mul 128 $mi) $left) -}}
 {{- if lt $effective $largest -}}
-{{- fail (printf "each of %d API worker(s) may hold %dMi of requests (api.resources.limits.memory / workers - 160Mi, at most JOTC_REQUEST_MEMORY), less than one request of the largest body needs (JOTC_MAX_BODY_BYTES %d, JOTC_MAX_CLOUDS %d: %d bytes): raise the memory limit or lower those limits" $workers (div (max $effective 0) $mi) $body $clouds $largest) -}}
+{{- fail (printf "each of %d API worker(s) may hold %dMi of requests ((api.resources.limits.memory - 64Mi) / workers - 160Mi, at most JOTC_REQUEST_MEMORY), less than one request of the largest body needs (JOTC_MAX_BODY_BYTES %d, JOTC_MAX_CLOUDS %d: %d bytes): raise the memory limit or lower those limits" $workers (div (max $effective 0) $mi) $body $clouds $largest) -}}
 {{- end -}}
 {{- $deadline := int .Values.migrations.activeDeadlineSeconds -}}
 {{- if gt (add $deadline 30) (int .Values.migrations.helmTimeoutSeconds) -}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -113,6 +114,7 @@ def make_readiness_engine(settings: Settings) -> AsyncEngine:
         pool_size=1,
         max_overflow=0,
         pool_timeout=READY_CHECK_TIMEOUT,
+        pool_pre_ping=True,  # a connection PostgreSQL dropped (a restart, a failover) is replaced, not reported
         connect_args={"connect_timeout": 1, "application_name": "jotc-api-readiness"},
     )
 
@@ -156,7 +158,10 @@ def create_app(
 
 
 def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Litestar:
-    memory = MemoryBudget(settings.request_memory or DEFAULT_REQUEST_MEMORY)
+    clients = Clients(settings.trusted_proxies)
+    memory = MemoryBudget(
+        settings.request_memory or DEFAULT_REQUEST_MEMORY, clients, settings.upload_share_percent / 100
+    )
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -173,6 +178,8 @@ def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Li
             write_timeout=DB_WRITE_TIMEOUT_SECONDS,
         )
         readiness_engine = make_readiness_engine(settings)
+        with contextlib.suppress(Exception):  # unreachable: the traffic pool's warm-up has said so
+            await warm_up(readiness_engine, 1)  # the first probe pays no connection set-up
         app.state.update(
             engine=engine,
             recorder=recorder,
@@ -218,7 +225,7 @@ def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Li
                     seconds=settings.body_read_timeout,
                     min_rate=settings.body_min_rate,
                     memory=memory,
-                    clients=Clients(settings.trusted_proxies),
+                    clients=clients,
                 ),
                 "memory": memory,
             }

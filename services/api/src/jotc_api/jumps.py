@@ -246,7 +246,7 @@ async def read_jump(
         raise database_unavailable("PostgreSQL is unavailable; the request could not be read") from None
     if found is None:
         raise Problem(404, "not-found", f"no recorded request has id {wanted}")
-    await charge(clouds_cost(found.n))
+    await charge(clouds_cost(found.n))  # at once or 503: a read holds no upload slot to wait in
     clouds = unpack_clouds(found.clouds, found.n)
     answer = await solve_without_stalling(bytes(clouds), found.max_jump, offload_from)
     path = answer.path if isinstance(answer, Solution) else []

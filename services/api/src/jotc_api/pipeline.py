@@ -32,7 +32,7 @@ from jotc_api.drain import DrainFlag
 from jotc_api.logs import CURRENT_REQUEST_ID, AccessLog
 from jotc_api.memory import give_back
 from jotc_api.metrics import NOT_MEASURED, UNMATCHED, RequestTally, method_label
-from jotc_api.problems import Problem, internal_error
+from jotc_api.problems import Problem, internal_error, length_required
 from jotc_api.transport import CLIENT_CLOSED_KEY, send_answer
 
 log = structlog.get_logger("jotc.app")
@@ -128,11 +128,14 @@ def response_pipeline(
             return
         request_id = b""
         origin: str | None = None
+        framed = False
         for name, value in scope["headers"]:  # one pass: this runs for every request
             if name == b"x-request-id":
                 request_id = value
             elif name == b"origin" and policy is not None:
                 origin = value.decode("latin-1")
+            elif name == b"transfer-encoding":
+                framed = True
         if not REQUEST_ID.fullmatch(request_id):
             request_id = secrets.token_hex(8).encode()
         rid = request_id.decode()
@@ -175,6 +178,12 @@ def response_pipeline(
                     added = [*SECURITY_HEADERS, (b"x-request-id", request_id)]
                     await send_answer(send_through, status_code, headers, body)
                     return
+            if framed:
+                # No route takes a body framed by Transfer-Encoding: the server reads a request framed
+                # both ways as chunked and drops its Content-Length before we see it, so refusing the
+                # header is the one way to refuse that request (a smuggling attempt's mark), on any route.
+                await send_answer(send_through, *length_required().render())
+                return
             if "\x00" in scope["path"]:  # no route has one; the static files router would crash on it
                 await send_answer(send_through, *Problem(404, "not-found", "nothing here").render())
                 return

@@ -229,6 +229,13 @@ def client_uploads_full() -> Problem:
     )
 
 
+def client_memory_full() -> Problem:
+    return busy(
+        "this client's requests already hold as much of this worker's memory as one client may "
+        "(JOTC_UPLOAD_SHARE_PERCENT of JOTC_REQUEST_MEMORY)"
+    )
+
+
 def memory_full() -> Problem:
     return busy("this worker holds as much request data as its memory allows (JOTC_REQUEST_MEMORY)")
 

@@ -26,7 +26,7 @@ from typing import Any
 from granian.server import Server
 
 from jotc_api.drain import FLAG_ENV, DrainFlag
-from jotc_api.memory import BudgetError, plan_request_memory
+from jotc_api.memory import CONTAINER_RESERVE, BudgetError, plan_request_memory
 from jotc_api.settings import Settings, SettingsError, load_settings
 
 CGROUP_V2_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -68,11 +68,12 @@ def memory_limit(paths: tuple[Path, ...] = (CGROUP_V2_MEMORY_MAX, CGROUP_V1_MEMO
 
 
 def worker_memory(settings: Settings, workers: int) -> int | None:
-    """The memory each worker is given: JOTC_WORKER_MEMORY, else the container's limit shared."""
+    """The memory each worker is given: JOTC_WORKER_MEMORY, else the container's limit, less what
+    the main process and the sockets' buffers need, shared among the workers."""
     if settings.worker_memory is not None:
         return settings.worker_memory
     limit = memory_limit()
-    return None if limit is None else limit // workers
+    return None if limit is None else max(limit - CONTAINER_RESERVE, 0) // workers
 
 
 def available_cpus() -> int:

@@ -110,18 +110,29 @@ def integer(env: Mapping[str, str], name: str, default: int, low: int, high: int
     return value
 
 
-UNITS = {"": 1, "k": 1000, "ki": 1024, "m": 1000**2, "mi": MIB, "g": 1000**3, "gi": 1024 * MIB}
+UNITS = {
+    "": 1,
+    "k": 1000,
+    "Ki": 1024,
+    "M": 1000**2,
+    "Mi": MIB,
+    "G": 1000**3,
+    "Gi": 1024 * MIB,
+    "T": 1000**4,
+    "Ti": MIB * MIB,
+}
 
 
 def byte_size(env: Mapping[str, str], name: str, low: int, high: int) -> int | None:
-    """Bytes, written as Kubernetes writes memory: 134217728, 128Mi, 1Gi, 500M; None when unset."""
+    """Bytes, written as Kubernetes writes memory (case matters: M is 10**6, m would be milli):
+    134217728, 128Mi, 1.5Gi, 500M; None when unset."""
     raw = env.get(name, "").strip()
     if not raw:
         return None
-    match = re.fullmatch(r"([0-9]{1,15})\s*([kKmMgG]i?)?", raw)
+    match = re.fullmatch(r"([0-9]{1,15}(?:\.[0-9]{1,6})?)(Ki|Mi|Gi|Ti|k|M|G|T)?", raw)
     if not match:
-        raise SettingsError(f"{name} must be a size in bytes such as 134217728, 128Mi or 1Gi, got {raw!r}")
-    value = int(match[1]) * UNITS[(match[2] or "").lower()]
+        raise SettingsError(f"{name} must be a size in bytes such as 134217728, 128Mi or 1.5Gi, got {raw!r}")
+    value = int(float(match[1]) * UNITS[match[2] or ""])
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low // MIB}Mi and {high // MIB}Mi, got {raw!r}")
     return value
@@ -259,7 +270,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         else None,
         upload_share_percent=integer(env, "JOTC_UPLOAD_SHARE_PERCENT", DEFAULT["upload_share_percent"], 1, 100),
         body_min_rate=integer(env, "JOTC_BODY_MIN_RATE", DEFAULT["body_min_rate"], 0, 100 * MIB),
-        request_memory=byte_size(env, "JOTC_REQUEST_MEMORY", MIB, 64 * 1024 * MIB),
+        request_memory=byte_size(env, "JOTC_REQUEST_MEMORY", 64 * 1024, 64 * 1024 * MIB),
         worker_memory=byte_size(env, "JOTC_WORKER_MEMORY", 64 * MIB, 1024 * 1024 * MIB),
         redis_max_connections=integer(env, "JOTC_REDIS_MAX_CONNECTIONS", DEFAULT["redis_max_connections"], 2, 10_000),
         admin_page_cells=integer(env, "JOTC_ADMIN_PAGE_CELLS", DEFAULT["admin_page_cells"], 1000, 100_000_000),

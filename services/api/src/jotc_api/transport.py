@@ -37,7 +37,6 @@ from jotc_api.problems import (
     client_uploads_full,
     clip,
     incomplete_body,
-    length_required,
     uploads_full,
     validation_problem,
 )
@@ -108,6 +107,7 @@ async def send_answer(send: Send, status: int, headers: list[tuple[bytes, bytes]
 
 SHARE_WAIT_SECONDS = 1.0  # how long a client past its share of upload slots waits for one of its own
 RATE_GRACE_SECONDS = 1.0  # before the body's minimum rate applies: one round trip, a slow start
+PAUSE_SECONDS = 2.0  # the longest a body may pause once begun, when a minimum rate is set
 
 
 async def read_body(
@@ -120,8 +120,9 @@ async def read_body(
 ) -> bytes | None:
     """The whole body within ``timeout`` seconds (else 408), refused with 413 as soon as it passes
     ``limit``; None if the client left. With ``min_rate`` (bytes a second), a body that falls
-    behind that rate after ``grace`` seconds is cut off with 408 as soon as it does, so a client
-    that stalls cannot keep its upload slot for the whole timeout.
+    behind that average rate after ``grace`` seconds, or pauses for PAUSE_SECONDS, is cut off
+    with 408 as soon as it does, so a client that stalls cannot keep its upload slot (and its
+    memory charge) for the whole timeout.
 
     ``length`` is the declared Content-Length (-1: none). Once that many bytes are in, the body is
     complete by HTTP's own framing, so the server's closing empty message is not awaited: Granian
@@ -129,11 +130,13 @@ async def read_body(
     its threads and the event loop. More bytes than declared are refused, whoever delivered them."""
     chunks: list[bytes] = []
     size = 0
-    started = time.monotonic()
+    started = last = time.monotonic()
     ends = started + timeout
     while True:
         # Wait for the next chunk until the deadline, or until the body falls behind min_rate.
-        due = min(ends, started + grace + size / min_rate) if min_rate else ends
+        # Keeping the average is not enough: a body that stops is cut off PAUSE_SECONDS later too,
+        # so one that sends its first bytes early cannot bank them and then stall.
+        due = min(ends, started + grace + size / min_rate, last + PAUSE_SECONDS) if min_rate else ends
         try:
             with Deadline(due - time.monotonic()):
                 message = await receive()
@@ -143,6 +146,8 @@ async def read_body(
             return None
         chunk = cast("bytes", message.get("body", b""))
         size += len(chunk)
+        if chunk:
+            last = time.monotonic()
         if size > limit:
             raise body_too_large()
         if size > length >= 0:
@@ -184,16 +189,18 @@ class Uploads:
     clients: Clients
     share_wait: float = SHARE_WAIT_SECONDS
     busy: int = 0
+    queued: int = 0  # uploads waiting for a slot of their own client's
     by_client: dict[str, int] = field(default_factory=dict)
     waiting: dict[str, deque[asyncio.Future[None]]] = field(default_factory=dict)
 
     async def receive(self, scope: Scope, content_length: int, receive: Receive) -> bytes | None:
         if content_length > self.max_body:
             raise body_too_large()
-        await self.memory.charge(scope, body_cost(content_length, self.max_clouds))
         client = self.clients.of(scope)
         await self.take_slot(client)
         try:
+            # Charged while holding the slot, so the line for memory is never longer than the slots.
+            await self.memory.charge(scope, body_cost(content_length, self.max_clouds))
             return await read_body(receive, self.max_body, self.seconds, content_length, self.min_rate)
         finally:
             self.give_slot(client)
@@ -206,9 +213,14 @@ class Uploads:
             self.busy += 1
             self.by_client[client] = held + 1
             return
+        if self.busy + self.queued >= self.slots:
+            # Waiting requests hold the server's backpressure as uploads do: together they stay
+            # within the slots, so the worker's other half stays free for probes and quick requests.
+            raise client_uploads_full()
         handed = asyncio.get_running_loop().create_future()
         line = self.waiting.setdefault(client, deque())
         line.append(handed)
+        self.queued += 1
         try:
             with Deadline(self.share_wait):
                 await handed
@@ -222,6 +234,8 @@ class Uploads:
             if isinstance(error, TimeoutError):
                 raise client_uploads_full() from None
             raise
+        finally:
+            self.queued -= 1
 
     def give_slot(self, client: str) -> None:
         """The slot goes to the client's next waiting upload, else back to the worker."""
@@ -252,16 +266,10 @@ SINGLE_FIELDS = {
 
 def request_fields(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, int, bytes | None]:
     """Content-Type, Content-Length (-1 if absent) and Idempotency-Key. Each may be given once: a
-    repeated one is refused rather than guessed (a proxy in front may have read the other).
-
-    A body must be framed by Content-Length alone: any Transfer-Encoding is refused (411). The
-    server reads a request framed both ways as chunked and drops its Content-Length before the
-    application sees it (RFC 9112 6.3 allows that), so refusing Transfer-Encoding is the one way
-    to refuse that request, and an unknown coding ("gzip, chunked") is never read as plain."""
+    repeated one is refused rather than guessed (a proxy in front may have read the other). A
+    body framed by Transfer-Encoding never gets here: the response pipeline refuses it (411)."""
     found: dict[bytes, bytes] = {}
     for name, value in headers:
-        if name == b"transfer-encoding":
-            raise length_required()
         if name in SINGLE_FIELDS:
             if name in found:
                 field = SINGLE_FIELDS[name]

@@ -27,6 +27,12 @@ from jotc_api.problems import Problem
 from jotc_api.settings import SettingsError, load_settings
 
 Scope = dict[str, Any]
+CLIENTS = iter(range(1, 1_000_000))
+
+
+def client() -> Scope:
+    """A request from a client of its own."""
+    return {"client": (f"10.0.{next(CLIENTS) // 250}.{next(CLIENTS) % 250}", 50000), "headers": []}
 
 
 def test_a_body_costs_at_most_one_cloud_a_byte_and_never_more_clouds_than_allowed() -> None:
@@ -38,7 +44,7 @@ def test_a_body_costs_at_most_one_cloud_a_byte_and_never_more_clouds_than_allowe
 
 async def test_charges_that_fit_are_held_until_the_answer_is_out() -> None:
     budget = MemoryBudget(100)
-    scope: Scope = {}
+    scope: Scope = client()
     await budget.charge(scope, 60)  # type: ignore[arg-type]
     await budget.charge(scope, 30)  # type: ignore[arg-type]
     assert (budget.held, scope[HELD_KEY].cost) == (90, 90), "one request's charges add up"
@@ -50,14 +56,14 @@ async def test_charges_that_fit_are_held_until_the_answer_is_out() -> None:
 
 async def test_a_charge_that_does_not_fit_waits_and_gets_the_memory_given_back_first() -> None:
     budget = MemoryBudget(100, wait_seconds=30)
-    first: Scope = {}
+    first: Scope = client()
     await budget.charge(first, 80)  # type: ignore[arg-type]
-    waiting: Scope = {}
+    waiting: Scope = client()
     waiter = asyncio.create_task(budget.charge(waiting, 50))  # type: ignore[arg-type]
     await asyncio.sleep(0)
     assert not waiter.done()
     assert len(budget.waiting) == 1
-    newcomer: Scope = {}
+    newcomer: Scope = client()
     late = asyncio.create_task(budget.charge(newcomer, 20))  # type: ignore[arg-type]
     await asyncio.sleep(0)
     assert not late.done(), "fits now, but the line comes first"
@@ -69,9 +75,9 @@ async def test_a_charge_that_does_not_fit_waits_and_gets_the_memory_given_back_f
 
 async def test_a_charge_that_waits_too_long_is_refused_and_leaves_the_line() -> None:
     budget = MemoryBudget(100, wait_seconds=0.01)
-    await budget.charge({}, 100)  # type: ignore[arg-type]
+    await budget.charge(client(), 100)  # type: ignore[arg-type]
     with pytest.raises(Problem) as refused:
-        await budget.charge({}, 1)  # type: ignore[arg-type]
+        await budget.charge(client(), 1)  # type: ignore[arg-type]
     assert (refused.value.status, refused.value.kind) == (503, "overloaded")
     assert refused.value.headers["Connection"] == "close"
     assert not budget.waiting
@@ -81,15 +87,15 @@ async def test_a_charge_that_waits_too_long_is_refused_and_leaves_the_line() -> 
 async def test_a_charge_larger_than_the_whole_budget_is_refused_at_once() -> None:
     budget = MemoryBudget(100, wait_seconds=30)
     with pytest.raises(Problem):
-        await asyncio.wait_for(budget.charge({}, 101), 5)  # type: ignore[arg-type]
+        await asyncio.wait_for(budget.charge(client(), 101), 5)  # type: ignore[arg-type]
 
 
 async def test_a_waiter_that_is_cancelled_gives_its_place_to_the_next() -> None:
     budget = MemoryBudget(100, wait_seconds=30)
-    holder: Scope = {}
+    holder: Scope = client()
     await budget.charge(holder, 100)  # type: ignore[arg-type]
-    big = asyncio.create_task(budget.charge({}, 90))  # type: ignore[arg-type]
-    small_scope: Scope = {}
+    big = asyncio.create_task(budget.charge(client(), 90))  # type: ignore[arg-type]
+    small_scope: Scope = client()
     small = asyncio.create_task(budget.charge(small_scope, 10))  # type: ignore[arg-type]
     await asyncio.sleep(0)
     big.cancel()
@@ -152,3 +158,38 @@ def test_memory_sizes_are_read_as_kubernetes_writes_them() -> None:
     assert load_settings(good).request_memory is None
     assert load_settings(good).max_body_bytes == 3 * 100_000 + 16 * 1024
     assert load_settings(good | {"JOTC_MAX_CLOUDS": "1000"}).max_body_bytes == 3 * 1000 + 16 * 1024
+
+
+async def test_one_client_holds_at_most_its_share_and_waits_for_itself_not_others() -> None:
+    budget = MemoryBudget(100, client_share=0.25, wait_seconds=30)
+    greedy: Scope = {"client": ("2001:db8::1", 1), "headers": []}
+    await budget.charge(greedy, 20)  # type: ignore[arg-type]
+    again: Scope = {"client": ("2001:db8::2", 1), "headers": []}  # the same /64: the same client
+    second = asyncio.create_task(budget.charge(again, 10))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert not second.done(), "past its share: it waits for its own charges"
+    assert not budget.waiting, "in a line of its own, where it holds no one else up"
+    bystander: Scope = client()
+    await asyncio.wait_for(budget.charge(bystander, 70), 5)  # type: ignore[arg-type]
+    assert budget.held == 90
+    give_back(greedy)  # type: ignore[arg-type]
+    await asyncio.wait_for(second, 5)
+    assert budget.held == 80
+    with pytest.raises(Problem) as refused:  # a read holds no upload slot: it never waits
+        await budget.charge({"client": ("2001:db8::3", 1), "headers": []}, 20, wait=False)  # type: ignore[arg-type]
+    assert "this client" in refused.value.detail
+    alone = MemoryBudget(100, client_share=0.25)
+    await alone.charge(client(), 60)  # type: ignore[arg-type]  # one request past the share still fits
+    assert alone.held == 60
+
+
+async def test_a_client_that_waits_too_long_for_its_share_is_refused() -> None:
+    budget = MemoryBudget(100, client_share=0.25, wait_seconds=0.01)
+    holder: Scope = {"client": ("198.51.100.1", 1), "headers": []}
+    await budget.charge(holder, 25)  # type: ignore[arg-type]
+    with pytest.raises(Problem) as refused:
+        await budget.charge({"client": ("198.51.100.1", 2), "headers": []}, 1)  # type: ignore[arg-type]
+    assert (refused.value.status, "this client" in refused.value.detail) == (503, True)
+    assert budget.client_lines == {}
+    give_back(holder)  # type: ignore[arg-type]
+    assert (budget.held, budget.by_client) == (0, {})

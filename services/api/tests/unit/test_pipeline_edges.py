@@ -120,3 +120,18 @@ async def test_a_line_logged_while_answering_carries_the_request_id() -> None:
 def test_every_line_is_given_the_request_id_first() -> None:
     configure_logging("INFO", "json")
     assert structlog.get_config()["processors"][0] is add_request_id
+
+
+@pytest.mark.parametrize("route", [("POST", "/jumps"), ("GET", "/healthz"), ("POST", "/admin/stats")])
+@pytest.mark.parametrize("framing", [b"chunked", b"gzip, chunked", b"identity"])
+async def test_a_request_framed_by_transfer_encoding_is_refused_on_every_route(
+    route: tuple[str, str], framing: bytes
+) -> None:
+    app = App()
+    pipeline = response_pipeline(app, cors=None, access=False, fmt="json")
+    request = scope(*route, headers=[(b"content-length", b"2"), (b"transfer-encoding", framing)])
+    sent = await call(pipeline, request)
+    assert sent[0]["status"] == 411
+    assert headers_of(sent)[b"connection"] == b"close"
+    assert json.loads(sent[1]["body"])["type"] == "/problems/length-required"
+    assert app.calls == [], "the application never sees it"

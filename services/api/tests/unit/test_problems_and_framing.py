@@ -377,23 +377,6 @@ def test_a_repeated_header_field_is_refused_not_guessed(
     assert words in refused.value.detail
 
 
-@pytest.mark.parametrize(
-    "headers",
-    [
-        [(b"content-length", b"10"), (b"transfer-encoding", b"chunked")],
-        [(b"transfer-encoding", b"chunked"), (b"content-length", b"10")],
-        [(b"transfer-encoding", b"chunked")],
-        [(b"transfer-encoding", b"gzip, chunked")],
-        [(b"transfer-encoding", b"identity")],
-    ],
-)
-def test_a_body_framed_by_transfer_encoding_is_refused(headers: list[tuple[bytes, bytes]]) -> None:
-    with pytest.raises(Problem) as refused:
-        request_fields(headers)
-    assert (refused.value.status, refused.value.kind) == (411, "length-required")
-    assert refused.value.headers["Connection"] == "close"
-
-
 def test_request_fields_read_once_each() -> None:
     fields = [(b"content-type", b"text/plain"), (b"content-length", b"12"), (b"idempotency-key", b"k1")]
     assert request_fields(fields) == ("text/plain", 12, b"k1")

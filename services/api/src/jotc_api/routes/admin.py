@@ -215,7 +215,7 @@ AUTH_ERRORS = {
 
 
 Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size")]
-Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page, unchanged", max_length=2048)]
+Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page, unchanged", max_length=8192)]
 
 # Statistics page by user name only: a name never changes, while a user's requests and
 # last_request_at change with each request they make, so a keyset over those would skip or
@@ -227,7 +227,7 @@ UNPAGED_SORT = (
 )
 StatsCursor = Annotated[
     str | None,
-    Parameter(description="next_cursor of the previous page, unchanged; sort=user only", max_length=2048),
+    Parameter(description="next_cursor of the previous page, unchanged; sort=user only", max_length=8192),
 ]
 StatsSort = Annotated[
     Literal["requests", "user", "last_request_at"],
@@ -335,7 +335,7 @@ async def admin_requests(
     except SQLAlchemyError:
         raise unavailable() from None
     clouds = sum(row.n for row in rows)
-    await state.memory.charge(request.scope, clouds_cost(clouds))  # the paths about to be rebuilt
+    await state.memory.charge(request.scope, clouds_cost(clouds), wait=False)  # the paths about to be rebuilt
     if clouds < state.settings.offload_from:
         items = listed_items(rows)
     else:  # paths of large inputs are recomputed off the event loop

@@ -110,5 +110,5 @@ post_jotc = served_post(
 )
 async def get_jump(request: Request[Any, Any, Any], request_id: FromPath[str]) -> JumpRecord:
     state = request.app.state
-    charge = partial(state.memory.charge, request.scope)
+    charge = partial(state.memory.charge, request.scope, wait=False)
     return await read_jump(state.engine, request_id, state.settings.offload_from, charge)

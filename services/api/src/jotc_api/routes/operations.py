@@ -50,7 +50,17 @@ class DatabaseReadiness:
         if self.running is None:
             self.running = asyncio.ensure_future(self.check())
             self.running.add_done_callback(self.finished)
-        return dict(await asyncio.shield(self.running))
+        try:
+            # The check's own deadline ends inside the connection; its clean-up must not keep the probe.
+            return dict(await asyncio.wait_for(asyncio.shield(self.running), READY_CHECK_TIMEOUT + 0.5))
+        except TimeoutError:
+            return {
+                "database": {
+                    "status": "failing",
+                    "detail": f"PostgreSQL did not answer within {READY_CHECK_TIMEOUT:g} s",
+                },
+                "schema": {"status": "unknown", "detail": "database unreachable"},
+            }
 
     def finished(self, _: object) -> None:
         self.running = None
