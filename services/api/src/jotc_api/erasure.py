@@ -390,12 +390,9 @@ class Eraser:
                 await asyncio.wait_for(self._follow.wait(), self._poll_seconds if self._finished else None)
             self._follow.clear()
             for user in list(self._finished):
-                # Taken off first: a second erasure of the user that finishes meanwhile adds them again.
-                self._finished.discard(user)
                 try:
                     await self._on_finished(user)
                 except Exception as exc:
-                    self._finished.add(user)
                     # The user's name stays out of the log: they have just been erased.
                     log.warning(
                         "after an erasure: its follow-up failed; retrying",
@@ -403,3 +400,4 @@ class Eraser:
                         error=f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}",
                     )
                     break  # Redis or PostgreSQL is down for the others too: all again later
+                self._finished.discard(user)

@@ -215,7 +215,7 @@ AUTH_ERRORS = {
 
 
 Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description="Page size")]
-Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page, unchanged", max_length=8192)]
+Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page, unchanged", max_length=4096)]
 
 # Statistics page by user name only: a name never changes, while a user's requests and
 # last_request_at change with each request they make, so a keyset over those would skip or
@@ -227,7 +227,7 @@ UNPAGED_SORT = (
 )
 StatsCursor = Annotated[
     str | None,
-    Parameter(description="next_cursor of the previous page, unchanged; sort=user only", max_length=8192),
+    Parameter(description="next_cursor of the previous page, unchanged; sort=user only", max_length=4096),
 ]
 StatsSort = Annotated[
     Literal["requests", "user", "last_request_at"],
