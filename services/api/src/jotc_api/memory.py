@@ -97,11 +97,29 @@ class MemoryBudget:
         self.by_client: dict[str, int] = {}  # charged or waiting for the worker's memory, per client
         self.client_lines: dict[str, deque[tuple[int, asyncio.Future[None]]]] = {}
 
-    async def charge(self, scope: Scope, cost: int, *, wait: bool = True) -> None:
+    def charge_now(self, scope: Scope, cost: int, client: str) -> bool:
+        """The charge, when it fits the client's share and the budget with no one waiting (the
+        usual case, without a coroutine): True. False: nothing was charged, ``charge`` decides."""
+        mine = self.by_client.get(client, 0)
+        if (
+            (mine and mine + cost > self.client_limit)
+            or self.held + cost > self.limit
+            or self.waiting
+            or client in self.client_lines
+        ):
+            return False
+        self.by_client[client] = mine + cost
+        self.held += cost
+        self.hold(scope, client, cost)
+        return True
+
+    async def charge(self, scope: Scope, cost: int, *, client: str | None = None, wait: bool = True) -> None:
         """Charge the request ``cost`` bytes until its answer has gone out; 503 if they do not fit
         within ``wait_seconds``. ``wait=False``: 503 at once instead, for a request that holds no
         upload slot while it would wait (nothing else would bound how many wait)."""
-        client = self.clients.of(scope)
+        client = self.clients.of(scope) if client is None else client
+        if self.charge_now(scope, cost, client):
+            return
         await self.client_turn(client, cost, wait)
         try:
             if self.held + cost <= self.limit and not self.waiting:
@@ -113,6 +131,10 @@ class MemoryBudget:
         except BaseException:
             self.forget(client, cost)
             raise
+        self.hold(scope, client, cost)
+
+    def hold(self, scope: Scope, client: str, cost: int) -> None:
+        """Note the charge on the request, for the pipeline to give back."""
         held: Held | None = scope.get(HELD_KEY)  # type: ignore[assignment]
         if held is None:
             scope[HELD_KEY] = Held(self, client, cost)  # type: ignore[typeddict-unknown-key]

@@ -39,15 +39,12 @@ log = structlog.get_logger("jotc.app")
 
 CLIENT_CLOSED = 499  # the status nginx logs for a client that left before its answer
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
-# On every answer: nosniff; no page of this API may be framed (the docs page at /schema takes the
-# admin token: framed by another site, it could be clicked through); and an empty Server header,
-# which stops Granian from naming itself.
-SECURITY_HEADERS = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"content-security-policy", b"frame-ancestors 'none'"),
-    (b"server", b""),
-]
+# On every answer: nosniff, and an empty Server header, which stops Granian from naming itself.
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"server", b"")]
+# On every page a browser renders (HTML: the docs UI at /schema, which takes the admin token):
+# framed by another site, it could be clicked through. JSON and text answers render no page.
+NO_FRAMING = [(b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'")]
+CONTENT_TYPE = b"content-type"
 # Answers carry records, user names, statistics: no shared cache or browser keeps one (a cached
 # record would outlive its erasure). What may be cached says so itself (the docs UI's files).
 CACHE_CONTROL = b"cache-control"
@@ -154,11 +151,16 @@ def response_pipeline(
             nonlocal status
             if message["type"] == "http.response.start":
                 headers = [*message.get("headers", ()), *added]
-                for name, _ in headers:
+                cached = page = False
+                for name, value in headers:
                     if name == CACHE_CONTROL:
-                        break
-                else:
+                        cached = True
+                    elif name == CONTENT_TYPE:
+                        page = value.startswith(b"text/html")
+                if not cached:
                     headers.append(NO_STORE)
+                if page:
+                    headers += NO_FRAMING
                 if draining[0]:
                     headers.append(CONNECTION_CLOSE)
                 message["headers"] = headers

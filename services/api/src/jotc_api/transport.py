@@ -197,22 +197,31 @@ class Uploads:
         if content_length > self.max_body:
             raise body_too_large()
         client = self.clients.of(scope)
-        await self.take_slot(client)
+        if not self.slot_now(client):
+            await self.take_slot(client)
         try:
             # Charged while holding the slot, so the line for memory is never longer than the slots.
-            await self.memory.charge(scope, body_cost(content_length, self.max_clouds))
+            cost = body_cost(content_length, self.max_clouds)
+            if not self.memory.charge_now(scope, cost, client):
+                await self.memory.charge(scope, cost, client=client)
             return await read_body(receive, self.max_body, self.seconds, content_length, self.min_rate)
         finally:
             self.give_slot(client)
 
-    async def take_slot(self, client: str) -> None:
+    def slot_now(self, client: str) -> bool:
+        """A slot, when the client is within its share (the usual case, without a coroutine): True;
+        503 when the worker has none left. False: the client is past its share, ``take_slot`` waits."""
         held = self.by_client.get(client, 0)
-        if held < self.per_client:
-            if self.busy >= self.slots:
-                raise uploads_full()
-            self.busy += 1
-            self.by_client[client] = held + 1
-            return
+        if held >= self.per_client:
+            return False
+        if self.busy >= self.slots:
+            raise uploads_full()
+        self.busy += 1
+        self.by_client[client] = held + 1
+        return True
+
+    async def take_slot(self, client: str) -> None:
+        """Past its share, a client waits for one of its own slots (handed over by give_slot)."""
         if self.busy + self.queued >= self.slots:
             # Waiting requests hold the server's backpressure as uploads do: together they stay
             # within the slots, so the worker's other half stays free for probes and quick requests.

@@ -60,18 +60,8 @@ def test_the_docs_ui_files_keep_their_own_cache_policy(server_client: httpx.Clie
     assert answer.headers.get_list("cache-control") == ["max-age=86400, public"]
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        ("GET", "/schema"),
-        ("HEAD", "/schema"),
-        ("GET", "/schema/swagger"),
-        ("GET", "/schema/openapi.json"),
-        ("GET", "/schema/swagger-ui/swagger-ui.css"),
-        ("GET", "/healthz"),
-        ("GET", "/no-such-page"),
-    ],
-)
+@pytest.mark.parametrize(("method", "path"), [("GET", "/schema"), ("HEAD", "/schema"), ("GET", "/schema/swagger")])
 def test_no_page_may_be_framed(server_client: httpx.Client, method: str, path: str) -> None:
     answer = server_client.request(method, path)
+    assert answer.headers["content-type"].startswith("text/html"), answer.headers
     assert {name: answer.headers.get(name) for name in NO_FRAMING} == NO_FRAMING, (answer.status_code, path)
