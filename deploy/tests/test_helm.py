@@ -501,7 +501,7 @@ def test_redis_connections_beyond_its_budget_are_refused() -> None:
     [
         (["--set", "api.workers=4"], "each of 4 API worker(s) may hold 0Mi"),
         (["--set-string", "api.resources.limits.memory=224Mi"], "may hold 0Mi of requests"),
-        (["--set-string", "api.settings.JOTC_REQUEST_MEMORY=4Mi"], "less than one request of the largest body"),
+        (["--set-string", "api.settings.JOTC_REQUEST_MEMORY=4Mi"], "and one request of the largest body need"),
         (["--set-string", "api.settings.JOTC_REQUEST_MEMORY=400Mi"], "needs 560Mi"),
         (["--set", "api.workers=2", "--set-string", "api.settings.JOTC_REQUEST_MEMORY=128Mi"], "needs 288Mi"),
     ],

@@ -136,11 +136,14 @@ neither a CPU limit nor a CPU request is set: 1 Granian worker per pod. Set api.
 {{- /* The memory budget (services/api/src/jotc_api/memory.py): 64Mi of the limit for Granian's
 main process and socket buffers; each worker needs its own 160Mi plus JOTC_REQUEST_MEMORY (default
 128Mi, or what the worker's share leaves after its 160Mi when that is less), which must hold one
-request of the largest body (96 bytes a cloud it may carry, plus the body and 16 KiB). */ -}}
+request of the largest body (96 bytes a cloud it may carry, plus the body and 16 KiB) beside the
+allowance set aside for small bodies (every request the worker may have in flight, at 256 bytes). */ -}}
 {{- $mi := 1048576 -}}
 {{- $clouds := int64 (default 100000 $settings.JOTC_MAX_CLOUDS) -}}
 {{- $body := int64 (default (add (mul 3 $clouds) 16384) $settings.JOTC_MAX_BODY_BYTES) -}}
-{{- $largest := add $body (mul 96 (min $body $clouds)) 16384 -}}
+{{- $batch := int64 (default 128 $settings.JOTC_RECORDER_MAX_BATCH) -}}
+{{- $small := mul $batch $pool (add 256 (mul 96 (min 256 $clouds)) 16384) -}}
+{{- $largest := add $small $body (mul 96 (min $body $clouds)) 16384 -}}
 {{- $limit := include "jotc.bytes" ((.Values.api.resources.limits | default dict).memory) | int64 -}}
 {{- $perWorker := div (max (sub $limit (mul 64 $mi)) 0) $workers -}}
 {{- $left := sub $perWorker (mul 160 $mi) -}}
@@ -150,7 +153,7 @@ request of the largest body (96 bytes a cloud it may carry, plus the body and 16
 {{- end -}}
 {{- $effective := $requestMemory | default (min (mul 128 $mi) $left) -}}
 {{- if lt $effective $largest -}}
-{{- fail (printf "each of %d API worker(s) may hold %dMi of requests ((api.resources.limits.memory - 64Mi) / workers - 160Mi, at most JOTC_REQUEST_MEMORY), less than one request of the largest body needs (JOTC_MAX_BODY_BYTES %d, JOTC_MAX_CLOUDS %d: %d bytes): raise the memory limit or lower those limits" $workers (div (max $effective 0) $mi) $body $clouds $largest) -}}
+{{- fail (printf "each of %d API worker(s) may hold %dMi of requests ((api.resources.limits.memory - 64Mi) / workers - 160Mi, at most JOTC_REQUEST_MEMORY), less than the small bodies' allowance (JOTC_RECORDER_MAX_BATCH x JOTC_DB_POOL_SIZE requests of 256 bytes) and one request of the largest body need (JOTC_MAX_BODY_BYTES %d, JOTC_MAX_CLOUDS %d: %d bytes): raise the memory limit or lower those limits" $workers (div (max $effective 0) $mi) $body $clouds $largest) -}}
 {{- end -}}
 {{- $deadline := int .Values.migrations.activeDeadlineSeconds -}}
 {{- if gt (add $deadline 30) (int .Values.migrations.helmTimeoutSeconds) -}}

@@ -25,7 +25,7 @@ from jotc_api.drain import DrainFlag
 from jotc_api.erasure import Eraser, Pace
 from jotc_api.idempotency import IdempotencyStore
 from jotc_api.logs import configure_logging
-from jotc_api.memory import DEFAULT_REQUEST_MEMORY, MemoryBudget
+from jotc_api.memory import DEFAULT_REQUEST_MEMORY, MemoryBudget, small_allowance
 from jotc_api.metrics import metrics_route
 from jotc_api.openapi import SCHEMA_PATH, SelfHostedSwaggerUI
 from jotc_api.pipeline import cors_config, response_pipeline
@@ -159,8 +159,9 @@ def create_app(
 
 def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Litestar:
     clients = Clients(settings.trusted_proxies)
+    small = small_allowance(settings.backpressure, settings.max_clouds)  # not charged one by one
     memory = MemoryBudget(
-        settings.request_memory or DEFAULT_REQUEST_MEMORY, clients, settings.upload_share_percent / 100
+        (settings.request_memory or DEFAULT_REQUEST_MEMORY) - small, clients, settings.upload_share_percent / 100
     )
 
     @asynccontextmanager

@@ -36,6 +36,7 @@ from jotc_api.problems import client_memory_full, memory_full
 
 MIB: Final = 1024 * 1024
 PER_CLOUD: Final = 96  # bytes, at a request's peak (measured ≤ 85: POST /jotc's moves)
+SMALL_BODY: Final = 256  # bytes: bodies up to this are covered by small_allowance, not charged
 PER_REQUEST: Final = 16 * 1024  # what any request holds besides its clouds: scope, headers, answer
 DEFAULT_REQUEST_MEMORY: Final = 128 * MIB  # JOTC_REQUEST_MEMORY unless the worker is given less
 CONTAINER_RESERVE: Final = 64 * MIB  # of a container's limit: Granian's main process, socket buffers
@@ -48,6 +49,14 @@ def body_cost(length: int, max_clouds: int) -> int:
     """The most a request whose body is ``length`` bytes can hold (-1: no body)."""
     length = max(length, 0)
     return length + PER_CLOUD * min(length, max_clouds) + PER_REQUEST
+
+
+def small_allowance(backpressure: int, max_clouds: int) -> int:
+    """What requests with bodies of at most SMALL_BODY bytes can hold together: the server never
+    has more than ``backpressure`` requests in flight in a worker, so this much of the budget is
+    set aside for them and they are not charged one by one (the usual request costs no
+    bookkeeping)."""
+    return backpressure * body_cost(SMALL_BODY, max_clouds)
 
 
 def clouds_cost(n: int) -> int:
@@ -67,7 +76,8 @@ class Held:
 
     def give_back(self) -> None:
         cost, self.cost = self.cost, 0
-        self.budget.release(self.client, cost)
+        if cost:
+            self.budget.release(self.client, cost)
 
 
 class MemoryBudget:
@@ -110,7 +120,10 @@ class MemoryBudget:
             return False
         self.by_client[client] = mine + cost
         self.held += cost
-        self.hold(scope, client, cost)
+        if HELD_KEY in scope:
+            scope[HELD_KEY].cost += cost  # type: ignore[typeddict-item]
+        else:
+            scope[HELD_KEY] = Held(self, client, cost)  # type: ignore[typeddict-unknown-key]
         return True
 
     async def charge(self, scope: Scope, cost: int, *, client: str | None = None, wait: bool = True) -> None:
@@ -221,7 +234,13 @@ class MemoryBudget:
 
     def release(self, client: str, cost: int) -> None:
         self.held -= cost
-        self.forget(client, cost)
+        left = self.by_client[client] - cost
+        if left:
+            self.by_client[client] = left
+        else:
+            del self.by_client[client]
+        if self.client_lines and client in self.client_lines:
+            self.next_turn(client)
         if self.waiting:
             self.grant()
 
@@ -251,13 +270,19 @@ class BudgetError(ValueError):
 
 
 def plan_request_memory(
-    *, request_memory: int | None, max_body_bytes: int, max_clouds: int, worker_memory: int | None, workers: int
+    *,
+    request_memory: int | None,
+    max_body_bytes: int,
+    max_clouds: int,
+    backpressure: int,
+    worker_memory: int | None,
+    workers: int,
 ) -> int:
     """The bytes a worker's requests may hold (JOTC_REQUEST_MEMORY): as set, else the default
     or, when the worker is given less, what its memory leaves after its own footprint. Raises
-    BudgetError when that is more than the worker is given, or less than one request of the
-    largest body needs."""
-    largest = body_cost(max_body_bytes, max_clouds)
+    BudgetError when that is more than the worker is given, or less than the small bodies'
+    allowance plus one request of the largest body."""
+    needs = small_allowance(backpressure, max_clouds) + body_cost(max_body_bytes, max_clouds)
     left = None if worker_memory is None else worker_memory - WORKER_BASELINE
     given = f"each of {workers} worker(s) is given {(worker_memory or 0) // MIB}Mi"
     if request_memory is None:
@@ -268,14 +293,15 @@ def plan_request_memory(
             f"own + JOTC_REQUEST_MEMORY {request_memory // MIB}Mi): raise the memory limit (or JOTC_WORKER_MEMORY), "
             "or lower JOTC_WORKERS or JOTC_REQUEST_MEMORY"
         )
-    if request_memory < largest:
+    if request_memory < needs:
         what = (
             f"JOTC_REQUEST_MEMORY ({request_memory // MIB}Mi)"
             if left is None or request_memory < left
             else f"{given}, which leaves {max(left, 0) // MIB}Mi after its own {WORKER_BASELINE // MIB}Mi: that"
         )
         raise BudgetError(
-            f"{what} cannot hold one request of the largest body (JOTC_MAX_BODY_BYTES {max_body_bytes}, "
-            f"JOTC_MAX_CLOUDS {max_clouds}: {-(-largest // MIB)}Mi); give workers more memory or lower those limits"
+            f"{what} cannot hold the small bodies' allowance and one request of the largest body "
+            f"(JOTC_MAX_BODY_BYTES {max_body_bytes}, JOTC_MAX_CLOUDS {max_clouds}: {-(-needs // MIB)}Mi); "
+            "give workers more memory or lower those limits"
         )
     return request_memory

@@ -137,6 +137,7 @@ MISSING_FIELD = re.compile(r"Object missing required field `(?P<name>[^`]*)`")
 # escaped backslash would end a name with a backslash in it, which no field has), and a field's name
 # is at most 48 characters however spelled (8 characters, each at most a six-character \\u escape),
 # so a search that starts at a value's opening quote gives up after 48 characters.
+QUOTED_FIELDS = tuple(f'"{name}"'.encode() for name in JumpsBody.__struct_fields__)  # /jotc's are a subset
 MEMBER_NAME = re.compile(rb'"([^"]{1,48}+)(?<!\\)"\s*+:')
 
 
@@ -169,6 +170,14 @@ def repeated_member(decoded: bytes) -> str | None:
     keeps the last, and the API refuses a repeated member as it refuses a repeated header or query
     parameter. Only for a body msgspec decoded into a form: valid JSON, one object of known fields
     and no nested object, so every string followed by a colon is one of its members' names."""
+    if b"\\" not in decoded:
+        # No escape anywhere, so a name is spelled only one way: if each field's quoted name occurs
+        # at most once, no member is given twice (the usual body, without a scan).
+        for quoted in QUOTED_FIELDS:
+            if decoded.count(quoted) > 1:
+                break
+        else:
+            return None
     names = MEMBER_NAME.findall(decoded)
     if len(set(names)) == len(names) and b"\\" not in b"".join(names):
         return None

@@ -173,6 +173,7 @@ def run(settings: Settings) -> None:
             request_memory=settings.request_memory,
             max_body_bytes=settings.max_body_bytes,
             max_clouds=settings.max_clouds,
+            backpressure=settings.backpressure,
             worker_memory=worker_memory(settings, workers),
             workers=workers,
         )

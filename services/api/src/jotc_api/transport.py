@@ -26,7 +26,7 @@ from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEven
 
 from jotc_api.clients import Clients
 from jotc_api.deadline import Deadline
-from jotc_api.memory import MemoryBudget, body_cost
+from jotc_api.memory import SMALL_BODY, MemoryBudget, body_cost
 from jotc_api.problems import (
     FieldError,
     Problem,
@@ -200,10 +200,12 @@ class Uploads:
         if not self.slot_now(client):
             await self.take_slot(client)
         try:
-            # Charged while holding the slot, so the line for memory is never longer than the slots.
-            cost = body_cost(content_length, self.max_clouds)
-            if not self.memory.charge_now(scope, cost, client):
-                await self.memory.charge(scope, cost, client=client)
+            # Charged while holding the slot, so the line for memory is never longer than the slots;
+            # a small body is covered by the allowance set aside for them (memory.py).
+            if content_length > SMALL_BODY:
+                cost = body_cost(content_length, self.max_clouds)
+                if not self.memory.charge_now(scope, cost, client):
+                    await self.memory.charge(scope, cost, client=client)
             return await read_body(receive, self.max_body, self.seconds, content_length, self.min_rate)
         finally:
             self.give_slot(client)

@@ -103,14 +103,14 @@ def test_a_crowd_reading_the_largest_record_cannot_push_a_worker_past_its_memory
 ) -> None:
     """GET /jumps/{id} of a 100,000-cloud record whose path visits every cloud rebuilds several MB
     of answer: each read is charged its record's clouds first, so 100 at once on a worker allowed
-    16Mi of requests answer 200 or 503 and the worker stays inside its budget."""
+    64Mi of requests answer 200 or 503 and the worker stays inside its budget."""
     server = start_api(
         database_url,
         tmp_path,
         JOTC_WORKERS="1",
         JOTC_MAX_CLOUDS=str(MAX_CLOUDS),
         JOTC_MAX_BODY_BYTES="",
-        JOTC_REQUEST_MEMORY="16Mi",
+        JOTC_REQUEST_MEMORY="64Mi",
     )
     try:
         created = httpx.post(
@@ -127,7 +127,7 @@ def test_a_crowd_reading_the_largest_record_cannot_push_a_worker_past_its_memory
     print(f"\n100 reads of a {MAX_CLOUDS:,}-cloud record: {dict(answers)}; the worker's peak RSS {peak / MIB:.0f} MiB")
     assert set(answers) <= {"200", "503"}, answers
     assert answers["200"] > 0, answers
-    assert peak < WORKER_BASELINE + 16 * MIB, f"peak {peak / MIB:.0f} MiB"
+    assert peak < WORKER_BASELINE + 64 * MIB, f"peak {peak / MIB:.0f} MiB"
     assert [response.status_code for response in after] == [200] * 5
 
 

@@ -107,7 +107,7 @@ async def test_a_waiter_that_is_cancelled_gives_its_place_to_the_next() -> None:
 
 
 def test_the_request_memory_defaults_to_128mi_or_what_a_smaller_worker_leaves() -> None:
-    plan = {"request_memory": None, "max_body_bytes": 316_384, "max_clouds": 100_000, "workers": 1}
+    plan = {"request_memory": None, "max_body_bytes": 316_384, "max_clouds": 100_000, "backpressure": 512, "workers": 1}
     assert plan_request_memory(**plan, worker_memory=None) == DEFAULT_REQUEST_MEMORY
     assert plan_request_memory(**plan, worker_memory=512 * MIB) == DEFAULT_REQUEST_MEMORY
     assert plan_request_memory(**plan, worker_memory=256 * MIB) == 256 * MIB - WORKER_BASELINE
@@ -119,7 +119,7 @@ def test_the_request_memory_defaults_to_128mi_or_what_a_smaller_worker_leaves() 
     [
         (None, 128 * MIB, "is given 128Mi, which leaves 0Mi"),
         (None, WORKER_BASELINE + 2 * MIB, "which leaves 2Mi"),
-        (4 * MIB, None, "JOTC_REQUEST_MEMORY (4Mi) cannot hold one request of the largest body"),
+        (4 * MIB, None, "JOTC_REQUEST_MEMORY (4Mi) cannot hold the small bodies' allowance and one request"),
         (400 * MIB, 512 * MIB, "needs 560Mi"),
     ],
 )
@@ -131,6 +131,7 @@ def test_settings_a_worker_cannot_hold_stop_start_up_with_one_line(
             request_memory=request_memory,
             max_body_bytes=316_384,
             max_clouds=100_000,
+            backpressure=512,
             worker_memory=worker_memory,
             workers=2,
         )

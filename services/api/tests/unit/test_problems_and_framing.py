@@ -16,7 +16,7 @@ from litestar.exceptions import HTTPException
 from jotc_api import app as app_module
 from jotc_api import problems
 from jotc_api.clients import Clients
-from jotc_api.memory import HELD_KEY, MemoryBudget, body_cost, give_back
+from jotc_api.memory import HELD_KEY, SMALL_BODY, MemoryBudget, body_cost, give_back
 from jotc_api.problems import FieldError, Problem
 from jotc_api.transport import (
     CLIENT_CLOSED_KEY,
@@ -341,22 +341,27 @@ async def test_a_burst_from_one_client_past_its_share_waits_for_its_own_slots() 
 
 
 async def test_a_body_is_charged_to_the_memory_budget_before_it_is_read_and_refused_when_it_does_not_fit() -> None:
-    cost = body_cost(50, 100)
-    uploads = make_uploads(memory=MemoryBudget(cost * 2, wait_seconds=0))
-    first, second = from_client(), from_client()
-    read = messages({"type": "http.request", "body": b"x" * 50, "more_body": False})
-    assert await uploads.receive(first, 50, read) == b"x" * 50  # type: ignore[arg-type]
+    size = SMALL_BODY + 1  # a small body is covered by the allowance set aside for them, not charged
+    cost = body_cost(size, 1000)
+    uploads = make_uploads(max_body=1000, max_clouds=1000, memory=MemoryBudget(cost * 2, wait_seconds=0))
+    first, second = from_client("198.51.100.1"), from_client("198.51.100.2")
+    read = messages({"type": "http.request", "body": b"x" * size, "more_body": False})
+    assert await uploads.receive(first, size, read) == b"x" * size  # type: ignore[arg-type]
     assert uploads.memory.held == cost, "held until the answer has gone out, not until the body is in"
-    read = messages({"type": "http.request", "body": b"x" * 50, "more_body": False})
-    await uploads.receive(second, 50, read)  # type: ignore[arg-type]
+    read = messages({"type": "http.request", "body": b"x" * size, "more_body": False})
+    await uploads.receive(second, size, read)  # type: ignore[arg-type]
     with pytest.raises(Problem) as refused:
-        await uploads.receive(from_client(), 50, never)  # type: ignore[arg-type]
+        await uploads.receive(from_client("198.51.100.3"), size, never)  # type: ignore[arg-type]
     assert (refused.value.status, refused.value.kind) == (503, "overloaded")
     assert "memory" in refused.value.detail
     give_back(first)  # type: ignore[arg-type]
     give_back(second)  # type: ignore[arg-type]
     assert uploads.memory.held == 0
     assert first[HELD_KEY].cost == 0, "given back once"
+    small = from_client("198.51.100.4")
+    read = messages({"type": "http.request", "body": b"{}", "more_body": False})
+    assert await uploads.receive(small, 2, read) == b"{}"  # type: ignore[arg-type]
+    assert HELD_KEY not in small
 
 
 @pytest.mark.parametrize(
