@@ -132,22 +132,19 @@ async def read_body(
     size = 0
     started = last = time.monotonic()
     ends = started + timeout
+    # The first chunk is due within the grace; the usual body is whole in it, with nothing to work out.
+    wait = min(timeout, grace) if min_rate else timeout
+    rate_bound = wait < timeout
     while True:
-        # Wait for the next chunk until the deadline, or until the body falls behind min_rate.
-        # Keeping the average is not enough: a body that stops is cut off PAUSE_SECONDS later too,
-        # so one that sends its first bytes early cannot bank them and then stall.
-        due = min(ends, started + grace + size / min_rate, last + PAUSE_SECONDS) if min_rate else ends
         try:
-            with Deadline(due - time.monotonic()):
+            with Deadline(wait):
                 message = await receive()
         except TimeoutError:
-            raise (body_timeout(timeout) if due >= ends else body_too_slow(min_rate)) from None
+            raise (body_too_slow(min_rate) if rate_bound else body_timeout(timeout)) from None
         if message["type"] == "http.disconnect":
             return None
         chunk = cast("bytes", message.get("body", b""))
         size += len(chunk)
-        if chunk:
-            last = time.monotonic()
         if size > limit:
             raise body_too_large()
         if size > length >= 0:
@@ -155,6 +152,15 @@ async def read_body(
         chunks.append(chunk)
         if size == length or not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        # The next chunk is due by the deadline or, with min_rate, before the body falls behind that
+        # average; and keeping the average is not enough: a body that stops is cut off PAUSE_SECONDS
+        # later too, so one that sends its first bytes early cannot bank them and then stall.
+        now = time.monotonic()
+        if chunk:
+            last = now
+        due = min(ends, started + grace + size / min_rate, last + PAUSE_SECONDS) if min_rate else ends
+        rate_bound = due < ends
+        wait = due - now
 
 
 def served_routes(app: Litestar) -> dict[str, ServedRoute]:
