@@ -272,6 +272,8 @@ async def _run_locked(connection: AsyncConnection, user: str, pace: Pace, deadli
     if row is None:
         return None
     job = ErasureJob(*row)
+    if job.done:
+        return None  # another runner finished it (and reported it finished): nothing to do here
     after: Keyset | None = (job.cutoff, LAST_ID)
     while not job.done and (deadline is None or time.monotonic() < deadline):
         began = time.monotonic()

@@ -106,8 +106,10 @@ async def send_answer(send: Send, status: int, headers: list[tuple[bytes, bytes]
 
 
 SHARE_WAIT_SECONDS = 1.0  # how long a client past its share of upload slots waits for one of its own
-RATE_GRACE_SECONDS = 1.0  # before the body's minimum rate applies: one round trip, a slow start
-PAUSE_SECONDS = 2.0  # the longest a body may pause once begun, when a minimum rate is set
+# Before the body's minimum rate applies, and the longest it may pause once begun: a slow start, and
+# a busy server's own delay in handing the body over, must not count against the client.
+RATE_GRACE_SECONDS = 3.0
+PAUSE_SECONDS = 3.0
 
 
 async def read_body(
