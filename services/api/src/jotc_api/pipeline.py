@@ -150,13 +150,14 @@ def response_pipeline(
         async def send_through(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
-                headers = [*message.get("headers", ()), *added]
+                own = message.get("headers", ())
                 cached = page = False
-                for name, value in headers:
+                for name, value in own:  # the route's own: what is added sets neither
                     if name == CACHE_CONTROL:
                         cached = True
                     elif name == CONTENT_TYPE:
                         page = value.startswith(b"text/html")
+                headers = [*own, *added]
                 if not cached:
                     headers.append(NO_STORE)
                 if page:
