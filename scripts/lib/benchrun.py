@@ -1,5 +1,5 @@
 """scripts/bench: install and provision, then run bench.py (the measurements) against a fresh database.
-`scripts/bench --help` lists the options and targets; bench.py declares both, once."""
+`scripts/bench --help` lists the options (declared in bench.py) and the targets (bench_report.py)."""
 
 from __future__ import annotations
 
