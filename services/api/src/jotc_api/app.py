@@ -19,7 +19,7 @@ from litestar.types import ASGIApp
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from jotc_api import __version__, transport
+from jotc_api import __version__, served
 from jotc_api.clients import Clients
 from jotc_api.drain import DrainFlag
 from jotc_api.erasure import Eraser, Pace
@@ -38,12 +38,15 @@ from jotc_api.problems import (
     validation_problem,
 )
 from jotc_api.ratelimit import RateLimiter, rate_limit_middleware
+from jotc_api.readiness import READY_CHECK_TIMEOUT, DatabaseReadiness
 from jotc_api.recorder import Recorder
 from jotc_api.redis_link import RedisLink
 from jotc_api.routes.admin import admin_router, forget_erased
 from jotc_api.routes.jumps import get_jump, post_jotc, post_jumps
-from jotc_api.routes.operations import READY_CHECK_TIMEOUT, DatabaseReadiness, healthz, index, problem_kind, readyz
+from jotc_api.routes.operations import healthz, index, problem_kind, readyz
+from jotc_api.services import STATE_KEY, Services
 from jotc_api.settings import Settings
+from jotc_api.transport import Uploads
 
 log = structlog.get_logger("jotc.app")
 
@@ -149,7 +152,7 @@ def create_app(
     link = redis if redis is not None else RedisLink(settings.redis_url, settings.redis_max_connections)
     drain = drain if drain is not None else DrainFlag.attach()
     litestar = create_litestar(settings, link, drain)
-    app: ASGIApp = transport.fast_path(litestar, litestar) if fast_path else litestar
+    app: ASGIApp = served.fast_path(litestar, litestar) if fast_path else litestar
     if settings.rate_limit is not None:
         app = rate_limit_middleware(RateLimiter(settings.rate_limit, link, settings.trusted_proxies, clock=clock), app)
     return response_pipeline(
@@ -163,15 +166,28 @@ def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Li
     memory = MemoryBudget(
         (settings.request_memory or DEFAULT_REQUEST_MEMORY) - small, clients, settings.upload_share_percent / 100
     )
+    uploads = Uploads(
+        slots=settings.upload_slots,
+        per_client=settings.uploads_per_client,
+        max_body=settings.max_body_bytes,
+        max_clouds=settings.max_clouds,
+        seconds=settings.body_read_timeout,
+        min_rate=settings.body_min_rate,
+        memory=memory,
+        clients=clients,
+    )
+    services = Services(
+        settings=settings, redis=link, drain=drain, memory=memory, uploads=uploads, idempotency=IdempotencyStore(link)
+    )
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine = make_engine(settings)
+        services.engine = engine = make_engine(settings)
         try:
             await warm_up(engine, settings.db_pool_size)
         except Exception as exc:
             log.warning("database not reachable at start-up; /readyz will say so", error=str(exc))
-        recorder = Recorder(
+        services.recorder = recorder = Recorder(
             engine,
             max_batch=settings.recorder_max_batch,
             writers=settings.recorder_writers,
@@ -181,21 +197,15 @@ def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Li
         readiness_engine = make_readiness_engine(settings)
         with contextlib.suppress(Exception):  # unreachable: the traffic pool's warm-up has said so
             await warm_up(readiness_engine, 1)  # the first probe pays no connection set-up
-        app.state.update(
-            engine=engine,
-            recorder=recorder,
-            redis=link,
-            idempotency=IdempotencyStore(link),
-            readiness=DatabaseReadiness(readiness_engine),
-        )
+        services.readiness = DatabaseReadiness(readiness_engine)
         # Erasures that outlive their request, or a restart, are finished here (erasure.py).
         pace = Pace(settings.erasure_chunk_rows, settings.erasure_busy_percent / 100)
-        app.state.eraser = Eraser(engine, partial(forget_erased, app.state), pace=pace)
+        services.eraser = Eraser(engine, partial(forget_erased, services), pace=pace)
         log.info("ready to serve", version=__version__)
         try:
             yield
         finally:
-            await app.state.eraser.close()
+            await services.eraser.close()
             await recorder.close(timeout=settings.shutdown_timeout)
             await engine.dispose()
             await readiness_engine.dispose()
@@ -214,23 +224,7 @@ def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Li
             metrics_route,
             admin_router,
         ],
-        state=State(
-            {
-                "settings": settings,
-                "drain": drain,
-                "uploads": transport.Uploads(
-                    slots=settings.upload_slots,
-                    per_client=settings.uploads_per_client,
-                    max_body=settings.max_body_bytes,
-                    max_clouds=settings.max_clouds,
-                    seconds=settings.body_read_timeout,
-                    min_rate=settings.body_min_rate,
-                    memory=memory,
-                    clients=clients,
-                ),
-                "memory": memory,
-            }
-        ),
+        state=State({STATE_KEY: services}),
         lifespan=[lifespan],
         exception_handlers={
             Problem: on_problem,

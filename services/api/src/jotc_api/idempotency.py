@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 import msgspec
 from redis.asyncio import Redis
@@ -236,21 +237,24 @@ def valid_idempotency_key(raw: bytes) -> bool:
     return 1 <= len(raw) <= 255 and all(0x21 <= byte <= 0x7E for byte in raw)
 
 
-async def once(
-    store: IdempotencyStore,
-    route: str,
-    kind: str,
-    incoming: Incoming,
-    answer: Callable[[], Awaitable[Reply]],
-    replay: Callable[[str], Awaitable[Reply]],
-) -> Reply:
-    """``answer()``, honouring the request's Idempotency-Key when it sends one."""
-    if incoming.idempotency_key is None:
-        return await answer()
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An Idempotency-Key this request now holds: its answer is kept under it (``keep_reply``),
+    or, when nothing was recorded, the key is released for a retry."""
+
+    name: str
+    fingerprint: str
+
+
+async def claim_key(store: IdempotencyStore, route: str, incoming: Incoming) -> Claim | StoredReply:
+    """The request's key claimed for it, or what its first request left under it, to be replayed.
+    Refused as the key's state says: 422 (invalid, or used with another request), 409 (the first
+    still in flight), 410 (its request erased), 503 (Redis unavailable)."""
+    assert incoming.idempotency_key is not None
     if not valid_idempotency_key(incoming.idempotency_key):
         raise validation_problem([FieldError("Idempotency-Key", "must be 1 to 255 visible ASCII characters")])
     name = incoming.idempotency_key.decode("ascii")
-    fingerprint = store.fingerprint(route, kind, incoming.query, incoming.body)
+    fingerprint = store.fingerprint(route, incoming.kind, incoming.query, incoming.body)
     try:
         stored = await store.claim(name, fingerprint)
     except IdempotencyUnavailable as exc:
@@ -260,32 +264,27 @@ async def once(
             f"{exc}; nothing was recorded",
             headers={"Retry-After": RETRY_AFTER_SECONDS},
         ) from None
-    if stored is not None:
-        if stored.fingerprint == ERASED:
-            raise erased()
-        if stored.fingerprint != fingerprint:
-            raise Problem(422, "idempotency-key-reused", "this Idempotency-Key was used with a different request")
-        if not stored.done:
-            raise Problem(
-                409,
-                "idempotency-in-flight",
-                "the first request with this Idempotency-Key is still being processed",
-                headers={"Retry-After": "1"},
-            )
-        if stored.record is not None:
-            rebuilt = await replay(stored.record)
-            return Reply(rebuilt.status, rebuilt.media_type, rebuilt.body, rebuilt.location, replayed=True)
-        return Reply(stored.status, stored.media_type, stored.body, stored.location, replayed=True)
-    try:
-        reply = await answer()
-    except BaseException:
-        # Nothing was recorded: the key is free again. A retry of a refusal gets the same refusal,
-        # computed afresh (cheaper than keeping it), and a corrected request may use the key.
-        await store.release(name)
-        raise
-    if reply.record is not None:  # replayed from its record: status, body and Location are rebuilt
-        kept = StoredReply(fingerprint, True, record=reply.record)
+    if stored is None:
+        return Claim(name, fingerprint)
+    if stored.fingerprint == ERASED:
+        raise erased()
+    if stored.fingerprint != fingerprint:
+        raise Problem(422, "idempotency-key-reused", "this Idempotency-Key was used with a different request")
+    if not stored.done:
+        raise Problem(
+            409,
+            "idempotency-in-flight",
+            "the first request with this Idempotency-Key is still being processed",
+            headers={"Retry-After": "1"},
+        )
+    return stored
+
+
+async def keep_reply(store: IdempotencyStore, claim: Claim, reply: Reply) -> None:
+    """A success, kept under its key: as the id of its recorded request when it has one (replays
+    rebuild status, body and Location from it), else whole."""
+    if reply.record is not None:
+        kept = StoredReply(claim.fingerprint, True, record=reply.record)
     else:
-        kept = StoredReply(fingerprint, True, reply.status, reply.media_type, reply.body, reply.location)
-    await store.keep(name, kept, owner=reply.owner)
-    return reply
+        kept = StoredReply(claim.fingerprint, True, reply.status, reply.media_type, reply.body, reply.location)
+    await store.keep(claim.name, kept, owner=reply.owner)

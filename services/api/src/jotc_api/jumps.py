@@ -1,17 +1,17 @@
 """The jumps service: parse, solve, record and answer, whichever transport brought the request.
 
-``answer_jumps`` and ``answer_jotc`` are the work of POST /jumps and POST /jotc
-(bytes in, Reply out), run by ``serve`` with the Idempotency-Key honoured;
-``read_jump`` is GET /jumps/{id}. The answer structs below are what the routes declare and what
-is encoded, so the OpenAPI document describes the bytes that are sent.
+``answer_jumps`` and ``answer_jotc`` are the work of POST /jumps and POST /jotc (an Incoming in,
+a Reply out; served.py runs them, with the Idempotency-Key honoured); ``replay_jumps`` and
+``replay_jotc`` rebuild a kept answer from its recorded request; ``read_jump`` is GET /jumps/{id}.
+The answer structs below are what the routes declare and what is encoded, so the OpenAPI document
+describes the bytes that are sent.
 """
 
 from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
 import anyio.to_thread
@@ -20,22 +20,20 @@ import uuid_utils
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from jotc_api.idempotency import once
 from jotc_api.memory import clouds_cost
 from jotc_api.parsing import JotcBody, JumpInput, parse_json, parse_text
-from jotc_api.problems import FieldError, Problem, database_unavailable, overloaded, validation_problem
+from jotc_api.problems import FieldError, Problem, database_unavailable, erased, overloaded, validation_problem
 from jotc_api.queries import find_request
 from jotc_api.recorder import DatabaseUnavailable, Overloaded, Row
+from jotc_api.services import Services
 from jotc_api.solver import Solution, Unreachable, solve
 from jotc_api.tables import pack_clouds, unpack_clouds
-from jotc_api.transport import Incoming, Reply, ServedRoute
-
-JSON = "application/json"
-TEXT = "text/plain"
+from jotc_api.transport import JSON, TEXT, Incoming, Reply
 
 
-class JumpAnswer(msgspec.Struct):
-    """201 of POST /jumps (JSON): the request's id and its solution."""
+class Solved(msgspec.Struct, kw_only=True):
+    """What POST /jumps answers (JSON) and GET /jumps/{id} repeats: the request's id, who sent it,
+    its game and the solution."""
 
     id: str
     jumps: int
@@ -45,16 +43,14 @@ class JumpAnswer(msgspec.Struct):
     user: str
 
 
-class JumpRecord(msgspec.Struct):
-    """GET /jumps/{id}: the recorded request and its solution."""
+class JumpAnswer(Solved, kw_only=True):
+    """201 of POST /jumps (JSON)."""
 
-    id: str
-    user: str
-    n: int
-    max_jump: int
+
+class JumpRecord(Solved, kw_only=True):
+    """GET /jumps/{id}: the recorded request, its solution and when it was recorded."""
+
     clouds: list[int]
-    jumps: int
-    path: list[int]
     created_at: str
 
 
@@ -68,44 +64,6 @@ class JotcAnswer(msgspec.Struct):
 
     moves: list[Move]
     total: int
-
-
-def json_only(content_type: str) -> str:
-    return body_kind(content_type, text_allowed=False)
-
-
-def json_or_text(content_type: str) -> str:
-    return body_kind(content_type, text_allowed=True)
-
-
-CHARSETS = {JSON: {"utf-8", "utf8"}, TEXT: {"utf-8", "utf8", "us-ascii", "ascii"}}
-
-
-def body_kind(content_type: str, *, text_allowed: bool) -> str:
-    """JSON or TEXT from a Content-Type header; 415 for anything else (before reading the body),
-    a declared charset included: JSON is UTF-8, and the text form is ASCII digits."""
-    kind, _, parameters = content_type.partition(";")
-    kind = kind.strip().lower()
-    if kind == JSON or (kind.startswith("application/") and kind.endswith("+json")):
-        found = JSON
-    elif text_allowed and kind == TEXT:
-        found = TEXT
-    else:
-        found = ""
-    charsets = [
-        value.strip().strip('"').lower()
-        for name, _, value in (p.partition("=") for p in parameters.split(";"))
-        if name.strip().lower() == "charset"
-    ]
-    charset = charsets[0] if charsets else None
-    if len(charsets) > 1:  # which one a proxy in front believed is anyone's guess: refuse
-        raise Problem(415, "unsupported-media-type", "the charset parameter is given more than once")
-    if found and (charset is None or charset in CHARSETS[found]):
-        return found
-    if found:
-        raise Problem(415, "unsupported-media-type", f"charset {charset!r} is not accepted; {found} bodies are UTF-8")
-    accepted = "application/json or text/plain" if text_allowed else "application/json"
-    raise Problem(415, "unsupported-media-type", f"Content-Type {kind or '(none)'!r} is not accepted; send {accepted}")
 
 
 def parse_query(raw: bytes) -> dict[str, str]:
@@ -135,20 +93,20 @@ async def solve_without_stalling(clouds: bytes, max_jump: int, offload_from: int
     return await anyio.to_thread.run_sync(solve, clouds, max_jump)
 
 
-async def solve_and_record(state: Any, data: JumpInput) -> tuple[uuid.UUID, Solution]:
-    answer = await solve_without_stalling(data.clouds, data.max_jump, state.settings.offload_from)
+async def solve_and_record(services: Services, data: JumpInput) -> tuple[uuid.UUID, Solution]:
+    answer = await solve_without_stalling(data.clouds, data.max_jump, services.settings.offload_from)
     if isinstance(answer, Unreachable):
         raise Problem(
             422,
             "unreachable",
             f"the last cloud cannot be reached with max_jump = {data.max_jump}: "
             f"{data.max_jump} or more thunderheads in a row from cloud {answer.blocked_at}",
-            extra={"blocked_at": answer.blocked_at},
+            blocked_at=answer.blocked_at,
         )
     request_id = uuid.UUID(bytes=uuid_utils.uuid7().bytes)
     row = Row(request_id, data.user, len(data.clouds), data.max_jump, pack_clouds(data.clouds), answer.jumps)
     try:
-        await state.recorder.record(row)
+        await services.recorder.record(row)
     except Overloaded:
         raise overloaded() from None
     except DatabaseUnavailable as exc:  # its message names PostgreSQL's role, never its address
@@ -161,66 +119,58 @@ def jumps_reply(kind: str, request_id: uuid.UUID, data: JumpInput, solution: Sol
     location = f"/jumps/{record}"
     if kind == TEXT:
         return Reply(201, TEXT, f"{solution.jumps}\n".encode(), location, record=record, owner=data.user)
-    encoded = msgspec.json.encode(
-        JumpAnswer(record, solution.jumps, solution.path, len(data.clouds), data.max_jump, data.user)
+    answer = JumpAnswer(
+        id=record, jumps=solution.jumps, path=solution.path, n=len(data.clouds), max_jump=data.max_jump, user=data.user
     )
+    encoded = msgspec.json.encode(answer)
     return Reply(201, JSON, encoded, location, record=record, owner=data.user)
 
 
 def jotc_reply(_: str, request_id: uuid.UUID, data: JumpInput, solution: Solution) -> Reply:
     moves = [Move(a, b) for a, b in itertools.pairwise(solution.path)]
-    encoded = msgspec.json.encode(JotcAnswer(moves, solution.jumps))
+    encoded = msgspec.json.encode(JotcAnswer(moves=moves, total=solution.jumps))
     return Reply(200, JSON, encoded, record=str(request_id), owner=data.user)
 
 
-async def answer_jumps(state: Any, kind: str, query: Mapping[str, str], body: bytes) -> Reply:
-    max_clouds = state.settings.max_clouds
-    data = parse_json(body, query, max_clouds) if kind == JSON else parse_text(body, query, max_clouds)
-    request_id, solution = await solve_and_record(state, data)
-    return jumps_reply(kind, request_id, data, solution)
+async def answer_jumps(services: Services, incoming: Incoming) -> Reply:
+    """POST /jumps: JSON, or text/plain in HackerRank's format with user and max_jump in the query."""
+    query = parse_query(incoming.query)
+    max_clouds = services.settings.max_clouds
+    if incoming.kind == JSON:
+        data = parse_json(incoming.body, query, max_clouds)
+    else:
+        data = parse_text(incoming.body, query, max_clouds)
+    request_id, solution = await solve_and_record(services, data)
+    return jumps_reply(incoming.kind, request_id, data, solution)
 
 
-async def answer_jotc(state: Any, kind: str, query: Mapping[str, str], body: bytes) -> Reply:
-    data = parse_json(body, query, state.settings.max_clouds, form=JotcBody)
-    request_id, solution = await solve_and_record(state, data)
-    return jotc_reply(kind, request_id, data, solution)
+async def answer_jotc(services: Services, incoming: Incoming) -> Reply:
+    """POST /jotc: JSON, max_jump 2, answered in the original PHP service's shape."""
+    data = parse_json(incoming.body, parse_query(incoming.query), services.settings.max_clouds, form=JotcBody)
+    request_id, solution = await solve_and_record(services, data)
+    return jotc_reply(incoming.kind, request_id, data, solution)
 
 
-async def recorded(state: Any, record_id: str) -> tuple[uuid.UUID, JumpInput, Solution]:
+async def recorded(services: Services, record_id: str) -> tuple[uuid.UUID, JumpInput, Solution]:
     """A recorded request and its solution, for replaying an idempotent answer. 410 once erased."""
     try:
-        found = await find_request(state.engine, uuid.UUID(record_id))
+        found = await find_request(services.engine, uuid.UUID(record_id))
     except SQLAlchemyError:
         raise database_unavailable("PostgreSQL is unavailable; the kept answer could not be rebuilt") from None
     if found is None:
-        raise Problem(
-            410, "erased", "the request made with this Idempotency-Key was recorded and has since been erased"
-        )
+        raise erased()
     data = JumpInput(bytes(unpack_clouds(found.clouds, found.n)), found.user, found.max_jump)
-    solution = await solve_without_stalling(data.clouds, data.max_jump, state.settings.offload_from)
+    solution = await solve_without_stalling(data.clouds, data.max_jump, services.settings.offload_from)
     assert isinstance(solution, Solution), "only solved requests are recorded"
     return found.id, data, solution
 
 
-async def replay_jumps(state: Any, kind: str, record_id: str) -> Reply:
-    return jumps_reply(kind, *await recorded(state, record_id))
+async def replay_jumps(services: Services, kind: str, record_id: str) -> Reply:
+    return jumps_reply(kind, *await recorded(services, record_id))
 
 
-async def replay_jotc(state: Any, kind: str, record_id: str) -> Reply:
-    return jotc_reply(kind, *await recorded(state, record_id))
-
-
-async def serve(state: Any, route: ServedRoute, incoming: Incoming) -> Reply:
-    """A served route's answer, honouring the request's Idempotency-Key."""
-    kind = incoming.kind
-    return await once(
-        state.idempotency,
-        route.path,
-        kind,
-        incoming,
-        lambda: route.answer(state, kind, parse_query(incoming.query), incoming.body),
-        lambda record: route.replay(state, kind, record),
-    )
+async def replay_jotc(services: Services, kind: str, record_id: str) -> Reply:
+    return jotc_reply(kind, *await recorded(services, record_id))
 
 
 def canonical_id(raw_id: str) -> uuid.UUID:
@@ -251,5 +201,12 @@ async def read_jump(
     answer = await solve_without_stalling(bytes(clouds), found.max_jump, offload_from)
     path = answer.path if isinstance(answer, Solution) else []
     return JumpRecord(
-        str(found.id), found.user, found.n, found.max_jump, clouds, found.jumps, path, found.created_at.isoformat()
+        id=str(found.id),
+        jumps=found.jumps,
+        path=path,
+        n=found.n,
+        max_jump=found.max_jump,
+        user=found.user,
+        clouds=clouds,
+        created_at=found.created_at.isoformat(),
     )

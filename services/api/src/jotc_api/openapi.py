@@ -25,36 +25,7 @@ from litestar.openapi.spec import OpenAPIMediaType, Operation, Parameter, Refere
 from litestar.openapi.spec.enums import OpenAPIType
 from litestar.static_files import create_static_files_router
 
-from jotc_api.problems import PROBLEM_JSON
-
-
-class FieldErrorDoc(msgspec.Struct):
-    field: str
-    message: str
-
-
-class ProblemDoc(msgspec.Struct, kw_only=True):
-    """RFC 9457 problem details; validation problems add `errors`, unreachable adds blocked_at."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    errors: list[FieldErrorDoc] | None = None
-    blocked_at: int | None = None
-
-
-class Check(msgspec.Struct, kw_only=True):
-    status: str
-    detail: str | None = None
-    revision: str | None = None
-
-
-class Readiness(msgspec.Struct):
-    """GET /readyz: `ready` or `not ready`, and each check (database, schema, redis)."""
-
-    status: str
-    checks: dict[str, Check]
+from jotc_api.problems import PROBLEM_JSON, ProblemDocument
 
 
 def answer_spec(container: type, description: str) -> ResponseSpec:
@@ -63,7 +34,7 @@ def answer_spec(container: type, description: str) -> ResponseSpec:
 
 def problem(description: str) -> ResponseSpec:
     return ResponseSpec(
-        data_container=ProblemDoc,
+        data_container=ProblemDocument,
         description=description,
         media_type=PROBLEM_JSON,
         generate_examples=False,
@@ -133,8 +104,7 @@ def served_operation(body: type[msgspec.Struct], *, text: bool) -> type[Operatio
     class ServedOperation(Operation):
         def __post_init__(self) -> None:
             self.request_body = request_body
-            if parameters:
-                self.parameters = [*(self.parameters or []), *parameters]
+            self.parameters = [*(self.parameters or []), *parameters]
             answered = next((r for code, r in (self.responses or {}).items() if code.startswith("2")), None)
             if text and answered is not None and not isinstance(answered, Reference) and answered.content:
                 answered.content["text/plain"] = OpenAPIMediaType(
@@ -166,6 +136,7 @@ WRITE_ERRORS = {
     408: problem("The body did not arrive within JOTC_BODY_READ_TIMEOUT; the connection is closed"),
     409: problem("The first request with this Idempotency-Key is still in flight; see Retry-After"),
     410: problem("This Idempotency-Key's request was recorded, then erased"),
+    411: problem("A Transfer-Encoding header: a body is framed by Content-Length alone; the connection is closed"),
     413: problem("Body larger than JOTC_MAX_BODY_BYTES"),
     415: problem("A Content-Type, charset or Content-Encoding this route does not accept (see its request body)"),
     422: problem(

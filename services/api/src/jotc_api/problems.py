@@ -10,7 +10,7 @@ explanation. A kind raised from more than one place has one constructor here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import NamedTuple
 
 import msgspec
 
@@ -18,90 +18,129 @@ PROBLEM_JSON = "application/problem+json"
 PROBLEM_JSON_BYTES = PROBLEM_JSON.encode()
 RETRY_AFTER_SECONDS = "2"
 
-# kind -> (title, what it means and what to do): served at GET /problems/<kind>.
-KINDS: dict[str, tuple[str, str]] = {
-    "malformed-body": (
+
+class Kind(NamedTuple):
+    """A kind of problem: the status it is sent with, its title, and what it means and what to do
+    (served at GET /problems/<kind>; docs/api.md's table of kinds is checked against this one)."""
+
+    status: int
+    title: str
+    meaning: str
+
+
+# Every kind the API sends. ``bad-request`` also stands for any other 4xx the framework answers.
+KINDS: dict[str, Kind] = {
+    "malformed-body": Kind(
+        400,
         "Malformed request body",
         "The body could not be parsed: invalid JSON, or text/plain that is not two lines "
         "(n, then n space-separated 0/1 values), or a count n that does not match the values.",
     ),
-    "validation": (
+    "validation": Kind(
+        422,
         "Request failed validation",
         "The body parsed, but a field breaks a rule; `errors` names each field and the rule.",
     ),
-    "unreachable": (
+    "unreachable": Kind(
+        422,
         "Last cloud is unreachable",
         "max_jump or more thunderheads stand in a row, so no path exists; `blocked_at` is the "
         "index of the first thunderhead of the first such run.",
     ),
-    "body-too-large": (
+    "body-too-large": Kind(
+        413,
         "Request body too large",
         "The body is larger than JOTC_MAX_BODY_BYTES. Send fewer clouds, or the digit-string "
         "form, which is half the size of a JSON array.",
     ),
-    "body-timeout": (
+    "body-timeout": Kind(
+        408,
         "Request body too slow",
         "The body did not arrive within JOTC_BODY_READ_TIMEOUT seconds of the headers; nothing was "
         "recorded and the connection is closed. Send the whole body promptly.",
     ),
-    "length-required": (
+    "length-required": Kind(
+        411,
         "Content-Length required",
         "A body must be sent with Content-Length. Transfer-Encoding (chunked or any other coding) is "
         "refused: a body framed two ways is how requests are smuggled past proxies.",
     ),
-    "unsupported-media-type": (
+    "unsupported-media-type": Kind(
+        415,
         "Unsupported media type",
         "Send Content-Type: application/json, or text/plain with the HackerRank input format.",
     ),
-    "not-found": ("Not found", "Nothing exists at this URL, or the record was deleted."),
-    "method-not-allowed": ("Method not allowed", "This URL does not accept that method."),
-    "database-unavailable": (
+    "not-found": Kind(404, "Not found", "Nothing exists at this URL, or the record was deleted."),
+    "method-not-allowed": Kind(405, "Method not allowed", "This URL does not accept that method."),
+    "database-unavailable": Kind(
+        503,
         "Database unavailable",
         "PostgreSQL could not be reached or did not commit; nothing was recorded. Retry after "
         "the number of seconds in Retry-After.",
     ),
-    "overloaded": (
+    "overloaded": Kind(
+        503,
         "Service overloaded",
         "This worker is at one of its bounds (requests waiting for the database, bodies being "
         "received, this client's share of them, or the memory requests may hold); nothing was "
         "recorded. Retry after Retry-After seconds.",
     ),
-    "unauthorized": ("Unauthorized", "Send Authorization: Bearer <JOTC_ADMIN_TOKEN>."),
-    "rate-limited": (
+    "unauthorized": Kind(401, "Unauthorized", "Send Authorization: Bearer <JOTC_ADMIN_TOKEN>."),
+    "rate-limited": Kind(
+        429,
         "Too many requests",
         "This client address spent its budget for the current window (JOTC_RATE_LIMIT); retry after "
         "Retry-After seconds.",
     ),
-    "idempotency-key-reused": (
+    "idempotency-key-reused": Kind(
+        422,
         "Idempotency-Key reused with a different request",
         "The key was first used with another body (or route, query or content type); use a new key for a new request.",
     ),
-    "idempotency-in-flight": (
+    "idempotency-in-flight": Kind(
+        409,
         "Request with this Idempotency-Key still in flight",
         "The first request with this key has not finished; retry shortly to get its answer.",
     ),
-    "idempotency-unavailable": (
+    "idempotency-unavailable": Kind(
+        503,
         "Idempotency keys unavailable",
         "Redis, which keeps idempotency keys, cannot be reached, so the promise cannot be kept. "
         "Retry later, or send the request without the key.",
     ),
-    "erased": (
+    "erased": Kind(
+        410,
         "Erased",
         "The request this Idempotency-Key was first used for was recorded, then erased by an "
         "administrator; its answer is gone with it. Send a new request with a new key.",
     ),
-    "bad-request": ("Bad request", "The request could not be understood."),
-    "internal": (
+    "bad-request": Kind(400, "Bad request", "The request could not be understood."),
+    "internal": Kind(
+        500,
         "Internal server error",
         "An unexpected error; the request id in X-Request-ID finds it in the logs.",
     ),
 }
 
 
-@dataclass(frozen=True, slots=True)
-class FieldError:
+class FieldError(msgspec.Struct, frozen=True):
+    """One broken rule: the field (a body member, a query parameter or a header) and the rule."""
+
     field: str
     message: str
+
+
+class ProblemDocument(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The body of every error answer (RFC 9457): what is encoded and what the OpenAPI document
+    declares. ``errors`` names each broken rule (validation); ``blocked_at`` is the first
+    thunderhead of the run that makes the last cloud unreachable (unreachable)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+    blocked_at: int | None = None
 
 
 @dataclass(slots=True)
@@ -112,8 +151,14 @@ class Problem(Exception):
     kind: str
     detail: str
     errors: list[FieldError] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    blocked_at: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # The status is the kind's (KINDS), written at each raise to be read there; a raise that
+        # disagrees with the table is a defect, found by the first test that reaches it.
+        if self.status != KINDS[self.kind].status and not (self.kind == "bad-request" and 400 <= self.status < 500):
+            raise ValueError(f"problem {self.kind!r} is sent with {KINDS[self.kind].status}, not {self.status}")
 
     def __str__(self) -> str:
         return f"{self.status} {self.kind}: {self.detail}"
@@ -129,16 +174,16 @@ class Problem(Exception):
         return self.status, headers, body
 
     def body(self) -> bytes:
-        document: dict[str, Any] = {
-            "type": f"/problems/{self.kind}",
-            "title": KINDS.get(self.kind, KINDS["bad-request"])[0],
-            "status": self.status,
-            "detail": self.detail,
-        }
-        if self.errors is not None:
-            document["errors"] = [{"field": e.field, "message": e.message} for e in self.errors]
-        document.update(self.extra)
-        return msgspec.json.encode(document)
+        return msgspec.json.encode(
+            ProblemDocument(
+                type=f"/problems/{self.kind}",
+                title=KINDS[self.kind].title,
+                status=self.status,
+                detail=self.detail,
+                errors=self.errors,
+                blocked_at=self.blocked_at,
+            )
+        )
 
 
 MAX_FIELD_ERRORS = 20

@@ -30,12 +30,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any, Final, NamedTuple
+from typing import Final, NamedTuple
 
 import msgspec
 import psycopg
 import structlog
 from prometheus_client import Counter, Histogram
+from psycopg.rows import TupleRow
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -237,7 +238,7 @@ class Link(NamedTuple):
     """A writer's pooled connection and the psycopg connection underneath it."""
 
     pooled: AsyncConnection
-    driver: psycopg.AsyncConnection[Any]
+    driver: psycopg.AsyncConnection[TupleRow]
 
 
 async def connect(engine: AsyncEngine) -> Link:
@@ -247,7 +248,7 @@ async def connect(engine: AsyncEngine) -> Link:
     pooled = await engine.connect()
     try:
         raw = await pooled.get_raw_connection()
-        driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
+        driver: psycopg.AsyncConnection[TupleRow] = raw.driver_connection  # type: ignore[assignment]
         if not driver.autocommit:
             await driver.set_autocommit(True)
     except BaseException:
@@ -258,13 +259,13 @@ async def connect(engine: AsyncEngine) -> Link:
     return Link(pooled, driver)
 
 
-async def insert_rows(driver: psycopg.AsyncConnection[Any], rows: list[Row]) -> None:
+async def insert_rows(driver: psycopg.AsyncConnection[TupleRow], rows: list[Row]) -> None:
     """The batch statement on the psycopg connection underneath SQLAlchemy's: this is the one
     hot statement, and SQLAlchemy's per-execution layers cost more than the commit here."""
     if len(rows) == 1:
         (row,) = rows
         statement = RECORD_ONE
-        parameters: dict[str, Any] = {
+        parameters: dict[str, object] = {
             "ids": row.id,
             "users": row.user,
             "ns": row.n,

@@ -1,13 +1,9 @@
-"""The ASGI transport of the served routes: raw ASGI in, one answer out, and the fast path.
+"""How a served route reads a request from raw ASGI, and sends its answer.
 
-A route declared with ``served_post`` (routes/jumps.py) does its work in a plain
-function, bytes in and ``Reply`` out. Litestar routes it, validates its
-parameters and documents it from that declaration. Because Litestar's
-per-request machinery measured at more than solving and recording cost
-together (docs/architecture.md), ``fast_path`` answers those same routes
-before Litestar sees them: its table is derived from Litestar's own routes at
-start-up (every handler whose ``opt`` carries a ``ServedRoute``), so there is
-nothing to keep in step by hand. Everything else goes to Litestar.
+The headers it reads (``request_fields``: one Content-Type, Content-Length and Idempotency-Key),
+what the Content-Type says the body is (``body_kind``: 415 before the body is read), the body
+itself within every bound (``Uploads``: slots, per-client shares, memory, deadlines), and
+``Reply``, a served route's answer, sent by ``send_answer``. served.py puts them together.
 """
 
 from __future__ import annotations
@@ -15,14 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 import msgspec
-from litestar import Litestar
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
+from litestar.types import HTTPResponseBodyEvent, HTTPResponseStartEvent, Receive, Scope, Send
 
 from jotc_api.clients import Clients
 from jotc_api.deadline import Deadline
@@ -36,12 +30,10 @@ from jotc_api.problems import (
     body_too_slow,
     client_uploads_full,
     clip,
-    incomplete_body,
     uploads_full,
     validation_problem,
 )
 
-SERVED = "served"  # the key of a handler's opt that carries its ServedRoute
 CLIENT_CLOSED_KEY = "jotc.client_closed"  # set on the scope when the body stopped short
 
 
@@ -77,25 +69,6 @@ class Incoming(msgspec.Struct, frozen=True):
     idempotency_key: bytes | None
     query: bytes
     body: bytes
-
-
-Answer = Callable[[Any, str, Mapping[str, str], bytes], Awaitable[Reply]]
-Replay = Callable[[Any, str, str], Awaitable[Reply]]
-Serve = Callable[[Any, "ServedRoute", Incoming], Awaitable[Reply]]
-
-
-@dataclass(frozen=True, slots=True)
-class ServedRoute:
-    """A POST route's work: ``check`` reads the Content-Type before the body is read (415 early)
-    and names the body's kind; ``answer`` turns (state, kind, query, body) into a Reply;
-    ``replay`` rebuilds the answer of an Idempotency-Key from its recorded request; ``serve``
-    runs them for either transport (jumps.serve: query parsing and the Idempotency-Key)."""
-
-    path: str
-    check: Callable[[str], str]
-    answer: Answer
-    replay: Replay
-    serve: Serve
 
 
 async def send_answer(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
@@ -163,17 +136,6 @@ async def read_body(
         due = min(ends, started + grace + size / min_rate, last + PAUSE_SECONDS) if min_rate else ends
         rate_bound = due < ends
         wait = due - now
-
-
-def served_routes(app: Litestar) -> dict[str, ServedRoute]:
-    """Path → ServedRoute for every POST handler Litestar holds with a ServedRoute in its opt."""
-    table: dict[str, ServedRoute] = {}
-    for route in app.routes:
-        for handler in getattr(route, "route_handlers", ()):
-            served = handler.opt.get(SERVED)
-            if served is not None and "POST" in handler.http_methods:
-                table[route.path] = served
-    return table
 
 
 @dataclass(slots=True)
@@ -310,42 +272,33 @@ def request_fields(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, int, by
     )
 
 
-def canonical_path(path: str) -> str:
-    """The path Litestar's router matches for this one ("/jumps/", "//jumps" → "/jumps")."""
-    return "/" + "/".join(part for part in path.split("/") if part)
+JSON = "application/json"
+TEXT = "text/plain"
+CHARSETS = {JSON: {"utf-8", "utf8"}, TEXT: {"utf-8", "utf8", "us-ascii", "ascii"}}
 
 
-async def receive_and_serve(state: Any, route: ServedRoute, scope: Scope, receive: Receive) -> Reply:
-    """A served route's answer, from the raw request: the one way either transport runs it."""
-    content_type, content_length, key = request_fields(scope["headers"])
-    kind = route.check(content_type)
-    body = await state.uploads.receive(scope, content_length, receive)
-    if body is None:
-        # The body ended early: the client hung up (the answer then goes nowhere and the pipeline
-        # counts a client close), or the server rejected its framing (broken chunked encoding):
-        # the client must still get an answer.
-        scope[CLIENT_CLOSED_KEY] = True  # type: ignore[literal-required]
-        raise incomplete_body()
-    return await route.serve(state, route, Incoming(kind, key, scope["query_string"], body))
-
-
-def fast_path(app: Litestar, inner: ASGIApp) -> ASGIApp:
-    """Answer the served POST routes directly; pass everything else to ``inner``."""
-    table = served_routes(app)
-
-    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
-        route = None
-        if scope["type"] == ScopeType.HTTP and scope["method"] == "POST":
-            route = table.get(scope["path"]) or table.get(canonical_path(scope["path"]))
-        if route is None:
-            await inner(scope, receive, send)
-            return
-        scope["path_template"] = route.path  # for the metrics layer, as Litestar's router does
-        try:
-            reply = await receive_and_serve(app.state, route, scope, receive)
-        except Problem as problem:
-            await send_answer(send, *problem.render())
-            return
-        await send_answer(send, reply.status, reply.headers(), reply.body)
-
-    return serve
+def body_kind(content_type: str, *, text_allowed: bool) -> str:
+    """JSON or TEXT from a Content-Type header; 415 for anything else (before reading the body),
+    a declared charset included: JSON is UTF-8, and the text form is ASCII digits."""
+    kind, _, parameters = content_type.partition(";")
+    kind = kind.strip().lower()
+    if kind == JSON or (kind.startswith("application/") and kind.endswith("+json")):
+        found = JSON
+    elif text_allowed and kind == TEXT:
+        found = TEXT
+    else:
+        found = ""
+    charsets = [
+        value.strip().strip('"').lower()
+        for name, _, value in (p.partition("=") for p in parameters.split(";"))
+        if name.strip().lower() == "charset"
+    ]
+    charset = charsets[0] if charsets else None
+    if len(charsets) > 1:  # which one a proxy in front believed is anyone's guess: refuse
+        raise Problem(415, "unsupported-media-type", "the charset parameter is given more than once")
+    if found and (charset is None or charset in CHARSETS[found]):
+        return found
+    if found:
+        raise Problem(415, "unsupported-media-type", f"charset {charset!r} is not accepted; {found} bodies are UTF-8")
+    accepted = "application/json or text/plain" if text_allowed else "application/json"
+    raise Problem(415, "unsupported-media-type", f"Content-Type {kind or '(none)'!r} is not accepted; send {accepted}")

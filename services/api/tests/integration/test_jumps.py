@@ -57,6 +57,18 @@ def test_post_jumps_answers_201_with_location_and_the_solution(client: httpx.Cli
     assert uuid.UUID(body["id"]).version == 7
 
 
+@pytest.mark.parametrize(
+    "body",
+    [{"clouds": SAMPLE}, {"clouds": "0010", "user": "José", "max_jump": 3}, {"clouds": [0] * 50, "max_jump": 1}],
+)
+def test_get_repeats_every_field_post_answered_with_the_same_value(client: httpx.Client, body: Any) -> None:
+    created = post(client, body)
+    assert created.status_code == 201, created.text
+    record = client.get(created.headers["location"]).json()
+    answered = created.json()
+    assert {key: record.get(key, "(missing)") for key in answered} == answered
+
+
 def test_the_row_is_committed_before_201_with_clouds_bit_packed(client: httpx.Client, db: Connection) -> None:
     body = post(client, {"clouds": SAMPLE, "user": "bits@example.com"}).json()
     row = db.execute(

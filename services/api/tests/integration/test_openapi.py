@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -11,6 +13,8 @@ import pytest
 from support import in_process
 
 from jotc_api.problems import KINDS
+
+API_DOCS = Path(__file__).parents[4] / "docs" / "api.md"
 
 REFUSED_BODIES: list[Any] = [
     {"clouds": [0, 2, 0]},
@@ -140,13 +144,59 @@ def test_every_problem_kind_is_served(api: Any) -> None:
 
 
 def test_json_answers_match_their_declared_schemas(api: Any, document: dict[str, Any]) -> None:
+    """Every JSON answer, success or problem, is what its route declares: valid against the schema
+    and with no member the schema leaves out (answers are encoded from the declared structs)."""
     created = api.post("/jumps", json={"clouds": [0, 0, 1, 0]})
-    for answer, path, method, status in (
-        (created, "/jumps", "post", "201"),
-        (api.get(created.headers["location"]), "/jumps/{request_id}", "get", "200"),
-        (api.post("/jotc", json={"clouds": [0, 0]}), "/jotc", "post", "200"),
-        (api.get("/healthz"), "/healthz", "get", "200"),
+    missing = "/jumps/00000000-0000-7000-8000-000000000000"
+    for answer, path, method in (
+        (created, "/jumps", "post"),
+        (api.get(created.headers["location"]), "/jumps/{request_id}", "get"),
+        (api.post("/jotc", json={"clouds": [0, 0]}), "/jotc", "post"),
+        (api.get("/healthz"), "/healthz", "get"),
+        (api.get("/readyz"), "/readyz", "get"),
+        (api.post("/jumps", json={"clouds": [0, 2], "user": ""}), "/jumps", "post"),  # 422 validation
+        (api.post("/jumps", json={"clouds": [0, 1, 1, 0]}), "/jumps", "post"),  # 422 unreachable
+        (api.post("/jumps", content=b"{", headers={"content-type": "application/json"}), "/jumps", "post"),
+        (api.get(missing), "/jumps/{request_id}", "get"),  # 404
     ):
-        schema = document["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+        declared = document["paths"][path][method]["responses"][str(answer.status_code)]["content"]
+        schema = next(iter(declared.values()))["schema"]
         # "#/components/..." references resolve inside the schema once the components sit beside it.
-        jsonschema.validate(answer.json(), {**schema, "components": document.get("components", {})})
+        components = document.get("components", {})
+        jsonschema.validate(answer.json(), {**schema, "components": components})
+        assert_no_undeclared_member(answer.json(), schema, components, f"{method.upper()} {path} {answer.status_code}")
+
+
+def assert_no_undeclared_member(value: Any, schema: dict[str, Any], components: dict[str, Any], where: str) -> None:
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[1]
+        schema = components["schemas"][name]
+    for option in schema.get("oneOf", []) + schema.get("anyOf", []):
+        if option.get("type") == "object" or "$ref" in option or "properties" in option:
+            assert_no_undeclared_member(value, option, components, where)
+    if isinstance(value, dict) and "properties" in schema:
+        undeclared = set(value) - set(schema["properties"])
+        assert not undeclared, f"{where} answers {sorted(undeclared)}, which its schema does not declare"
+        for key, member in value.items():
+            assert_no_undeclared_member(member, schema["properties"][key], components, f"{where} .{key}")
+    elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for key, member in value.items():
+            assert_no_undeclared_member(member, schema["additionalProperties"], components, f"{where} .{key}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for member in value:
+            assert_no_undeclared_member(member, schema["items"], components, f"{where}[]")
+
+
+def test_every_problem_kind_and_its_status_is_in_the_api_docs() -> None:
+    """docs/api.md's table of problem kinds lists each kind once, with the status KINDS sends it with."""
+    rows = re.findall(r"^\| (\d{3}) \| `([a-z-]+)` \|", API_DOCS.read_text(), flags=re.MULTILINE)
+    documented = {kind: int(status) for status, kind in rows}
+    assert len(rows) == len(documented), "a kind has two rows in docs/api.md"
+    assert documented == {kind: entry.status for kind, entry in KINDS.items()}
+
+
+def test_a_write_route_declares_each_status_of_its_problems(document: dict[str, Any]) -> None:
+    statuses = {str(entry.status) for entry in KINDS.values()} - {"401", "404", "405", "500"}  # not a write's
+    for path in ("/jumps", "/jotc"):
+        declared = set(document["paths"][path]["post"]["responses"])
+        assert statuses <= declared, f"POST {path} does not declare {sorted(statuses - declared)}"

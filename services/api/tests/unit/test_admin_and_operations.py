@@ -18,12 +18,13 @@ import pytest
 from litestar.datastructures import MultiDict
 from sqlalchemy.exc import OperationalError
 
-from jotc_api import openapi, schema_compat
+from jotc_api import openapi, readiness, schema_compat
 from jotc_api.drain import DrainFlag
 from jotc_api.erasure import ErasureJob, recorded_ids
 from jotc_api.memory import MemoryBudget
 from jotc_api.problems import Problem
 from jotc_api.queries import ListedRequest
+from jotc_api.readiness import DatabaseReadiness
 from jotc_api.routes import admin, operations
 from jotc_api.schema_compat import Verdict, schema_verdict
 from jotc_api.tables import SCHEMA_REVISION, pack_clouds
@@ -38,7 +39,9 @@ def request(**state: Any) -> Any:
         "settings": SimpleNamespace(offload_from=50_000, admin_page_cells=10),
         "memory": MemoryBudget(10**9),
     }
-    return SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(**(defaults | state))), scope={})
+    return SimpleNamespace(
+        app=SimpleNamespace(state=SimpleNamespace(services=SimpleNamespace(**(defaults | state)))), scope={}
+    )
 
 
 async def failing_async(*_: Any, **__: Any) -> Any:
@@ -238,10 +241,10 @@ async def test_readyz_on_a_newer_compatible_schema_is_ready_and_says_which(monke
     async def verdict(connection: Any) -> Verdict:
         return Verdict(True, "f00dcafe", "database is at newer revision f00dcafe, compatible back to x")
 
-    monkeypatch.setattr(operations, "schema_verdict", verdict)
+    monkeypatch.setattr(readiness, "schema_verdict", verdict)
     engine = SimpleNamespace(connect=Connecting)
-    readiness = operations.DatabaseReadiness(engine)
-    response = await operations.readyz.fn(request(readiness=readiness, drain=DrainFlag(bytearray(1)), redis=Redis()))
+    checks = DatabaseReadiness(engine)  # type: ignore[arg-type]
+    response = await operations.readyz.fn(request(readiness=checks, drain=DrainFlag(bytearray(1)), redis=Redis()))
     assert response.status_code == 200
     assert msgspec.json.decode(response.content)["checks"]["schema"] == {
         "status": "ok",

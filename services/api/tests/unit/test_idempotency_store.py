@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
+import msgspec
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -21,10 +23,11 @@ from jotc_api.idempotency import (
     IdempotencyStore,
     IdempotencyUnavailable,
     StoredReply,
-    once,
 )
 from jotc_api.problems import Problem
 from jotc_api.redis_link import RedisLink
+from jotc_api.served import ServedRoute, answer_once
+from jotc_api.services import Services
 from jotc_api.transport import Incoming, Reply
 
 
@@ -161,6 +164,27 @@ def store_with(redis: FakeRedis | None, **options: Any) -> tuple[IdempotencyStor
     link.client = redis  # type: ignore[assignment]
     link.healthy = redis is not None
     return IdempotencyStore(link, **options), link
+
+
+async def once(
+    store: IdempotencyStore,
+    route: str,
+    kind: str,
+    incoming: Incoming,
+    answer: Callable[[], Awaitable[Reply]],
+    replay: Callable[[str], Awaitable[Reply]],
+) -> Reply:
+    """served.answer_once with only the idempotency store behind it."""
+
+    async def answer_route(_: Services, __: Incoming) -> Reply:
+        return await answer()
+
+    async def replay_route(_: Services, __: str, record: str) -> Reply:
+        return await replay(record)
+
+    served = ServedRoute(route, answer=answer_route, replay=replay_route, text=True)
+    incoming = msgspec.structs.replace(incoming, kind=kind)
+    return await answer_once(cast(Services, SimpleNamespace(idempotency=store)), served, incoming)
 
 
 def request(key: bytes | None = b"key-1", body: bytes = b'{"c":[0,0]}') -> Incoming:

@@ -110,7 +110,7 @@ async def test_an_unreachable_last_cloud_is_422_and_nothing_is_recorded() -> Non
     recorder = Recorder()
     with pytest.raises(jumps.Problem) as refused:
         await jumps.solve_and_record(state(recorder), JumpInput(bytes([0, 1, 1, 0]), "ann", 2))
-    assert (refused.value.status, refused.value.kind, refused.value.extra) == (422, "unreachable", {"blocked_at": 1})
+    assert (refused.value.status, refused.value.kind, refused.value.blocked_at) == (422, "unreachable", 1)
     assert recorder.rows == []
 
 

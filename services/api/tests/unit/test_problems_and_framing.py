@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -18,14 +19,14 @@ from jotc_api import problems
 from jotc_api.clients import Clients
 from jotc_api.memory import HELD_KEY, SMALL_BODY, MemoryBudget, body_cost, give_back
 from jotc_api.problems import FieldError, Problem
+from jotc_api.served import ServedRoute, receive_and_serve
+from jotc_api.services import Services
 from jotc_api.transport import (
     CLIENT_CLOSED_KEY,
     Incoming,
     Reply,
-    ServedRoute,
     Uploads,
     read_body,
-    receive_and_serve,
     request_fields,
 )
 
@@ -97,7 +98,7 @@ def test_problem_constructors(make: Callable[[], Problem], status: int, kind: st
     for name, value in headers.items():
         assert (name.lower().encode(), value.encode()) in raw_headers
     assert document(problem)["type"] == f"/problems/{kind}"
-    assert document(problem)["title"] == problems.KINDS[kind][0]
+    assert document(problem)["title"] == problems.KINDS[kind].title
 
 
 def test_body_timeout_names_its_seconds() -> None:
@@ -398,26 +399,26 @@ def test_a_replayed_reply_says_so_in_its_headers() -> None:
 async def test_a_body_that_stops_short_is_400_and_marks_the_client_closed() -> None:
     served: list[Incoming] = []
 
-    async def serve(state: Any, route: ServedRoute, incoming: Incoming) -> Reply:
+    async def answer(_: Services, incoming: Incoming) -> Reply:
         served.append(incoming)
         return Reply(200, "text/plain", b"ok")
 
-    # The check names the body's kind; what it names is what the route is served with.
-    route = ServedRoute("/jumps", check=lambda kind: f"kind of {kind}", answer=None, replay=None, serve=serve)  # type: ignore[arg-type]
+    async def replay(_: Services, __: str, ___: str) -> Reply:
+        raise AssertionError("no Idempotency-Key was sent")
 
-    class State:
-        uploads = make_uploads()
+    route = ServedRoute("/jumps", answer=answer, replay=replay, text=False)
+    services = cast(Services, SimpleNamespace(uploads=make_uploads()))
 
     scope: dict[str, Any] = {"headers": [(b"content-type", b"application/json")], "query_string": b""}
     gone = messages({"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"})
     with pytest.raises(Problem) as refused:
-        await receive_and_serve(State(), route, scope, gone)  # type: ignore[arg-type]
+        await receive_and_serve(services, route, scope, gone)  # type: ignore[arg-type]
     assert (refused.value.status, refused.value.kind) == (400, "malformed-body")
     assert scope[CLIENT_CLOSED_KEY] is True, "the pipeline counts it as a client close (499), not a 400 sent"
     assert served == []
 
     scope = {"headers": [(b"content-type", b"application/json")], "query_string": b"user=a"}
     whole = messages({"type": "http.request", "body": b"{}", "more_body": False})
-    assert (await receive_and_serve(State(), route, scope, whole)).body == b"ok"  # type: ignore[arg-type]
-    assert served == [Incoming("kind of application/json", None, b"user=a", b"{}")]
+    assert (await receive_and_serve(services, route, scope, whole)).body == b"ok"  # type: ignore[arg-type]
+    assert served == [Incoming("application/json", None, b"user=a", b"{}")]
     assert CLIENT_CLOSED_KEY not in scope

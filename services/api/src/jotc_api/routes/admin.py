@@ -37,7 +37,7 @@ from jotc_api.openapi import NoValidationOperation, problem
 from jotc_api.parsing import check_user
 from jotc_api.problems import FieldError, Problem, database_unavailable, validation_problem
 from jotc_api.queries import ListedRequest, read_totals, requests_page, stats_page
-from jotc_api.settings import Settings
+from jotc_api.services import Services, services_of
 from jotc_api.solver import Solution, solve
 from jotc_api.tables import unpack_clouds
 
@@ -50,7 +50,7 @@ BAD_CURSOR = (
 
 
 def require_admin(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    settings: Settings = connection.app.state.settings
+    settings = services_of(connection.app).settings
     header = connection.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     expected = settings.admin_token
@@ -275,7 +275,7 @@ async def admin_stats(
     after = stats_cursor_key(cursor, sort, order, errors)
     if errors:
         raise validation_problem(errors)
-    engine = request.app.state.engine
+    engine = services_of(request.app).engine
     try:
         total_requests, total_users = await read_totals(engine)
         rows = await stats_page(engine, sort, order == "desc", limit + 1, after)
@@ -321,22 +321,22 @@ async def admin_requests(
             errors.append(FieldError("cursor", BAD_CURSOR))
     if errors:
         raise validation_problem(errors)
-    state = request.app.state
+    services = services_of(request.app)
     try:
         rows, more = await requests_page(
-            state.engine,
+            services.engine,
             user=user,
             since=since,
             until=until,
             limit=limit,
             after=key,
-            cell_budget=state.settings.admin_page_cells,
+            cell_budget=services.settings.admin_page_cells,
         )
     except SQLAlchemyError:
         raise unavailable() from None
     clouds = sum(row.n for row in rows)
-    await state.memory.charge(request.scope, clouds_cost(clouds), wait=False)  # the paths about to be rebuilt
-    if clouds < state.settings.offload_from:
+    await services.memory.charge(request.scope, clouds_cost(clouds), wait=False)  # the paths about to be rebuilt
+    if clouds < services.settings.offload_from:
         items = listed_items(rows)
     else:  # paths of large inputs are recomputed off the event loop
         items = await anyio.to_thread.run_sync(listed_items, rows)
@@ -375,7 +375,7 @@ async def admin_erase_user(request: Request[Any, Any, Any], user: FromPath[str])
     if errors:
         raise validation_problem(errors)
     try:
-        job = await request.app.state.eraser.erase(name)
+        job = await services_of(request.app).eraser.erase(name)
     except SQLAlchemyError:
         raise unavailable() from None
     if not job.done:
@@ -384,12 +384,12 @@ async def admin_erase_user(request: Request[Any, Any, Any], user: FromPath[str])
     return Response(Erased(name, job.deleted), status_code=200)
 
 
-async def forget_erased(state: Any, user: str) -> None:
+async def forget_erased(services: Services, user: str) -> None:
     """What follows a finished erasure, in the Eraser's background (never in the request): the
     user's idempotency keys whose requests it deleted become tombstones; keys of the requests it
     kept go on replaying."""
-    if state.redis.client is not None:
-        await state.idempotency.forget_erased(user, partial(recorded_ids, state.engine))
+    if services.redis.client is not None:
+        await services.idempotency.forget_erased(user, partial(recorded_ids, services.engine))
 
 
 @get(
@@ -404,7 +404,7 @@ async def admin_erasure(request: Request[Any, Any, Any], user: FromPath[str]) ->
     if errors:
         raise validation_problem(errors)
     try:
-        job = await read_job(request.app.state.engine, name)
+        job = await read_job(services_of(request.app).engine, name)
     except SQLAlchemyError:
         raise unavailable() from None
     if job is None:

@@ -1,20 +1,19 @@
 """POST /jumps, POST /jotc and GET /jumps/{id}: each route declared once, here.
 
-A ``served_post`` declaration is the whole route: Litestar routes it and
-documents it (request body from the struct the parser decodes with, answers
-from the structs that are encoded), and the fast path (transport.py) derives
-its table from these same declarations at start-up. Both transports call the
-declared ``serve`` function; jumps.py holds the work itself.
+A ``served_post`` declaration is the whole route: Litestar routes it and documents it (request
+body from the struct the parser decodes with, answers from the structs that are encoded), and
+the fast path (served.py) reads its table from these same declarations at start-up. Both
+transports run the declared ``answer`` through ``receive_and_serve``; jumps.py holds the work.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath
 
@@ -24,46 +23,47 @@ from jotc_api.jumps import (
     JumpRecord,
     answer_jotc,
     answer_jumps,
-    json_only,
-    json_or_text,
     read_jump,
     replay_jotc,
     replay_jumps,
-    serve,
 )
 from jotc_api.openapi import WRITE_ERRORS, NoValidationOperation, answer_spec, problem, served_operation
 from jotc_api.parsing import JotcBody, JumpsBody
-from jotc_api.transport import SERVED, Answer, Replay, ServedRoute, receive_and_serve
+from jotc_api.served import SERVED, ServedRoute, receive_and_serve
+from jotc_api.services import Services, services_of
+from jotc_api.transport import Incoming, Reply
 
 
-async def through_litestar(request: Request[Any, Any, Any]) -> Response[bytes]:
+async def through_litestar(request: Request[None, None, State]) -> Response[bytes]:
     """A served route's answer when Litestar itself routes the request (no fast path in front)."""
     served: ServedRoute = request.route_handler.opt[SERVED]
-    reply = await receive_and_serve(request.app.state, served, request.scope, request.receive)
+    reply = await receive_and_serve(services_of(request.app), served, request.scope, request.receive)
     return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.extra_headers())
 
 
 def served_post(
     path: str,
     *,
-    answer_with: Answer,
-    replay_with: Replay,
-    check: Callable[[str], str],
+    answer: Callable[[Services, Incoming], Awaitable[Reply]],
+    replay: Callable[[Services, str, str], Awaitable[Reply]],
     body: type[msgspec.Struct],
     text: bool,
-    answer: type[msgspec.Struct],
+    answer_struct: type[msgspec.Struct],
     status_code: int,
     summary: str,
     description: str | None = None,
 ) -> HTTPRouteHandler:
+    """A POST route served from the raw request: ``answer`` does its work and ``replay`` rebuilds
+    a kept answer (served.py); ``body`` is the JSON request struct, ``text`` whether text/plain
+    is accepted too, ``answer_struct`` what a success encodes."""
     handler: HTTPRouteHandler = post(
         path,
         name=path.strip("/"),
-        opt={SERVED: ServedRoute(path, check, answer_with, replay_with, serve)},
+        opt={SERVED: ServedRoute(path, answer, replay, text)},
         operation_class=served_operation(body, text=text),
         summary=summary,
         description=description,
-        responses={status_code: answer_spec(answer, "Solved and recorded"), **WRITE_ERRORS},
+        responses={status_code: answer_spec(answer_struct, "Solved and recorded"), **WRITE_ERRORS},
         status_code=status_code,
         tags=["jumps"],
     )(through_litestar)
@@ -72,12 +72,11 @@ def served_post(
 
 post_jumps = served_post(
     "/jumps",
-    answer_with=answer_jumps,
-    replay_with=replay_jumps,
-    check=json_or_text,
+    answer=answer_jumps,
+    replay=replay_jumps,
     body=JumpsBody,
     text=True,
-    answer=JumpAnswer,
+    answer_struct=JumpAnswer,
     status_code=201,
     summary="Solve and record",
     description="Solves the game and records the request; 201 only after the row is committed. "
@@ -87,12 +86,11 @@ post_jumps = served_post(
 
 post_jotc = served_post(
     "/jotc",
-    answer_with=answer_jotc,
-    replay_with=replay_jotc,
-    check=json_only,
+    answer=answer_jotc,
+    replay=replay_jotc,
     body=JotcBody,
     text=False,
-    answer=JotcAnswer,
+    answer_struct=JotcAnswer,
     status_code=200,
     summary="Solve and record, in the original PHP service's answer shape",
 )
@@ -108,7 +106,7 @@ post_jotc = served_post(
     },
     tags=["jumps"],
 )
-async def get_jump(request: Request[Any, Any, Any], request_id: FromPath[str]) -> JumpRecord:
-    state = request.app.state
-    charge = partial(state.memory.charge, request.scope, wait=False)
-    return await read_jump(state.engine, request_id, state.settings.offload_from, charge)
+async def get_jump(request: Request[None, None, State], request_id: FromPath[str]) -> JumpRecord:
+    services = services_of(request.app)
+    charge = partial(services.memory.charge, request.scope, wait=False)
+    return await read_jump(services.engine, request_id, services.settings.offload_from, charge)

@@ -1,0 +1,110 @@
+"""/readyz's checks: PostgreSQL and the schema on a connection of their own, and the answer's shape.
+
+The structs below are what /readyz encodes, so the OpenAPI document (which declares them) describes
+the bytes that are sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from jotc_api.schema_compat import schema_verdict
+from jotc_api.tables import SCHEMA_REVISION
+
+
+class Check(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One dependency's state: ``ok``, ``failing``, ``unknown``, ``degraded``, ``not configured``
+    or ``draining``; the schema's check names the revision this build serves and, when the database
+    is at another compatible one, that one."""
+
+    status: str
+    detail: str | None = None
+    revision: str | None = None
+    database_revision: str | None = None
+
+
+class Readiness(msgspec.Struct):
+    """GET /readyz: ``ready``, ``not ready`` or ``draining``, and each check (database, schema, redis;
+    server while draining)."""
+
+    status: str
+    checks: dict[str, Check]
+
+
+Checks = dict[str, Check]
+READY = {"ok", "not configured", "degraded"}  # a check in one of these states does not stop traffic
+
+log = structlog.get_logger("jotc.readiness")
+# Inside the chart's readiness probe timeout (3 s) with room for Redis's ping (0.5 s).
+READY_CHECK_TIMEOUT = 1.0
+DRAINING = Readiness(
+    "draining",
+    {
+        "server": Check(
+            status="draining",
+            detail="stopping: in-flight requests finish, new ones are still served; send them elsewhere",
+        )
+    },
+)
+
+
+class DatabaseReadiness:
+    """The database's part of /readyz, on a connection of its own (the ``engine`` given here has a
+    pool of one, apart from the pool that serves traffic), so a pool busy with traffic or a slow
+    database cannot keep the probe waiting: it answers within READY_CHECK_TIMEOUT either way.
+    Concurrent callers share the check in flight, so no number of callers can queue on that
+    connection. Failures name the dependency and what went wrong, never its address; the log has
+    the error."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.running: asyncio.Future[Checks] | None = None
+
+    async def database(self) -> Checks:
+        if self.running is None:
+            self.running = asyncio.ensure_future(self.check())
+            self.running.add_done_callback(self.finished)
+        try:
+            # The check's own deadline ends inside the connection; its clean-up must not keep the probe.
+            return dict(await asyncio.wait_for(asyncio.shield(self.running), READY_CHECK_TIMEOUT + 0.5))
+        except TimeoutError:
+            return unreachable(f"PostgreSQL did not answer within {READY_CHECK_TIMEOUT:g} s")
+
+    def finished(self, _: object) -> None:
+        self.running = None
+
+    async def check(self) -> Checks:
+        try:
+            async with asyncio.timeout(READY_CHECK_TIMEOUT):
+                async with self.engine.connect() as connection:
+                    verdict = await schema_verdict(connection)
+        except TimeoutError:
+            reason = f"PostgreSQL did not answer within {READY_CHECK_TIMEOUT:g} s"
+        except Exception as exc:
+            log.warning("readiness: PostgreSQL unavailable", error=(str(exc).strip().splitlines() or [""])[0])
+            reason = f"PostgreSQL is unavailable ({type(exc).__name__}; the log has the error)"
+        else:
+            if not verdict.serves:
+                schema = Check(status="failing", detail=verdict.detail)
+            elif verdict.database_revision == SCHEMA_REVISION:
+                schema = Check(status="ok", revision=SCHEMA_REVISION)
+            else:
+                schema = Check(
+                    status="ok",
+                    revision=SCHEMA_REVISION,
+                    database_revision=str(verdict.database_revision),
+                    detail=verdict.detail,
+                )
+            return {"database": Check(status="ok"), "schema": schema}
+        return unreachable(reason)
+
+
+def unreachable(reason: str) -> Checks:
+    return {
+        "database": Check(status="failing", detail=reason),
+        "schema": Check(status="unknown", detail="database unreachable"),
+    }

@@ -1,0 +1,121 @@
+"""The served routes: POST /jumps and POST /jotc answered from the raw request, on either transport.
+
+A served route is declared once, with ``served_post`` (routes/jumps.py): Litestar routes it and
+documents it from that declaration, and its handler there calls ``receive_and_serve``. Because
+Litestar's per-request machinery costs more than solving and recording together
+(docs/performance.md), ``fast_path`` answers the same routes before Litestar sees them, calling
+the same ``receive_and_serve``; its table is read from Litestar's routes at start-up, so there is
+nothing to keep in step by hand.
+
+A POST /jumps body passes, in order: ``fast_path`` → ``receive_and_serve`` (``request_fields``,
+``body_kind``, ``Uploads.receive`` → ``read_body``) → ``answer_once`` (``claim_key`` and
+``keep_reply`` with an Idempotency-Key) → the route's ``answer`` (jumps.py: ``answer_jumps`` →
+``parse_json`` or ``parse_text``, ``solve_and_record`` → ``Recorder.record``, ``jumps_reply``)
+→ ``send_answer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from litestar import Litestar
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from jotc_api.idempotency import StoredReply, claim_key, keep_reply
+from jotc_api.problems import Problem, incomplete_body
+from jotc_api.services import Services, services_of
+from jotc_api.transport import CLIENT_CLOSED_KEY, Incoming, Reply, body_kind, request_fields, send_answer
+
+SERVED = "served"  # the key of a handler's opt that carries its ServedRoute
+
+
+@dataclass(frozen=True, slots=True)
+class ServedRoute:
+    """A POST route answered from the raw request. ``answer`` does its work; ``replay`` rebuilds
+    the answer kept under an Idempotency-Key from the recorded request (its id) and the body's
+    kind; ``text``: text/plain bodies are accepted besides JSON."""
+
+    path: str
+    answer: Callable[[Services, Incoming], Awaitable[Reply]]
+    replay: Callable[[Services, str, str], Awaitable[Reply]]
+    text: bool
+
+
+async def receive_and_serve(services: Services, route: ServedRoute, scope: Scope, receive: Receive) -> Reply:
+    """A served route's answer, from the raw request: the one way either transport runs it."""
+    content_type, content_length, key = request_fields(scope["headers"])
+    kind = body_kind(content_type, text_allowed=route.text)  # 415 before a byte of the body is read
+    body = await services.uploads.receive(scope, content_length, receive)
+    if body is None:
+        # The body ended early: the client hung up (the answer then goes nowhere and the pipeline
+        # counts a client close), or the server rejected its framing (broken chunked encoding):
+        # the client must still get an answer.
+        scope[CLIENT_CLOSED_KEY] = True  # type: ignore[literal-required]
+        raise incomplete_body()
+    return await answer_once(services, route, Incoming(kind, key, scope["query_string"], body))
+
+
+async def answer_once(services: Services, route: ServedRoute, incoming: Incoming) -> Reply:
+    """The route's answer; with an Idempotency-Key, the first request's answer to every repeat."""
+    if incoming.idempotency_key is None:
+        return await route.answer(services, incoming)
+    claimed = await claim_key(services.idempotency, route.path, incoming)
+    if isinstance(claimed, StoredReply):
+        return await replayed(services, route, incoming.kind, claimed)
+    try:
+        reply = await route.answer(services, incoming)
+    except BaseException:
+        # Nothing was recorded: the key is free again. A retry of a refusal gets the same refusal,
+        # computed afresh (cheaper than keeping it), and a corrected request may use the key.
+        await services.idempotency.release(claimed.name)
+        raise
+    await keep_reply(services.idempotency, claimed, reply)
+    return reply
+
+
+async def replayed(services: Services, route: ServedRoute, kind: str, kept: StoredReply) -> Reply:
+    if kept.record is not None:
+        rebuilt = await route.replay(services, kind, kept.record)
+        return Reply(rebuilt.status, rebuilt.media_type, rebuilt.body, rebuilt.location, replayed=True)
+    return Reply(kept.status, kept.media_type, kept.body, kept.location, replayed=True)
+
+
+def served_routes(app: Litestar) -> dict[str, ServedRoute]:
+    """Path → ServedRoute for every POST handler Litestar holds with a ServedRoute in its opt."""
+    table: dict[str, ServedRoute] = {}
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            served = handler.opt.get(SERVED)
+            if served is not None and "POST" in handler.http_methods:
+                table[route.path] = served
+    return table
+
+
+def canonical_path(path: str) -> str:
+    """The path Litestar's router matches for this one ("/jumps/", "//jumps" → "/jumps")."""
+    return "/" + "/".join(part for part in path.split("/") if part)
+
+
+def fast_path(app: Litestar, inner: ASGIApp) -> ASGIApp:
+    """Answer the served POST routes directly; pass everything else to ``inner``."""
+    table = served_routes(app)
+    services = services_of(app)
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        route = None
+        if scope["type"] == ScopeType.HTTP and scope["method"] == "POST":
+            route = table.get(scope["path"]) or table.get(canonical_path(scope["path"]))
+        if route is None:
+            await inner(scope, receive, send)
+            return
+        scope["path_template"] = route.path  # for the metrics layer, as Litestar's router does
+        try:
+            reply = await receive_and_serve(services, route, scope, receive)
+        except Problem as problem:
+            await send_answer(send, *problem.render())
+            return
+        await send_answer(send, reply.status, reply.headers(), reply.body)
+
+    return serve
