@@ -4,12 +4,13 @@ A bad value raises SettingsError with one line naming the variable; the server
 prints it and exits before binding the port.
 """
 
+# ruff: noqa: RUF001, RUF009 - the docs' typography (dashes, signs), and each field declared by a call
 from __future__ import annotations
 
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy.exc import ArgumentError
 
 MIB = 1024 * 1024
 DEFAULT_MAX_CLOUDS = 100_000
+ADMIN_TOKEN_MIN_LENGTH = 32
 
 
 def longest_body(max_clouds: int) -> int:
@@ -38,40 +40,295 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class Setting:
+    """One environment variable: what it sets, as docs/configuration.md states it (``meaning``,
+    ``shown``: the default, when it is worked out rather than a value; ``accepted``), and how its
+    text is read (``read(name, text)``, text stripped and not blank; raises SettingsError)."""
+
+    env: str
+    meaning: str
+    accepted: str
+    read: Callable[[str, str], Any]
+    shown: str | None = None
+
+
+def setting(
+    value: Any, env: str, meaning: str, accepted: str, read: Callable[[str, str], Any], shown: str | None = None
+) -> Any:
+    """A field of Settings whose default is ``value``, read from ``env``: its one declaration.
+    ``shown``: the default as the docs state it, when it is worked out rather than ``value``."""
+    return field(default=value, metadata={"setting": Setting(env, meaning, accepted, read, shown)})
+
+
+def whole(low: int, high: int) -> Callable[[str, str], int]:
+    def read(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+        return value
+
+    return read
+
+
+def seconds(low: int, high: int) -> Callable[[str, str], float]:
+    read_whole = whole(low, high)
+    return lambda name, raw: float(read_whole(name, raw))
+
+
+def size(low: int, high: int) -> Callable[[str, str], int]:
+    return lambda name, raw: byte_size(name, raw, low, high)
+
+
+def one_of(*allowed: str, upper: bool = False) -> Callable[[str, str], str]:
+    def read(name: str, raw: str) -> str:
+        normalised = raw.upper() if upper else raw.lower()
+        if normalised not in allowed:
+            raise SettingsError(f"{name} must be one of {', '.join(sorted(allowed))}, got {raw!r}")
+        return normalised
+
+    return read
+
+
+def thousands(number: int) -> str:
+    return f"{number:,}"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
-    database_url: URL
-    redis_url: str | None = None
-    admin_token: str | None = None
-    max_clouds: int = DEFAULT_MAX_CLOUDS
-    max_body_bytes: int = longest_body(DEFAULT_MAX_CLOUDS)
-    rate_limit: RateLimit | None = None
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    cors_origins: tuple[str, ...] = ()
-    log_level: str = "INFO"
-    log_format: str = "json"
-    access_log: bool = False
-    port: int = 4000
-    host: str = "0.0.0.0"  # noqa: S104 - a container listens on all its interfaces
-    workers: int | None = None
-    db_pool_size: int = 4
-    recorder_max_batch: int = 128
-    recorder_writers: int = 1
-    offload_from: int = 50_000
-    drain_seconds: float = 5.0
-    shutdown_timeout: float = 25.0
-    header_read_timeout: float = 10.0
-    max_header_bytes: int = 64 * 1024
-    body_read_timeout: float = 10.0
-    max_uploads: int | None = None  # None: half of backpressure
-    upload_share_percent: int = 25
-    body_min_rate: int = 4096
-    request_memory: int | None = None  # None: memory.DEFAULT_REQUEST_MEMORY, or less if a worker has less
-    worker_memory: int | None = None  # None: the container's memory limit divided among the workers
-    redis_max_connections: int = 16
-    admin_page_cells: int = 1_000_000
-    erasure_chunk_rows: int = 1000
-    erasure_busy_percent: int = 10
-    version: str = field(default="")
+    database_url: URL = setting(
+        None,
+        "DATABASE_URL",
+        "PostgreSQL, `postgresql://user:password@host:5432/db`",
+        "`postgresql://` or `postgres://`",
+        lambda _, raw: database_url_of(raw),
+        shown="required",
+    )
+    redis_url: str | None = setting(
+        None,
+        "REDIS_URL",
+        "Redis for cluster-wide rate limits and idempotency keys",
+        "`redis://`, `rediss://`, `unix://`",
+        lambda _, raw: redis_url_of(raw),
+        shown="unset (no Redis)",
+    )
+    admin_token: str | None = setting(
+        None,
+        "JOTC_ADMIN_TOKEN",
+        "bearer token of the admin API; surrounding white space (a file-mounted secret's newline) is dropped",
+        f"at least {ADMIN_TOKEN_MIN_LENGTH} visible ASCII characters (`openssl rand -hex 24`); "
+        "blank turns the admin API off",
+        lambda _, raw: admin_token_of(raw),
+        shown="unset (admin API off)",
+    )
+    max_clouds: int = setting(
+        DEFAULT_MAX_CLOUDS, "JOTC_MAX_CLOUDS", "largest accepted `n`", "2 – 10,000,000", whole(2, 10_000_000)
+    )
+    max_body_bytes: int = setting(
+        longest_body(DEFAULT_MAX_CLOUDS),
+        "JOTC_MAX_BODY_BYTES",
+        "largest accepted body",
+        "64 – 268,435,456",
+        whole(64, 256 * MIB),
+        shown=f"3 × `JOTC_MAX_CLOUDS` + 16,384 ({thousands(longest_body(DEFAULT_MAX_CLOUDS))}): "
+        "the largest input as a JSON array written `[0, 0, …]`",
+    )
+    rate_limit: RateLimit | None = setting(
+        None,
+        "JOTC_RATE_LIMIT",
+        "requests per client address, `<count>/<second\\|minute\\|hour\\|day>`",
+        "count ≥ 1",
+        lambda _, raw: rate_limit_of(raw),
+        shown="off (`0` or unset)",
+    )
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = setting(
+        (),
+        "JOTC_TRUSTED_PROXIES",
+        "addresses or networks, space- or comma-separated, whose `X-Forwarded-For` is believed",
+        "IPv4/IPv6 addresses or CIDRs",
+        lambda _, raw: trusted_proxies_of(raw),
+        shown="none",
+    )
+    cors_origins: tuple[str, ...] = setting(
+        (),
+        "JOTC_CORS_ORIGINS",
+        "allowed CORS origins, space- or comma-separated",
+        "`https://host[:port]`, `http://…`, or `*`",
+        lambda _, raw: cors_origins_of(raw),
+        shown="none (CORS off)",
+    )
+    log_level: str = setting(
+        "INFO",
+        "LOG_LEVEL",
+        "log level",
+        "`DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL`",
+        one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", upper=True),
+    )
+    log_format: str = setting(
+        "json",
+        "LOG_FORMAT",
+        "log lines as JSON (containers) or for people (local); either way no control character is written raw "
+        "(a request's path is percent-decoded: `%1B` is an escape): JSON escapes them as JSON does (`\\u001b`), "
+        "console as Python does (`\\x1b`)",
+        "`json`, `console`",
+        one_of("json", "console"),
+    )
+    # Off by default: the ingress logs every request already, and a line per request costs a
+    # measurable share of POST /jumps' throughput (docs/performance.md).
+    access_log: bool = setting(
+        False,
+        "JOTC_ACCESS_LOG",
+        "one log line per request; answers ≥ 500 are logged regardless",
+        "`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`",
+        lambda name, raw: boolean_of(name, raw),
+    )
+    port: int = setting(4000, "PORT", "port to listen on", "1 – 65535", whole(1, 65535))
+    host: str = setting(
+        "0.0.0.0",  # noqa: S104 - a container listens on all its interfaces
+        "JOTC_HOST",
+        "address to listen on",
+        "an address",
+        lambda _, raw: raw,
+    )
+    workers: int | None = setting(
+        None,
+        "JOTC_WORKERS",
+        "Granian worker processes",
+        "1 – 256",
+        whole(1, 256),
+        shown="the CPUs of the container's cgroup quota, rounded down (at least 1), "
+        "capped by the CPUs the process may run on",
+    )
+    db_pool_size: int = setting(4, "JOTC_DB_POOL_SIZE", "PostgreSQL connections per worker", "1 – 100", whole(1, 100))
+    recorder_max_batch: int = setting(
+        128, "JOTC_RECORDER_MAX_BATCH", "most rows written in one recorder transaction", "1 – 10,000", whole(1, 10_000)
+    )
+    recorder_writers: int = setting(
+        1,
+        "JOTC_RECORDER_WRITERS",
+        "recorder writer tasks per worker, each holding one pooled connection",
+        "1 – 32",
+        whole(1, 32),
+    )
+    offload_from: int = setting(
+        50_000,
+        "JOTC_SOLVER_OFFLOAD_FROM",
+        "inputs with at least this many clouds are solved on a worker thread",
+        "2 – 100,000,000",
+        whole(2, 100_000_000),
+    )
+    drain_seconds: float = setting(
+        5.0,
+        "JOTC_DRAIN_SECONDS",
+        "seconds the server keeps serving after SIGTERM with `/readyz` 503 and `Connection: close`, before it "
+        "stops accepting; at least a balancer's check interval × failures, plus propagation. A second SIGTERM "
+        "(or SIGINT) skips the rest; 0: no drain",
+        "0 – 3600",
+        seconds(0, 3600),
+    )
+    shutdown_timeout: float = setting(
+        25.0,
+        "JOTC_SHUTDOWN_TIMEOUT",
+        "seconds, after the drain, to finish in-flight requests and the recorder's queue; Granian kills "
+        "workers 2 s later",
+        "1 – 3600",
+        seconds(1, 3600),
+    )
+    header_read_timeout: float = setting(
+        10.0,
+        "JOTC_HEADER_READ_TIMEOUT",
+        "seconds a client has to send its request headers",
+        "1 – 300",
+        seconds(1, 300),
+    )
+    max_header_bytes: int = setting(
+        64 * 1024,
+        "JOTC_MAX_HEADER_BYTES",
+        "request header buffer; larger headers are refused",
+        "8192 – 1,048,576",
+        whole(8192, 1024 * 1024),
+    )
+    body_read_timeout: float = setting(
+        10.0,
+        "JOTC_BODY_READ_TIMEOUT",
+        "seconds a client has, after its headers, to send the whole body (else 408, connection closed)",
+        "1 – 300",
+        seconds(1, 300),
+    )
+    max_uploads: int | None = setting(
+        None,
+        "JOTC_MAX_UPLOADS",
+        "bodies received at once per worker (more get 503 `overloaded` at once)",
+        "1 – 100,000",
+        whole(1, 100_000),
+        shown="half of `JOTC_RECORDER_MAX_BATCH` × `JOTC_DB_POOL_SIZE`",
+    )
+    upload_share_percent: int = setting(
+        25,
+        "JOTC_UPLOAD_SHARE_PERCENT",
+        "the share of a worker's upload slots, and of its request memory, one client may hold (a client as "
+        "rate limiting counts it: an IPv4 address, an IPv6 /64, behind `JOTC_TRUSTED_PROXIES` the forwarded "
+        "address)",
+        "1 – 100",
+        whole(1, 100),
+    )
+    body_min_rate: int = setting(
+        4096,
+        "JOTC_BODY_MIN_RATE",
+        "bytes a second a body must keep up on average after its first 3 seconds, with no pause over 3 s "
+        "(else 408, connection closed); 0: neither rule",
+        "0 – 104,857,600",
+        whole(0, 100 * MIB),
+    )
+    request_memory: int | None = setting(
+        None,
+        "JOTC_REQUEST_MEMORY",
+        "memory the requests in flight in one worker may hold (bodies, parsed inputs, answers); sizes as "
+        "Kubernetes writes them (`128Mi`, `1Gi`, bytes)",
+        "64Ki – 64Gi; must hold one request of the largest body",
+        size(64 * 1024, 64 * 1024 * MIB),
+        shown="`128Mi`, or what the worker's memory leaves after its own 160Mi when that is less",
+    )
+    worker_memory: int | None = setting(
+        None,
+        "JOTC_WORKER_MEMORY",
+        "memory each worker is given, for the start-up check",
+        "64Mi – 1024Gi, with `Ki`, `Mi`, `Gi`, `Ti`, `k`, `M`, `G`, `T` or none (bytes); decimals allowed",
+        size(64 * MIB, 1024 * 1024 * MIB),
+        shown="(the container's memory limit (cgroup) − 64Mi) ÷ workers; unset without a limit",
+    )
+    redis_max_connections: int = setting(
+        16,
+        "JOTC_REDIS_MAX_CONNECTIONS",
+        "Redis connections per worker; a caller past them waits up to 0.25 s, then is served as if Redis were down",
+        "2 – 10,000",
+        whole(2, 10_000),
+    )
+    admin_page_cells: int = setting(
+        1_000_000,
+        "JOTC_ADMIN_PAGE_CELLS",
+        "clouds in all an admin listing page may carry past its first row",
+        "1,000 – 100,000,000",
+        whole(1000, 100_000_000),
+    )
+    erasure_chunk_rows: int = setting(
+        1000,
+        "JOTC_ERASURE_CHUNK_ROWS",
+        "a user's requests deleted per erasure transaction; each chunk also settles the user's statistics",
+        "10 – 100,000",
+        whole(10, 100_000),
+    )
+    erasure_busy_percent: int = setting(
+        10,
+        "JOTC_ERASURE_BUSY_PERCENT",
+        "the share of the time an erasure works: after each chunk it rests so that it deletes at most this "
+        "share of the time, leaving the database to other writers (100: flat out)",
+        "1 – 100",
+        whole(1, 100),
+    )
+    version: str = ""
 
     @property
     def backpressure(self) -> int:
@@ -93,21 +350,14 @@ class Settings:
 
 # Each default is written once, on the dataclass above; the loader below reads it from there.
 DEFAULT: dict[str, Any] = {item.name: item.default for item in fields(Settings)}
+SETTINGS: dict[str, Setting] = {item.name: item.metadata["setting"] for item in fields(Settings) if item.metadata}
 PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
-LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 
 
 def integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """A whole number from ``env[name]``, ``default`` when unset or blank (jotc-retention's reader)."""
     raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
-    if not low <= value <= high:
-        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
-    return value
+    return whole(low, high)(name, raw) if raw else default
 
 
 UNITS = {
@@ -123,12 +373,9 @@ UNITS = {
 }
 
 
-def byte_size(env: Mapping[str, str], name: str, low: int, high: int) -> int | None:
+def byte_size(name: str, raw: str, low: int, high: int) -> int:
     """Bytes, written as Kubernetes writes memory (case matters: M is 10**6, m would be milli):
-    134217728, 128Mi, 1.5Gi, 500M; None when unset."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
+    134217728, 128Mi, 1.5Gi, 500M."""
     match = re.fullmatch(r"([0-9]{1,15}(?:\.[0-9]{1,6})?)(Ki|Mi|Gi|Ti|k|M|G|T)?", raw)
     if not match:
         raise SettingsError(f"{name} must be a size in bytes such as 134217728, 128Mi or 1.5Gi, got {raw!r}")
@@ -138,21 +385,23 @@ def byte_size(env: Mapping[str, str], name: str, low: int, high: int) -> int | N
     return value
 
 
-def boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in {"1", "true", "yes", "on"}:
+def boolean_of(name: str, raw: str) -> bool:
+    if raw.lower() in {"1", "true", "yes", "on"}:
         return True
-    if raw in {"0", "false", "no", "off"}:
+    if raw.lower() in {"0", "false", "no", "off"}:
         return False
-    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+    raise SettingsError(f"{name} must be true or false, got {raw.lower()!r}")
 
 
 def database_url(env: Mapping[str, str]) -> URL:
+    """DATABASE_URL, required (jotc-retention's reader too)."""
     raw = env.get("DATABASE_URL", "").strip()
     if not raw:
         raise SettingsError("DATABASE_URL is not set; expected postgresql://user:password@host:5432/db")
+    return database_url_of(raw)
+
+
+def database_url_of(raw: str) -> URL:
     try:
         url = make_url(raw)
     except ArgumentError:
@@ -164,16 +413,14 @@ def database_url(env: Mapping[str, str]) -> URL:
     return url.set(drivername="postgresql+psycopg")
 
 
-def redis_url(env: Mapping[str, str]) -> str | None:
-    raw = env.get("REDIS_URL", "").strip()
-    if raw and not re.match(r"^(redis|rediss|unix)://", raw):
+def redis_url_of(raw: str) -> str:
+    if not re.match(r"^(redis|rediss|unix)://", raw):
         raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
-    return raw or None
+    return raw
 
 
-def rate_limit(env: Mapping[str, str]) -> RateLimit | None:
-    raw = env.get("JOTC_RATE_LIMIT", "").strip()
-    if not raw or raw == "0":
+def rate_limit_of(raw: str) -> RateLimit | None:
+    if raw == "0":
         return None
     match = re.fullmatch(r"(\d+)\s*/\s*(second|minute|hour|day)", raw)
     if not match or int(match[1]) < 1:
@@ -181,11 +428,9 @@ def rate_limit(env: Mapping[str, str]) -> RateLimit | None:
     return RateLimit(int(match[1]), PERIODS[match[2]])
 
 
-def trusted_proxies(
-    env: Mapping[str, str],
-) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def trusted_proxies_of(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     networks = []
-    for item in env.get("JOTC_TRUSTED_PROXIES", "").replace(",", " ").split():
+    for item in raw.replace(",", " ").split():
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
@@ -193,24 +438,18 @@ def trusted_proxies(
     return tuple(networks)
 
 
-def cors_origins(env: Mapping[str, str]) -> tuple[str, ...]:
-    origins = tuple(env.get("JOTC_CORS_ORIGINS", "").replace(",", " ").split())
+def cors_origins_of(raw: str) -> tuple[str, ...]:
+    origins = tuple(raw.replace(",", " ").split())
     for origin in origins:
         if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
             raise SettingsError(f"JOTC_CORS_ORIGINS has {origin!r}; expected origins like https://app.example.com")
     return origins
 
 
-ADMIN_TOKEN_MIN_LENGTH = 32
-
-
-def admin_token(env: Mapping[str, str]) -> str | None:
-    """The admin API's bearer token, or None (blank: the admin API is off). Surrounding white space
-    is dropped, as a file-mounted secret usually ends in a newline; what is left must be long
-    enough not to be guessed and sendable in an Authorization header."""
-    raw = env.get("JOTC_ADMIN_TOKEN", "").strip()
-    if not raw:
-        return None
+def admin_token_of(raw: str) -> str:
+    """The admin API's bearer token. Surrounding white space is dropped (as every setting's), as a
+    file-mounted secret usually ends in a newline; what is left must be long enough not to be
+    guessed and sendable in an Authorization header."""
     if not all("!" <= character <= "~" for character in raw):
         raise SettingsError("JOTC_ADMIN_TOKEN must be visible ASCII characters without spaces")
     if len(raw) < ADMIN_TOKEN_MIN_LENGTH:
@@ -221,61 +460,30 @@ def admin_token(env: Mapping[str, str]) -> str | None:
     return raw
 
 
-def choice(env: Mapping[str, str], name: str, default: str, allowed: set[str]) -> str:
-    raw = env.get(name, "").strip() or default
-    normalised = raw.upper() if name == "LOG_LEVEL" else raw.lower()
-    if normalised not in allowed:
-        raise SettingsError(f"{name} must be one of {', '.join(sorted(allowed))}, got {raw!r}")
-    return normalised
-
-
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Every setting from the environment; raises SettingsError naming the first bad variable."""
     from jotc_api import __version__
 
     env = os.environ if env is None else env
-    workers_raw = env.get("JOTC_WORKERS", "").strip()
-    max_clouds = integer(env, "JOTC_MAX_CLOUDS", DEFAULT["max_clouds"], 2, 10_000_000)
-    return Settings(
-        database_url=database_url(env),
-        redis_url=redis_url(env),
-        admin_token=admin_token(env),
-        max_clouds=max_clouds,
-        max_body_bytes=integer(env, "JOTC_MAX_BODY_BYTES", longest_body(max_clouds), 64, 256 * MIB),
-        rate_limit=rate_limit(env),
-        trusted_proxies=trusted_proxies(env),
-        cors_origins=cors_origins(env),
-        log_level=choice(env, "LOG_LEVEL", DEFAULT["log_level"], LOG_LEVELS),
-        log_format=choice(env, "LOG_FORMAT", DEFAULT["log_format"], {"json", "console"}),
-        # Off by default: the ingress logs every request already, and measured here the line per
-        # request cost about 15% of POST /jumps' throughput. Answers of 500 and above are always logged.
-        access_log=boolean(env, "JOTC_ACCESS_LOG", DEFAULT["access_log"]),
-        port=integer(env, "PORT", DEFAULT["port"], 1, 65535),
-        host=env.get("JOTC_HOST", "").strip() or DEFAULT["host"],
-        workers=integer(env, "JOTC_WORKERS", 1, 1, 256) if workers_raw else None,
-        db_pool_size=integer(env, "JOTC_DB_POOL_SIZE", DEFAULT["db_pool_size"], 1, 100),
-        recorder_max_batch=integer(env, "JOTC_RECORDER_MAX_BATCH", DEFAULT["recorder_max_batch"], 1, 10_000),
-        recorder_writers=integer(env, "JOTC_RECORDER_WRITERS", DEFAULT["recorder_writers"], 1, 32),
-        offload_from=integer(env, "JOTC_SOLVER_OFFLOAD_FROM", DEFAULT["offload_from"], 2, 100_000_000),
-        # 0 turns the drain off: SIGTERM then closes the listener at once, as Granian alone does.
-        drain_seconds=float(integer(env, "JOTC_DRAIN_SECONDS", int(DEFAULT["drain_seconds"]), 0, 3600)),
-        shutdown_timeout=float(integer(env, "JOTC_SHUTDOWN_TIMEOUT", int(DEFAULT["shutdown_timeout"]), 1, 3600)),
-        header_read_timeout=float(
-            integer(env, "JOTC_HEADER_READ_TIMEOUT", int(DEFAULT["header_read_timeout"]), 1, 300)
-        ),
-        max_header_bytes=integer(env, "JOTC_MAX_HEADER_BYTES", DEFAULT["max_header_bytes"], 8192, 1024 * 1024),
-        body_read_timeout=float(integer(env, "JOTC_BODY_READ_TIMEOUT", int(DEFAULT["body_read_timeout"]), 1, 300)),
-        max_uploads=integer(env, "JOTC_MAX_UPLOADS", 1, 1, 100_000)
-        if env.get("JOTC_MAX_UPLOADS", "").strip()
-        else None,
-        upload_share_percent=integer(env, "JOTC_UPLOAD_SHARE_PERCENT", DEFAULT["upload_share_percent"], 1, 100),
-        body_min_rate=integer(env, "JOTC_BODY_MIN_RATE", DEFAULT["body_min_rate"], 0, 100 * MIB),
-        request_memory=byte_size(env, "JOTC_REQUEST_MEMORY", 64 * 1024, 64 * 1024 * MIB),
-        worker_memory=byte_size(env, "JOTC_WORKER_MEMORY", 64 * MIB, 1024 * 1024 * MIB),
-        redis_max_connections=integer(env, "JOTC_REDIS_MAX_CONNECTIONS", DEFAULT["redis_max_connections"], 2, 10_000),
-        admin_page_cells=integer(env, "JOTC_ADMIN_PAGE_CELLS", DEFAULT["admin_page_cells"], 1000, 100_000_000),
-        erasure_chunk_rows=integer(env, "JOTC_ERASURE_CHUNK_ROWS", DEFAULT["erasure_chunk_rows"], 10, 100_000),
-        # The share of the time an erasure's runner deletes; it rests the remainder (erasure.py).
-        erasure_busy_percent=integer(env, "JOTC_ERASURE_BUSY_PERCENT", DEFAULT["erasure_busy_percent"], 1, 100),
-        version=__version__,
-    )
+    values: dict[str, Any] = {}
+    for name, declared in SETTINGS.items():
+        raw = env.get(declared.env, "").strip()
+        if raw:  # blank is unset: the default
+            values[name] = declared.read(declared.env, raw)
+    values["database_url"] = database_url(env)
+    if "max_body_bytes" not in values:
+        values["max_body_bytes"] = longest_body(values.get("max_clouds", DEFAULT_MAX_CLOUDS))
+    return Settings(**values, version=__version__)
+
+
+def markdown_table() -> str:
+    """docs/configuration.md's table of settings, from their declarations (``python -m jotc_api.settings``)."""
+    lines = ["| variable | meaning | default | accepted |", "|---|---|---|---|"]
+    for name, declared in SETTINGS.items():
+        default = declared.shown if declared.shown is not None else f"`{DEFAULT[name]}`"
+        lines.append(f"| `{declared.env}` | {declared.meaning} | {default} | {declared.accepted} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

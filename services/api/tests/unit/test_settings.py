@@ -5,12 +5,13 @@ command once)."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from jotc_api import server
-from jotc_api.settings import Settings, SettingsError, load_settings
+from jotc_api.settings import SETTINGS, Settings, SettingsError, load_settings, markdown_table
 
 GOOD = {"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/jotc"}
 
@@ -137,3 +138,18 @@ def test_a_short_or_unsendable_admin_token_stops_start_up(token: str, why: str) 
         load_settings({**GOOD, "JOTC_ADMIN_TOKEN": token})
     assert why in str(refused.value)
     assert "\n" not in str(refused.value)
+
+
+REPOSITORY = Path(__file__).parents[4]
+
+
+def test_the_configuration_docs_hold_the_table_printed_from_the_declarations() -> None:
+    """docs/configuration.md's table is `python -m jotc_api.settings`: a setting added, removed or
+    changed without the docs fails here (regenerate the table with that command)."""
+    assert markdown_table() in (REPOSITORY / "docs" / "configuration.md").read_text()
+
+
+def test_the_charts_values_name_every_setting() -> None:
+    values = (REPOSITORY / "deploy" / "helm" / "jotc" / "values.yaml").read_text()
+    missing = [declared.env for declared in SETTINGS.values() if not re.search(rf"\b{declared.env}\b", values)]
+    assert not missing, f"deploy/helm/jotc/values.yaml (api.settings) does not name {missing}"
