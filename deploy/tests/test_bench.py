@@ -180,6 +180,15 @@ def test_cpu_is_read_for_a_process_and_its_children(measure: ModuleType) -> None
         child.wait()
 
 
+def test_cpu_spent_leaves_out_a_process_that_exited_and_counts_one_that_started(measure: ModuleType) -> None:
+    # A backend of another client ends during the run: its CPU is not the bench's, and must not
+    # come out negative either.
+    before = {10: 5.0, 11: 40.0}
+    after = {10: 5.5, 12: 0.25}
+    assert measure.cpu_spent(before, after) == 0.75
+    assert measure.process_cpu([os.getpid(), 2**22 + 1]).keys() == {os.getpid()}  # the second is no process
+
+
 def test_cpu_is_read_for_each_thread_apart(measure: ModuleType) -> None:
     # One thread burns CPU while the main thread sleeps: the budget splits the process's CPU by
     # thread, so the sleeping thread must not be charged with what the busy one spent.

@@ -265,18 +265,32 @@ def thread_cpu(pid: int) -> dict[int, float]:
     return {thread: used_seconds(proc_stat(pid, thread)) for thread in threads}
 
 
-def cpu_snapshot(api_pid: int) -> tuple[float, float]:
-    return cpu_seconds(process_tree(api_pid)), cpu_seconds(postgres_processes())
+def process_cpu(pids: list[int]) -> dict[int, float]:
+    """CPU seconds each of these processes has used so far; those already gone are left out."""
+    return {pid: used_seconds(fields) for pid in pids if (fields := proc_stat(pid)) is not None}
+
+
+def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two readings by the processes alive at the second, one started in
+    between counted from zero. One that exited in between (a PostgreSQL backend of another client)
+    is left out of both: its CPU went with it, and subtracting its first reading alone would make
+    the difference negative."""
+    return sum(used - before.get(pid, 0.0) for pid, used in after.items())
+
+
+def cpu_snapshot(api_pid: int) -> tuple[dict[int, float], dict[int, float]]:
+    """Each process's CPU so far: the API's (main and workers), and PostgreSQL's."""
+    return process_cpu(process_tree(api_pid)), process_cpu(postgres_processes())
 
 
 def loaded_run(api_pid: int, port: int, connections: int, seconds: int, lua: Path) -> dict[str, float]:
     """One wrk run against the API, with the CPU per request its processes and PostgreSQL's spent."""
-    before = cpu_snapshot(api_pid)
+    api_before, pg_before = cpu_snapshot(api_pid)
     run = wrk(port, connections, seconds, lua)
     if run["requests"]:
-        api_cpu, pg_cpu = (b - a for a, b in zip(before, cpu_snapshot(api_pid), strict=True))
-        run["api_cpu_us"] = api_cpu / run["requests"] * 1e6
-        run["pg_cpu_us"] = pg_cpu / run["requests"] * 1e6
+        api_after, pg_after = cpu_snapshot(api_pid)
+        run["api_cpu_us"] = cpu_spent(api_before, api_after) / run["requests"] * 1e6
+        run["pg_cpu_us"] = cpu_spent(pg_before, pg_after) / run["requests"] * 1e6
     return run
 
 
