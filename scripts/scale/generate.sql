@@ -3,7 +3,7 @@
 -- Every row is the same small valid input (n = 7, all clouds safe, max_jump 2, 3 jumps);
 -- created_at is spread evenly over the last 400 days, so a 365-day retention removes ~8.75 %.
 -- Indexes are dropped for the load and rebuilt after it (minutes instead of hours).
--- Run: psql -v ON_ERROR_STOP=1 -d <database> -f scripts/scale/generate.sql (scripts/scale/run says how)
+-- Run: psql -v ON_ERROR_STOP=1 -d <database> -f scripts/scale/generate.sql (scripts/scale/README.md says how)
 \timing on
 SET maintenance_work_mem = '2GB';
 SET synchronous_commit = off;

@@ -9,7 +9,9 @@ scripts/scale/README.md has the whole procedure. Prints one JSON document.
         --database postgresql://postgres@127.0.0.1:5432/jotc_scale_run [--retention-days 365]
 
 The erasure and the retention run change the database: measure a copy
-(CREATE DATABASE … TEMPLATE …).
+(CREATE DATABASE … TEMPLATE …). With --plant ROWS, no data is generated: the erasure alone is
+measured on a database made for the run on --database's server, where the heavy user has ROWS
+requests, dropped afterwards.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,25 @@ class Api:
 
     def stop(self) -> None:
         self.server.stop(timeout=60)
+
+
+def plant(database_url: str, user: str, rows: int) -> None:
+    """``rows`` small valid requests for one user, recorded an hour ago and earlier, with their
+    statistics; vacuumed and checkpointed, so that the measurement does not pay for the load."""
+    with psycopg.connect(database_url, autocommit=True) as db:
+        db.execute(
+            "INSERT INTO jump_requests (id, user_name, n, max_jump, clouds, jumps, created_at) "
+            "SELECT gen_random_uuid(), %s, 7, 2, '\\x00'::bytea, 3, "
+            "now() - interval '1 hour' - i * interval '1 millisecond' FROM generate_series(1, %s) AS i",
+            (user, rows),
+        )
+        db.execute(
+            "INSERT INTO user_stats (user_name, requests, last_request_at) "
+            "SELECT user_name, count(*), max(created_at) FROM jump_requests WHERE user_name = %s GROUP BY 1",
+            (user,),
+        )
+        db.execute("VACUUM ANALYZE jump_requests")
+        db.execute("CHECKPOINT")
 
 
 def wrk_post(base: str, tmp: Path, seconds: int = 15, connections: int = 16) -> dict[str, float]:
@@ -296,15 +316,21 @@ async def erase_while_posting(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--api", required=True, help="the jotc-api executable to measure")
-    parser.add_argument("--migrate", required=True, help="jotc-migrate, for the empty database")
+    parser.add_argument("--migrate", required=True, help="jotc-migrate, for the databases made for the run")
     parser.add_argument(
         "--database",
         required=True,
-        help="the populated database (a copy: it is changed)",
+        help="the populated database (a copy: it is changed); with --plant, any database on the server to use",
     )
     parser.add_argument("--retention", help="jotc-retention; omitted: no retention run")
     parser.add_argument("--retention-days", type=int, default=365)
     parser.add_argument("--erasure-only", action="store_true", help="only the erasure (and retention)")
+    parser.add_argument(
+        "--plant",
+        type=int,
+        metavar="ROWS",
+        help="only the erasure, of a user with ROWS requests, on a fresh database made for the run",
+    )
     parser.add_argument(
         "--baseline-seconds",
         type=float,
@@ -318,65 +344,72 @@ def main() -> None:
         help="POST /jumps a second around the erasure",
     )
     args = parser.parse_args()
-    results: dict[str, Any] = {}
-    server = args.database.rsplit("/", 1)[0]
     with tempfile.TemporaryDirectory(prefix="jotc-scale-") as directory:
         tmp = Path(directory)
-        empty = f"jotc_scale_empty_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{empty}"')
-        try:
-            if not args.erasure_only:  # --erasure-only leaves out the measurements before the erasure
-                subprocess.run(
-                    [args.migrate, "upgrade"], env={**os.environ, "DATABASE_URL": f"{server}/{empty}"}, check=True
-                )
-                api = Api(args.api, f"{server}/{empty}", tmp)
-                try:
-                    results["post_empty"] = wrk_post(api.base, tmp)
-                finally:
-                    api.stop()
-        finally:
-            with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{empty}" WITH (FORCE)')
-        with psycopg.connect(args.database) as db:
-            results["rows"], results["users"] = db.execute(
-                "SELECT (SELECT count(*) FROM jump_requests), (SELECT count(*) FROM user_stats)"
-            ).fetchone() or (0, 0)
-        api = Api(args.api, args.database, tmp)
-        try:
-            if not args.erasure_only:
-                results["post_populated"] = wrk_post(api.base, tmp)
-            results["admin_ms"] = {
-                "stats": timed_get(api.base, "/admin/stats", {}),
-                "stats_by_user": timed_get(api.base, "/admin/stats", {"sort": "user", "order": "asc"}),
-                "requests": timed_get(api.base, "/admin/requests", {}),
-                "requests_of_heavy": timed_get(api.base, "/admin/requests", {"user": HEAVY}),
-            }
-            results["erasure"] = asyncio.run(
-                erase_while_posting(api.base, args.database, args.rate, args.baseline_seconds)
-            )
-        finally:
-            api.stop()
-        if args.retention:
-            started = time.perf_counter()
-            run = subprocess.run(
-                [args.retention],
-                env={
-                    **os.environ,
-                    "DATABASE_URL": args.database,
-                    "JOTC_RETENTION_DAYS": str(args.retention_days),
-                },
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            results["retention"] = {
-                "exit": run.returncode,
-                "seconds": round(time.perf_counter() - started, 1),
-                "said": run.stderr.strip(),
-            }
+        results = measure_planted(args, tmp) if args.plant else measure_populated(args, tmp)
     json.dump(results, sys.stdout, indent=2)
     print()
+
+
+def measure_planted(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """The erasure of a user with args.plant requests, alone in a database made for it."""
+    with jotc_provision.fresh_database(args.database, prefix="jotc_scale_plant", migrate_with=args.migrate) as url:
+        plant(url, HEAVY, args.plant)
+        api = Api(args.api, url, tmp)
+        try:
+            erasure = asyncio.run(erase_while_posting(api.base, url, args.rate, args.baseline_seconds))
+        finally:
+            api.stop()
+    return {"rows": args.plant, "users": 1, "erasure": erasure}
+
+
+def measure_populated(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """POST /jumps on an empty database and on the populated one, the admin pages, the erasure of
+    its heavy user, and a retention run (each as the arguments ask)."""
+    results: dict[str, Any] = {}
+    if not args.erasure_only:  # --erasure-only leaves out the measurements before the erasure
+        with jotc_provision.fresh_database(args.database, prefix="jotc_scale_empty", migrate_with=args.migrate) as url:
+            api = Api(args.api, url, tmp)
+            try:
+                results["post_empty"] = wrk_post(api.base, tmp)
+            finally:
+                api.stop()
+    with psycopg.connect(args.database) as db:
+        results["rows"], results["users"] = db.execute(
+            "SELECT (SELECT count(*) FROM jump_requests), (SELECT count(*) FROM user_stats)"
+        ).fetchone() or (0, 0)
+    api = Api(args.api, args.database, tmp)
+    try:
+        if not args.erasure_only:
+            results["post_populated"] = wrk_post(api.base, tmp)
+        results["admin_ms"] = {
+            "stats": timed_get(api.base, "/admin/stats", {}),
+            "stats_by_user": timed_get(api.base, "/admin/stats", {"sort": "user", "order": "asc"}),
+            "requests": timed_get(api.base, "/admin/requests", {}),
+            "requests_of_heavy": timed_get(api.base, "/admin/requests", {"user": HEAVY}),
+        }
+        results["erasure"] = asyncio.run(erase_while_posting(api.base, args.database, args.rate, args.baseline_seconds))
+    finally:
+        api.stop()
+    if args.retention:
+        started = time.perf_counter()
+        run = subprocess.run(
+            [args.retention],
+            env={
+                **os.environ,
+                "DATABASE_URL": args.database,
+                "JOTC_RETENTION_DAYS": str(args.retention_days),
+            },
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        results["retention"] = {
+            "exit": run.returncode,
+            "seconds": round(time.perf_counter() - started, 1),
+            "said": run.stderr.strip(),
+        }
+    return results
 
 
 if __name__ == "__main__":
