@@ -1,23 +1,20 @@
-"""Erasure of a large user through the real server: other users' writes are not stalled, the
-user's own new requests are kept, the erasure finishes in the background, survives a restart,
-and statistics and totals agree with the rows throughout."""
+"""Erasure of a large user through the real server: other users' writes are answered while it
+runs, the user's own new requests are kept, the erasure finishes in the background, survives a
+restart, and statistics and totals agree with the rows throughout. How far an erasure moves other
+users' latency is a measurement, not a test: scripts/scale/measure.py --plant reports it
+(scripts/scale/README.md)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
 import time
-from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import jotc_load
 import psycopg
-import pytest
 from jotc_provision import wait_until
 from support import ADMIN_TOKEN, agreement, fresh_database, plant, start_api
 
@@ -26,83 +23,48 @@ from jotc_api.erasure import pseudonym
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 HEAVY = "heavy@example.com"
 PLANTED = 200_000
-# POST /jumps a second, sent at a steady pace whatever the answers' latency (an open loop: a stall
-# shows as latency, where closed-loop clients would merely send fewer requests), one in five from
-# the heavy user.
-RATE = 100
-BASELINE_SECONDS = 8
-# The baseline is the first window of BASELINE_SECONDS in which the server answers this load with
-# a median under QUIET_P50_SECONDS: on a shared machine, a window where something else starves
-# it (other guests, a checkpoint) says nothing about the erasure. No such window in
-# BASELINE_WINDOWS: the test fails, saying the machine was too busy to judge.
-QUIET_P50_SECONDS = 0.025
-BASELINE_WINDOWS = 6
-# Other users' latency while the heavy user is erased, against the same load just before it, in
-# the same run. Measured here (docs/reliability.md): with the paced chunks p50 and p99 moved by
-# about a millisecond; the same chunks run flat out took p50 from 6 to 53 ms and p99 from 14 to
-# 839 ms, and the single transaction before them stopped every write for the whole erasure.
-P50_FACTOR, P50_SLACK_SECONDS = 1.5, 0.003
-P99_FACTOR, P99_SLACK_SECONDS = 2, 0.010
-# At the default pace (a tenth of the time) 200,000 rows take ~26 s here; the deadline is for a hung
-# erasure, not a slow machine.
+# POST /jumps a second, sent on time whatever the answers' latency (a stall holds answers back
+# instead of sending fewer requests), one in five from the heavy user.
+RATE = 20
+# At the default pace (a tenth of the time) 200,000 rows take ~26 s on an idle machine; the deadline
+# is for a hung erasure, not a slow machine.
 ERASURE_DEADLINE_SECONDS = 240
-
-
 # A process started with these empty starts no coverage (coverage's subprocess patch reads them).
 UNTRACED = {"COVERAGE_PROCESS_CONFIG": "", "COVERAGE_PROCESS_START": ""}
 
 
-def load_in_untraced_process(base_url: str) -> dict[str, Any]:
-    """erase_while_posting, run by this file as a script in a process of its own without coverage:
-    in the test's process, under pytest-xdist, the suite's tracer slows the client whatever this
-    process asks of coverage."""
-    tests = Path(__file__).resolve().parents[1]
-    path = os.pathsep.join([str(tests), str(tests.parents[2] / "scripts" / "lib"), os.environ.get("PYTHONPATH", "")])
-    ran = subprocess.run(
-        [sys.executable, __file__, base_url],
-        env={**os.environ, **UNTRACED, "PYTHONPATH": path},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert ran.returncode == 0, f"the load process failed:\n{ran.stderr[-4000:]}"
-    outcome: dict[str, Any] = json.loads(ran.stdout)
-    return outcome
+@dataclass
+class Around:
+    """What the POSTs around one erasure got, and when the erasure was seen running (monotonic
+    seconds): from its first answer to the last status poll, sent after it, that said running."""
+
+    failures: list[str] = field(default_factory=list)
+    answered: list[float] = field(default_factory=list)  # other users' 201s, when each arrived
+    heavy_sent_once_started: int = 0  # the heavy user's 201s for POSTs sent after the erasure began
+    started: float = float("inf")
+    last_seen_running: float = float("-inf")
+    final: dict[str, Any] = field(default_factory=dict)
+
+    def answered_while_running(self) -> int:
+        return sum(1 for at in self.answered if self.started < at < self.last_seen_running)
 
 
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
-
-
-def summary(latencies: list[float]) -> str:
-    return (
-        f"p50 {percentile(latencies, 0.5) * 1000:.1f} ms, p99 {percentile(latencies, 0.99) * 1000:.1f} ms, "
-        f"worst {max(latencies) * 1000:.0f} ms, {len(latencies)} posts"
-    )
-
-
-@pytest.mark.alone
-def test_erasing_a_large_user_does_not_stall_other_writers(tmp_root: Path) -> None:
+def test_other_users_writes_are_answered_while_a_large_user_is_erased(tmp_root: Path) -> None:
     with fresh_database() as url:
         plant(url, HEAVY, PLANTED)
-        # Neither the server nor the load runs under coverage: traced, the erasure's chunks held the
-        # worker's event loop (p50 135 ms during the erasure, 5 ms untraced) and the client could not
-        # send 100 requests a second, so the test measured the tracer. Other tests cover this code.
+        # The server runs without coverage: the erasure rests in proportion to its chunks' time,
+        # and traced they take several times longer (so would the test). Other tests cover this code.
         server = start_api(url, tmp_root, JOTC_ACCESS_LOG="false", **UNTRACED)
         try:
-            outcome = load_in_untraced_process(server.base_url)
+            around = asyncio.run(erase_while_posting(server.base_url))
         finally:
             server.stop()
-        during, before = outcome["during"], outcome["before"]
-        assert len(during) > 100, "too few posts during the erasure to judge"
-        assert len(before) > 100, "too few posts before the erasure to compare with"
-        said = f"other users' POSTs during the erasure: {summary(during)}; just before it: {summary(before)}"
-        print(said)
-        assert percentile(during, 0.5) <= P50_FACTOR * percentile(before, 0.5) + P50_SLACK_SECONDS, said
-        assert percentile(during, 0.99) <= P99_FACTOR * percentile(before, 0.99) + P99_SLACK_SECONDS, said
-        assert not outcome["failures"], f"POSTs not answered 201 around the erasure: {outcome['failures'][:5]}"
+        assert not around.failures, f"POSTs not answered 201 around the erasure: {around.failures[:5]}"
+        # The erasure before the chunks, one transaction, held every other writer until it ended.
+        assert around.last_seen_running > around.started, f"the erasure was never seen running: {around.final}"
+        assert around.answered_while_running() > 0, (
+            f"no other user's POST was answered while the erasure ran ({len(around.answered)} in all)"
+        )
         # Everything recorded up to the erasure is gone; the heavy user's requests made during it stay.
         with psycopg.connect(url) as db:
             erased, kept = db.execute(
@@ -113,92 +75,69 @@ def test_erasing_a_large_user_does_not_stall_other_writers(tmp_root: Path) -> No
             ).fetchone() or (None, None)
         assert erased == 0, f"{erased} of the heavy user's rows from before the erasure are left"
         assert kept is not None
-        assert kept >= outcome["heavy_posted_once_started"] > 0, (
-            f"the heavy user's requests during the erasure: {outcome['heavy_posted_once_started']} posted, {kept} kept"
+        assert kept >= around.heavy_sent_once_started > 0, (
+            f"the heavy user's requests during the erasure: {around.heavy_sent_once_started} posted, {kept} kept"
         )
-        assert outcome["final"]["deleted"] >= PLANTED, f"the erasure deleted too few rows: {outcome['final']}"
+        assert around.final["deleted"] >= PLANTED, f"the erasure deleted too few rows: {around.final}"
         state = agreement(url)
         assert state["mismatched"] == 0, f"statistics disagree with the rows: {state}"
         assert state["totals"] == state["counted"], f"totals disagree with the rows: {state}"
 
 
-async def erase_while_posting(base_url: str) -> dict[str, Any]:
-    """POSTs at RATE: BASELINE_SECONDS of them, then the heavy user's erasure until it is done,
-    then two more seconds (the heavy user's requests after the erasure are checked too)."""
-    latencies: defaultdict[str, list[float]] = defaultdict(list)  # by the phase each POST was sent in
-    phase = ["warming"]
-    failures: list[str] = []
-    heavy_once_started = [0]
-    erasure_started = float("inf")  # when the erasure had certainly started: its first answer came
-
+async def erase_while_posting(base_url: str) -> Around:
+    """POSTs at RATE: a few seconds of them, then the heavy user's erasure until it is done, then
+    two more seconds (the heavy user's requests after the erasure are checked too)."""
+    around = Around()
     async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=httpx.Limits(max_connections=64)) as http:
 
         async def post(number: int) -> None:
             heavy = number % 5 == 0
             user = HEAVY if heavy else f"other-{number % 200}@example.com"
-            sent_in, started = phase[0], time.perf_counter()
+            sent = time.monotonic()
             try:
                 response = await http.post("/jumps", json={"clouds": [0, 0, 1, 0, 0], "user": user})
             except httpx.HTTPError as error:  # no answer at all (timed out, refused, reset)
-                failures.append(f"{type(error).__name__}: {error}")
+                around.failures.append(f"{type(error).__name__}: {error}")
                 return
-            took = time.perf_counter() - started
             if response.status_code != 201:
-                failures.append(f"{response.status_code} {response.text[:200]}")
-            elif heavy and started > erasure_started:
-                heavy_once_started[0] += 1
-            elif not heavy:
-                latencies[sent_in].append(took)
+                around.failures.append(f"{response.status_code} {response.text[:200]}")
+            elif heavy:
+                around.heavy_sent_once_started += sent > around.started
+            else:
+                around.answered.append(time.monotonic())
 
         stop = asyncio.Event()
         posting = asyncio.create_task(jotc_load.steady(post, RATE, stop))
         try:
-            await asyncio.sleep(2)  # the connections' set-up is not the baseline
-            medians = []
-            for window in range(BASELINE_WINDOWS):
-                phase[0] = f"before-{window}"
-                await asyncio.sleep(BASELINE_SECONDS)
-                phase[0] = "between"
-                await asyncio.sleep(0.5)  # the window's last answers
-                medians.append(percentile(latencies[f"before-{window}"] or [float("inf")], 0.5))
-                if medians[-1] <= QUIET_P50_SECONDS:
-                    latencies["before"] = latencies[f"before-{window}"]
-                    break
-            else:
-                shown = ", ".join(f"{median * 1000:.0f} ms" for median in medians)
-                raise AssertionError(f"the machine was too busy to judge: baseline medians {shown} at {RATE}/s")
-            phase[0] = "during"
+            await asyncio.to_thread(  # the load under way: some other users' POSTs answered
+                wait_until, lambda: len(around.answered) >= 10, timeout=60, what="10 POSTs answered before the erasure"
+            )
             first = await http.delete(f"/admin/users/{HEAVY}/requests", headers=AUTH)
-            erasure_started = time.perf_counter()
-            assert first.status_code in (200, 202), first.text
-            final: dict[str, Any] = first.json()
-            if first.status_code == 202:
-                assert first.headers["location"] == final["status_url"]
-                again = await http.delete(f"/admin/users/{HEAVY}/requests", headers=AUTH)
-                if again.status_code == 202:  # the same job, not a second one
-                    assert again.json()["requested_at"] == final["requested_at"], "a second DELETE made a second job"
-                deadline = time.monotonic() + ERASURE_DEADLINE_SECONDS
-                while final.get("state") != "done" and time.monotonic() < deadline:
-                    # The poll interval of a wait with a deadline; gentle, as every poll is one more
-                    # request on the server whose latency is being measured.
-                    await asyncio.sleep(0.2)
-                    status = await http.get(final["status_url"], headers=AUTH)
-                    assert status.status_code == 200, f"the erasure's status: {status.status_code} {status.text}"
-                    final = status.json()
-                unfinished = f"the erasure did not finish within {ERASURE_DEADLINE_SECONDS} s: {final}"
-                assert final["state"] == "done", unfinished
-            phase[0] = "after"
-            await asyncio.sleep(2)
+            around.started = time.monotonic()
+            assert first.status_code == 202, (
+                f"{PLANTED:,} rows erased in the first answer: {first.status_code} {first.text}"
+            )
+            around.final = first.json()
+            assert first.headers["location"] == around.final["status_url"]
+            again = await http.delete(f"/admin/users/{HEAVY}/requests", headers=AUTH)
+            if again.status_code == 202:  # the same job, not a second one
+                assert again.json()["requested_at"] == around.final["requested_at"], "a second DELETE made a second job"
+            deadline = time.monotonic() + ERASURE_DEADLINE_SECONDS
+            while around.final.get("state") != "done" and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)  # the poll interval of a wait with a deadline
+                asked = time.monotonic()
+                status = await http.get(around.final["status_url"], headers=AUTH)
+                assert status.status_code == 200, f"the erasure's status: {status.status_code} {status.text}"
+                around.final = status.json()
+                if around.final["state"] == "running":
+                    around.last_seen_running = asked
+            unfinished = f"the erasure did not finish within {ERASURE_DEADLINE_SECONDS} s: {around.final}"
+            assert around.final["state"] == "done", unfinished
+            await asyncio.sleep(2)  # the load goes on past the erasure's end: not a wait for anything
         finally:  # the load stops however this ends
             stop.set()
             await posting
-    return {
-        "before": latencies["before"],
-        "during": latencies["during"],
-        "failures": failures,
-        "heavy_posted_once_started": heavy_once_started[0],
-        "final": final,
-    }
+    return around
 
 
 def test_an_erasure_left_running_by_a_restart_is_finished_by_the_next_api(tmp_root: Path) -> None:
@@ -216,11 +155,16 @@ def test_an_erasure_left_running_by_a_restart_is_finished_by_the_next_api(tmp_ro
             seen: list[dict[str, Any]] = [{}]
 
             def finished() -> bool:
-                seen[0] = httpx.get(f"{server.base_url}/admin/erasures/{HEAVY}", headers=AUTH).json()
+                seen[0] = httpx.get(f"{server.base_url}/admin/erasures/{HEAVY}", headers=AUTH, timeout=30).json()
                 return seen[0]["state"] == "done"
 
             try:
-                wait_until(finished, timeout=30, what="the next API finishing the erasure left running", interval=0.05)
+                wait_until(
+                    finished,
+                    timeout=ERASURE_DEADLINE_SECONDS,
+                    what="the next API finishing the erasure left running",
+                    interval=0.05,
+                )
             except TimeoutError as error:
                 raise AssertionError(f"{error}; its last status: {seen[0]}") from None
             status = seen[0]
@@ -233,7 +177,3 @@ def test_an_erasure_left_running_by_a_restart_is_finished_by_the_next_api(tmp_ro
         state = agreement(url)
         assert state["mismatched"] == 0, f"statistics disagree with the rows: {state}"
         assert state["totals"] == state["counted"] == (10, 1), f"totals and rows after the erasure: {state}"
-
-
-if __name__ == "__main__":  # the load of the stall test, in its own untraced process
-    print(json.dumps(asyncio.run(erase_while_posting(sys.argv[1]))))
