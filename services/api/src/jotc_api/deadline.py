@@ -1,7 +1,7 @@
 """A deadline for a block of code in a task: asyncio.timeout()'s mechanism without its bookkeeping.
 
-asyncio.timeout() measured at ~9 µs a use on the bench machine (issue 16), and the request path
-used it twice (the body's deadline, the batch's). This is the same mechanism at ~2 µs: a timer
+asyncio.timeout() costs several times this per use, and the request path uses a deadline twice
+(the body's, the batch's; figures in docs/performance.md). This is the same mechanism: a timer
 that cancels the task, and on leaving the block, once the timer has fired, that cancellation
 taken back (``uncancel``), whatever the block ended with. As with asyncio.timeout(), the block
 raises TimeoutError when it ended cancelled and no cancellation other than the deadline's is

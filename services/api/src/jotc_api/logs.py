@@ -27,8 +27,8 @@ import structlog
 access_log = structlog.get_logger("jotc.access")
 
 # The request being answered, set by the pipeline for every request: one context variable, read
-# only when a line is written (structlog's bind_contextvars, with the clearing it needs, cost ten
-# times as much per request, issue 16).
+# only when a line is written (structlog's bind_contextvars, with the clearing it needs, costs
+# several times as much per request).
 CURRENT_REQUEST_ID: ContextVar[str | None] = ContextVar("jotc_request_id", default=None)
 
 
@@ -100,8 +100,8 @@ ACCESS_FLUSH_SECONDS = 0.2
 
 class AccessLog:
     """One access line per request. In JSON the line is encoded directly and written in batches
-    (every ACCESS_FLUSH_SECONDS, and at shutdown): a write and flush per request cost a fifth of
-    POST /jumps' throughput when measured, this costs a few percent."""
+    (every ACCESS_FLUSH_SECONDS, and at shutdown): a write and flush per request would cost a large
+    share of POST /jumps' throughput (docs/performance.md)."""
 
     def __init__(self, fmt: str) -> None:
         self.json = fmt == "json"

@@ -83,7 +83,7 @@ RECORD_BATCH: Final = RECORD.replace(
         )""",
 )
 # A batch of one, the usual batch under light load, with plain values: psycopg adapts six arrays
-# for ~80 µs more client CPU than six values (scripts/bench --statements).
+# for far more client CPU than six values (scripts/bench --statements measures both).
 RECORD_ONE: Final = RECORD.replace(
     "{rows}",
     """VALUES (
@@ -244,7 +244,7 @@ class Link(NamedTuple):
 async def connect(engine: AsyncEngine) -> Link:
     """A pooled connection for a writer, its psycopg connection in autocommit (each batch
     statement is its own transaction). The psycopg connection is looked up here, once:
-    SQLAlchemy's lookup runs through a greenlet, ~16 µs, which a one-row batch paid every time."""
+    SQLAlchemy's lookup runs through a greenlet, which a one-row batch would pay every time."""
     pooled = await engine.connect()
     try:
         raw = await pooled.get_raw_connection()
