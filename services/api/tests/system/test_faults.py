@@ -189,30 +189,49 @@ def worker_pids(main_pid: int) -> set[int]:
     return {int(pid) for pid in out.split()}
 
 
+def gone(pid: int) -> bool:
+    """Has the process exited (its sockets closed), whether or not its parent has reaped it yet?"""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
 def test_a_killed_worker_is_respawned_and_the_other_keeps_serving(database_url: str, tmp_path: Path) -> None:
+    """Once the killed worker is gone, every request is answered 201: by the other worker until the
+    replacement starts, then by both. (A request the victim held when it died is lost with it; none
+    is sent then, so every one sent here must be answered.)"""
     server = start_api(database_url, tmp_path)
     try:
         before = worker_pids(server.process.pid)
         assert len(before) == 2, before
         victim = min(before)
         os.kill(victim, signal.SIGKILL)
-        statuses: Counter[int] = Counter()
-        deadline = time.monotonic() + 8
-        while time.monotonic() < deadline:
+        wait_until(lambda: gone(victim), timeout=30, what=f"the killed worker {victim} exiting")
+        statuses: Counter[int | str] = Counter()
+
+        def post() -> None:
+            """One request on a new connection (each may reach either worker); its answer counted."""
             try:
-                statuses[httpx.post(f"{server.base_url}/jumps", json={"clouds": [0, 0]}, timeout=5).status_code] += 1
-            except httpx.TransportError:
-                statuses[0] += 1
-            time.sleep(0.02)  # the pace of the load over the measured 8 s after the kill
-        after = worker_pids(server.process.pid)
-        print(
-            f"\nfault: worker SIGKILL: {sum(statuses.values())} requests after the kill: {dict(statuses)}; "
-            f"workers {sorted(before)} -> {sorted(after)}"
-        )
-        assert statuses[201] >= 0.95 * sum(statuses.values()), f"under 95% answered 201: {dict(statuses)}"
-        assert set(statuses) <= {0, 201}, f"answers other than 201 (or a refused connection): {dict(statuses)}"
-        assert victim not in after, f"the killed worker {victim} is still there: {sorted(after)}"
-        assert len(after) == 2, "the killed worker was not respawned"
-        assert httpx.get(f"{server.base_url}/readyz").status_code == 200
+                statuses[httpx.post(f"{server.base_url}/jumps", json={"clouds": [0, 0]}, timeout=30).status_code] += 1
+            except httpx.TransportError as error:
+                statuses[type(error).__name__] += 1
+
+        def respawned() -> set[int] | None:
+            """The workers once the replacement has started (the third "Started worker-" line)."""
+            post()  # the load goes on while the replacement starts
+            after = worker_pids(server.process.pid)
+            started = server.log().count("Started worker-") >= 3
+            return after if started and len(after) == 2 and victim not in after else None
+
+        # A worker's start (Python, the application's imports) on a loaded machine: the timeout is
+        # for a server that never respawns it.
+        after = wait_until(respawned, timeout=120, what="a new worker started in place of the killed one")
+        for _ in range(20):  # both workers serving again
+            post()
+        print(f"\nfault: worker SIGKILL: {dict(statuses)} after the kill; workers {sorted(before)} -> {sorted(after)}")
+        assert set(statuses) == {201}, f"answers other than 201 once the killed worker was gone: {dict(statuses)}"
+        assert httpx.get(f"{server.base_url}/readyz", timeout=30).status_code == 200
     finally:
         server.stop()
