@@ -30,7 +30,12 @@ from jotc_api.app import create_app
 from jotc_api.drain import DrainFlag
 from jotc_api.settings import load_settings
 
-DRAIN_SECONDS = 3  # HAProxy below needs at most 2 failed checks 0.5 s apart to take a server out
+# HAProxy below takes a server out after 2 failed checks 0.5 s apart: the drain leaves it several
+# times that, for checks a loaded machine delays.
+DRAIN_SECONDS = 6
+# JOTC_SHUTDOWN_TIMEOUT's default: a shutdown held by something (a connection, a worker) lasts that
+# long after the drain; an unhindered one, a fraction of a second.
+SHUTDOWN_TIMEOUT = 25
 BODY = {"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "drain"}
 
 
@@ -49,7 +54,7 @@ def exchange(
 
 
 def closed_by_server(sock: socket.socket) -> bool:
-    sock.settimeout(3)
+    sock.settimeout(DRAIN_SECONDS)
     try:
         return sock.recv(1) == b""
     except TimeoutError:
@@ -115,26 +120,26 @@ def test_sigterm_drains_then_stops_and_keep_alive_clients_are_told(tmp_root: Pat
 
             server.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
-            with httpx.Client(base_url=server.base_url, timeout=3) as probe:  # the signal is handled
+            with httpx.Client(base_url=server.base_url, timeout=10) as probe:  # the signal is handled
                 wait_until(
                     lambda: probe.get("/readyz").status_code == 503,
-                    timeout=max(0.0, signalled + 1 - time.monotonic()),  # 1 s from the signal
-                    what="the drain starting (/readyz 503) within 1 s of SIGTERM",
+                    timeout=DRAIN_SECONDS / 2,  # a signal not handled until the drain ends never gets there
+                    what="the drain starting (/readyz 503) after SIGTERM",
                     interval=0.01,
                 )
             readiness: Counter[tuple[int, str]] = Counter()
             acknowledged: list[str] = []
-            # /readyz on fresh connections (they reach both workers) for the whole window; one kept
-            # connection after another sends a POST, the last one just before the delay ends.
-            while time.monotonic() - signalled < DRAIN_SECONDS - 0.3:
-                with socket.create_connection(("127.0.0.1", port), timeout=3) as probe:
+            # /readyz on fresh connections (they reach both workers) across the drain's first half;
+            # one kept connection after another sends a POST in that half, the last at its end, so
+            # that each is answered with seconds of the drain to spare.
+            while kept or time.monotonic() - signalled < DRAIN_SECONDS / 2:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as probe:
                     status, headers, body = exchange(probe, "GET", "/readyz")
                     readiness[(status, json.loads(body)["status"])] += 1
                     assert headers.get("connection") == "close"
-                with socket.create_connection(("127.0.0.1", port), timeout=3) as probe:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as probe:
                     assert exchange(probe, "GET", "/healthz")[0] == 200
-                elapsed = time.monotonic() - signalled
-                if kept and elapsed > (5 - len(kept)) * (DRAIN_SECONDS - 0.5) / 4:
+                if kept and time.monotonic() - signalled >= (5 - len(kept)) * DRAIN_SECONDS / 8:
                     sock = kept.pop()
                     status, headers, body = exchange(sock, "POST", "/jumps", BODY)
                     assert status == 201, f"POST on a kept connection during the drain: {status} {body!r}"
@@ -143,16 +148,16 @@ def test_sigterm_drains_then_stops_and_keep_alive_clients_are_told(tmp_root: Pat
                     assert closed_by_server(sock), "a kept connection stayed open after its Connection: close answer"
                     sock.close()
                 time.sleep(0.1)  # the pace of the probes across the drain window, not a wait for anything
-            assert not kept, f"{len(kept)} kept connection(s) never got to send during the drain"
             assert set(readiness) == {(503, "draining")}, (
                 f"/readyz during the drain was not always 503: {dict(readiness)}"
             )
 
-            code = server.process.wait(timeout=DRAIN_SECONDS + 30)
+            code = server.process.wait(timeout=DRAIN_SECONDS + SHUTDOWN_TIMEOUT + 30)
             stopped = time.monotonic() - signalled
             assert code == 0, f"the server exited with {code} after the drain:\n{server.log()}"
-            assert DRAIN_SECONDS <= stopped < DRAIN_SECONDS + 5, (
-                f"the server exited {stopped:.2f} s after SIGTERM, not {DRAIN_SECONDS} to {DRAIN_SECONDS + 5} s"
+            # Never before the drain's end; long after it only when something held the shutdown.
+            assert DRAIN_SECONDS <= stopped < DRAIN_SECONDS + SHUTDOWN_TIMEOUT - 10, (
+                f"the server exited {stopped:.2f} s after SIGTERM, the drain being {DRAIN_SECONDS} s"
             )
             with pytest.raises(ConnectionRefusedError):  # and now the listener is closed
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -333,7 +338,7 @@ async def steady_load(url: str, rate: float, stop: asyncio.Event) -> list[Outcom
 
 
 def test_instances_restarted_in_turn_behind_a_balancer_that_does_not_retry_lose_nothing(tmp_root: Path) -> None:
-    rate = 150.0
+    rate = 50.0  # a request every 20 ms reaches every moment of a restart; more only loads the machine
     with fresh_database() as database_url:
         env = {"JOTC_DRAIN_SECONDS": str(DRAIN_SECONDS)}
         instances = {name: start_api(database_url, tmp_root, **env) for name in ("a", "b")}
@@ -358,7 +363,7 @@ def test_instances_restarted_in_turn_behind_a_balancer_that_does_not_retry_lose_
                         for name in ports:
                             signalled = time.monotonic()
                             instances[name].process.send_signal(signal.SIGTERM)  # as the kubelet does
-                            code = instances[name].process.wait(timeout=DRAIN_SECONDS + 30)
+                            code = instances[name].process.wait(timeout=DRAIN_SECONDS + SHUTDOWN_TIMEOUT + 30)
                             exits.append((name, code, time.monotonic() - signalled))
                             instances[name] = start_api(database_url, tmp_root, port=ports[name], **env)
                             balancer.wait_until(name, "UP")
