@@ -28,14 +28,14 @@ from support import ApiServer, fresh_database, start_api
 
 from jotc_api.app import create_app
 from jotc_api.drain import DrainFlag
-from jotc_api.settings import load_settings
+from jotc_api.settings import DEFAULT, load_settings
 
 # HAProxy below takes a server out after 2 failed checks 0.5 s apart: the drain leaves it several
 # times that, for checks a loaded machine delays.
 DRAIN_SECONDS = 6
-# JOTC_SHUTDOWN_TIMEOUT's default: a shutdown held by something (a connection, a worker) lasts that
-# long after the drain; an unhindered one, a fraction of a second.
-SHUTDOWN_TIMEOUT = 25
+# A shutdown held by something (a connection, a worker) lasts JOTC_SHUTDOWN_TIMEOUT after the drain;
+# an unhindered one, a fraction of a second.
+SHUTDOWN_TIMEOUT = DEFAULT["shutdown_timeout"]
 BODY = {"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "drain"}
 
 

@@ -16,12 +16,20 @@ import pytest
 from jotc_provision import wait_until
 from support import ApiServer, start_api
 
+from jotc_api.settings import DEFAULT
+
 HEADER_READ_TIMEOUT = 2
 # Long enough that what must happen while uploads are stuck (other requests answered, the uploads
 # past the slots refused) happens seconds before the stuck ones are cut off, however busy the machine.
-BODY_READ_TIMEOUT = 5
+BODY_READ_TIMEOUT = 3
 # How long a test waits for the server to cut a client off: only a timeout not applied reaches it.
 CUT_OFF_WITHIN = 30
+
+
+def cut_off_bound(asked: float, name: str) -> float:
+    """Halfway between the timeout asked for and the default a server that ignored it would use:
+    a timer seconds late on a busy machine stays under it, that defect does not."""
+    return (asked + DEFAULT[name]) / 2
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +56,14 @@ def port_of(server: ApiServer) -> int:
 
 def test_a_client_that_never_finishes_its_headers_is_cut_off(strict_api: ApiServer) -> None:
     with socket.create_connection(("127.0.0.1", port_of(strict_api)), timeout=CUT_OFF_WITHIN) as slow:
+        started = time.monotonic()
         slow.sendall(b"POST /jumps HTTP/1.1\r\nHost: x\r\n")
         # Meanwhile other clients are served.
         assert httpx.post(f"{strict_api.base_url}/jumps", json={"clouds": [0, 0]}).status_code == 201
         assert closed_by_server(slow), f"the slow connection was still open after {CUT_OFF_WITHIN} s"
+        waited = time.monotonic() - started
+    bound = cut_off_bound(HEADER_READ_TIMEOUT, "header_read_timeout")
+    assert waited < bound, f"the slow connection was held for {waited:.1f} s (JOTC_HEADER_READ_TIMEOUT=2)"
 
 
 def closed_by_server(client: socket.socket) -> bool:
@@ -162,9 +174,10 @@ def slow_upload(server: ApiServer) -> socket.socket:
 
 
 def test_bodies_that_trickle_are_cut_off_and_health_stays_answerable(strict_api: ApiServer) -> None:
-    """JOTC_MAX_UPLOADS=4, JOTC_BODY_READ_TIMEOUT=5: ten stuck uploads take four upload slots,
+    """JOTC_MAX_UPLOADS=4, JOTC_BODY_READ_TIMEOUT=3: ten stuck uploads take four upload slots,
     the other six are refused (503), the four get 408 and their connections close, and /healthz
     answers while they are still stuck."""
+    started = time.monotonic()
     stuck = [slow_upload(strict_api) for _ in range(10)]
     try:
         assert httpx.get(f"{strict_api.base_url}/healthz", timeout=CUT_OFF_WITHIN).status_code == 200
@@ -180,6 +193,7 @@ def test_bodies_that_trickle_are_cut_off_and_health_stays_answerable(strict_api:
             except TimeoutError:
                 data = b"(nothing within %d s)" % CUT_OFF_WITHIN
             answers.append(data)
+        waited = time.monotonic() - started
     finally:
         for client in stuck:
             client.close()
@@ -188,6 +202,8 @@ def test_bodies_that_trickle_are_cut_off_and_health_stays_answerable(strict_api:
     assert all(b"connection: close" in answer.lower() for answer in answers)
     held = [early for early, answer in zip(answered_before_health, answers, strict=True) if b" 408 " in answer[:13]]
     assert not any(held), "/healthz was answered only once stuck uploads were cut off"
+    bound = cut_off_bound(BODY_READ_TIMEOUT, "body_read_timeout")
+    assert waited < bound, f"stuck uploads were held for {waited:.1f} s (JOTC_BODY_READ_TIMEOUT=3)"
     assert httpx.post(f"{strict_api.base_url}/jumps", json={"clouds": [0, 0]}).status_code == 201
 
 
