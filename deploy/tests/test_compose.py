@@ -136,8 +136,22 @@ def test_migration_is_one_shot_from_its_own_folder(stack: dict[str, Any]) -> Non
 
 def test_images_are_built_from_each_service_folder(stack: dict[str, Any]) -> None:
     assert stack["services"]["api"]["build"]["context"] == str(ROOT / "services/api")
-    for locust in ("locust-master", "locust-worker"):
-        assert stack["services"][locust]["build"]["context"] == str(ROOT / "services/loadtest")
+    assert stack["services"]["locust-master"]["build"]["context"] == str(ROOT / "services/loadtest")
+
+
+def test_each_image_is_built_by_one_service_and_never_pulled() -> None:
+    """No registry has the images built here: Compose must not try to pull them (it warns, then
+    builds), and one image built by two services is built twice, the first left untagged."""
+    services = compose_config("--profile", "*")["services"]
+    built = {service["image"]: name for name, service in services.items() if "build" in service}
+    assert len(built) == len([service for service in services.values() if "build" in service]), built
+    for name, service in services.items():
+        if service.get("image") in built:
+            assert service.get("pull_policy") == "never", name
+    runs_built = {
+        name for name, service in services.items() if service.get("image") in built and "build" not in service
+    }
+    assert runs_built == {"locust-worker", "retention"}
 
 
 def test_named_volumes(stack: dict[str, Any]) -> None:
@@ -202,8 +216,20 @@ def test_retention_is_a_one_shot_under_its_own_profile() -> None:
     assert "retention" not in compose_config()["services"]  # `up` never starts it
     config = compose_config("--profile", "retention")
     retention = config["services"]["retention"]
-    assert retention["command"] == ["jotc-retention"]
+    # The API image's ENTRYPOINT is jotc-api: a `command` would only become its arguments.
+    assert retention["entrypoint"] == ["jotc-retention"]
+    assert not retention.get("command")
     assert retention["image"] == config["services"]["api"]["image"]
     assert retention["restart"] == "no"
     assert "JOTC_RETENTION_DAYS" in retention["environment"]
     assert retention["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_adminer_opens_on_the_stacks_postgresql() -> None:
+    adminer = compose_config("--env-file", ".env.example")["services"]["adminer"]["environment"]
+    assert adminer == {
+        "ADMINER_DEFAULT_DRIVER": "pgsql",
+        "ADMINER_DEFAULT_SERVER": "postgres",
+        "ADMINER_DEFAULT_USER": "jotc",
+        "ADMINER_DEFAULT_DB": "jotc",
+    }
