@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import run
+from common import run
+from standins import LABEL as STANDIN_LABEL
 
 Manifest = dict[str, Any]
 REFERENCE = re.compile(r"\$\$|\$\((\w+)\)")
 RUN_LABEL = "org.jotc.rendered-run"
-STANDIN_LABEL = "org.jotc.standin"
 
 
 def expand(text: str, env: dict[str, str]) -> str:

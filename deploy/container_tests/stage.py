@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import compose
-from engine import run
+from common import run
 from jotc_provision import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = str(Path(compose.__file__).with_name("docker-compose"))
-DOCKERFILES = sorted(ROOT.glob("services/*/Dockerfile"))
 REPORT: dict[str, list[str]] = {"images": [], "engine": [], "timings": []}
 
 
@@ -41,7 +40,9 @@ class Project:
         published = {variable: str(port) for variable, port in self.ports.items()}
         return {**os.environ, **published, "PUBLISH_ADDRESS": "127.0.0.1"}
 
-    def __call__(self, *args: str, timeout: float = 600, check: bool = True) -> Any:
+    def __call__(self, *args: str, timeout: float = 600, check: bool = True, env: dict[str, str] | None = None) -> Any:
+        """docker compose ARGS; `env` adds variables to its environment (what `VAR=value docker
+        compose ...` does in a shell)."""
         files = [arg for file in self.files for arg in ("-f", file)]
         return run(
             COMPOSE,
@@ -51,7 +52,7 @@ class Project:
             "--env-file",
             ".env.example",
             *args,
-            env=self.environment(),
+            env={**self.environment(), **(env or {})},
             cwd=ROOT,
             timeout=timeout,
             check=check,
@@ -75,12 +76,13 @@ class Project:
         return f"http://127.0.0.1:{self.ports[variable]}{path}"
 
     def leftovers(self, docker: str) -> dict[str, list[str]]:
-        """Containers, volumes and networks of this project still in the engine."""
+        """Containers, volumes, networks and images (tagged or not) of this project still in the engine."""
         label = f"label=com.docker.compose.project={self.name}"
         found = {
             "containers": run(docker, "ps", "--all", "--quiet", "--filter", label).stdout.split(),
             "volumes": run(docker, "volume", "ls", "--quiet", "--filter", label).stdout.split(),
             "networks": run(docker, "network", "ls", "--quiet", "--filter", label).stdout.split(),
+            "images": run(docker, "image", "ls", "--all", "--quiet", "--filter", label).stdout.split(),
         }
         return {kind: ids for kind, ids in found.items() if ids}
 

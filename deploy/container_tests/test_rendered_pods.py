@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from engine import Engine, run
-from images import Provided
+from common import run
+from engine import Engine
 from pods import Cluster, Kubelet, Manifest, Pod
-from stage import REPORT, ROOT, project
+from stage import REPORT, ROOT
 
 CHART = ROOT / "deploy/helm/jotc"
 VALUES = [CHART / "ci/evaluation-values.yaml", Path(__file__).with_name("rendered-values.yaml")]
@@ -118,10 +118,9 @@ class Release:
 
 
 @pytest.fixture(scope="module")
-def release(engine: Engine, images: list[Provided]) -> Iterator[Release]:
-    """Build the three images (as the stack tests do), render, and run the release's pods in the
-    order a cluster would settle them; everything is removed afterwards."""
-    project("jotc-rendered").timed("docker compose build (the chart's images)", "build")
+def release(engine: Engine, built: None) -> Iterator[Release]:
+    """Render with the images built from this checkout, and run the release's pods in the order a
+    cluster would settle them; everything is removed afterwards."""
     token, postgres, redis = (secrets.token_hex(20) for _ in range(3))
     manifests = render(token, postgres, redis)
     run_id = f"jotc-rendered-{os.getpid()}"

@@ -1,11 +1,13 @@
-"""`docker compose up` for real: build, start, use, break and remove the stack in a Docker engine.
+"""`docker compose up` for real: start, use, break and remove the stack in a Docker engine.
 
-The whole stack runs once for the module (built from the repository's own files, with the
-settings of `.env.example`); the core-only variant runs on its own at the end.
+The whole stack runs once for the module (on the images built from the repository's own files, with
+the settings of `.env.example`); the core-only variant runs on its own after it, and last a project
+is built and cleaned up the way the README says.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -14,18 +16,20 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from engine import Engine, run
-from images import Provided
+from common import run
+from engine import Engine
 from stage import Project, env_example, project
 
 GAME = {"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "container-stage@example.com"}
+# Adminer's driver PostgreSQL: selected in its login form (the stand-in, newer official images), or
+# chosen by the official adminer:4's script.
+PGSQL_CHOSEN = re.compile(r"<option value=[\"']?pgsql[\"']? selected|\.value\s*=\s*\"pgsql\"")
 
 
 @pytest.fixture(scope="module")
-def stack(engine: Engine, images: list[Provided]) -> Iterator[Project]:
+def stack(engine: Engine, built: None) -> Iterator[Project]:
     whole = project("jotc-ci")
     try:
-        whole.timed("docker compose build", "build")
         whole.timed("docker compose up --wait", "up", "--wait", "--wait-timeout", "300")
         yield whole
     finally:
@@ -80,10 +84,71 @@ def test_the_admin_api_answers_with_the_token_of_env_example(stack: Project) -> 
     assert refused.status_code == 401
 
 
+def database(stack: Project) -> psycopg.Connection[Any]:
+    """The stack's PostgreSQL through its published port, as `.env.example` sets it up."""
+    settings = env_example()
+    return psycopg.connect(
+        host="127.0.0.1",
+        port=stack.ports["POSTGRES_PORT"],
+        user=settings["POSTGRES_USER"],
+        password=settings["POSTGRES_PASSWORD"],
+        dbname=settings["POSTGRES_DB"],
+        autocommit=True,
+    )
+
+
+def stored(stack: Project, identifiers: set[str]) -> set[str]:
+    """Which of these requests have a row."""
+    with database(stack) as connection:
+        rows = connection.execute("SELECT id FROM jump_requests WHERE id = ANY(%s::uuid[])", [list(identifiers)])
+        return {str(row[0]) for row in rows}
+
+
+def test_the_retention_one_shot_deletes_what_is_older_than_the_cutoff(stack: Project) -> None:
+    """`JOTC_RETENTION_DAYS=90 docker compose run --rm retention`, as deploy/compose/README.md says:
+    jotc-retention runs once on the stack's database (not the API: the image's entrypoint is
+    jotc-api) and exits 0; requests older than 90 days are gone, newer ones kept."""
+    recorded = []
+    for _ in range(4):
+        created = httpx.post(stack.url("API_PORT", "/jumps"), json={**GAME, "user": "retention@example.com"})
+        assert created.status_code == 201, created.text
+        recorded.append(created.json()["id"])
+    old, recent = set(recorded[:2]), set(recorded[2:])
+    with database(stack) as connection:
+        connection.execute(
+            "UPDATE jump_requests SET created_at = created_at - interval '120 days' WHERE id = ANY(%s::uuid[])",
+            [list(old)],
+        )
+    ran = stack("run", "--rm", "retention", env={"JOTC_RETENTION_DAYS": "90"}, timeout=300, check=False)
+    said = ran.stdout + ran.stderr
+    assert ran.returncode == 0, said[-4000:]
+    assert "Granian" not in said, said[-4000:]  # the API's server never started
+    assert stored(stack, old | recent) == recent, said[-4000:]
+
+
 def test_adminer_and_redisinsight_answer_http(stack: Project) -> None:
     for variable in ("ADMINER_PORT", "REDISINSIGHT_PORT"):
         answer = httpx.get(stack.url(variable, "/"), timeout=10, follow_redirects=True)
         assert answer.status_code == 200, (variable, answer.status_code)
+
+
+def test_adminer_opens_on_the_stacks_postgresql_and_browses_it(stack: Project) -> None:
+    """Its login form has PostgreSQL, server `postgres`, the stack's user and database filled in: the
+    password of `.env.example` is all it takes to see JOTC's tables."""
+    settings = env_example()
+    with httpx.Client(base_url=stack.url("ADMINER_PORT"), timeout=10, follow_redirects=True) as browser:
+        form = browser.get("/")
+        assert form.status_code == 200, form.text[:3000]
+        assert PGSQL_CHOSEN.search(form.text), form.text[:3000]
+        filled = {"server": "postgres", "username": settings["POSTGRES_USER"], "db": settings["POSTGRES_DB"]}
+        for field, value in filled.items():
+            assert re.search(rf"""name=["']auth\[{field}\]["'][^>]*value=["']{value}["']""", form.text), field
+        login = {f"auth[{field}]": value for field, value in filled.items()}
+        logged_in = browser.post(
+            "/", data={**login, "auth[driver]": "pgsql", "auth[password]": settings["POSTGRES_PASSWORD"]}
+        )
+    assert logged_in.status_code == 200, logged_in.text[:3000]
+    assert "jump_requests" in logged_in.text, logged_in.text[:3000]
 
 
 def test_the_locust_ui_answers(stack: Project) -> None:
@@ -168,22 +233,8 @@ def test_postgres_restarted_under_load_loses_nothing_and_the_api_recovers(engine
     assert statuses <= {201, 503}, f"only 201 or 503 may answer while PostgreSQL restarts, saw {statuses}"
     assert not load.errors, load.errors[:5]
     assert inspect(engine, api_before["ID"], "{{.State.StartedAt}} {{.RestartCount}}") == started_at
-    acknowledged = {identifier for _, status, identifier in load.answers if status == 201}
-    settings = env_example()
-    with psycopg.connect(
-        host="127.0.0.1",
-        port=stack.ports["POSTGRES_PORT"],
-        user=settings["POSTGRES_USER"],
-        password=settings["POSTGRES_PASSWORD"],
-        dbname=settings["POSTGRES_DB"],
-    ) as connection:
-        stored = {
-            str(row[0])
-            for row in connection.execute(
-                "SELECT id FROM jump_requests WHERE id = ANY(%s::uuid[])", [list(acknowledged)]
-            )
-        }
-    assert acknowledged - stored == set(), "acknowledged requests without a row"
+    acknowledged = {identifier for _, status, identifier in load.answers if status == 201 and identifier}
+    assert acknowledged - stored(stack, acknowledged) == set(), "acknowledged requests without a row"
 
 
 def inspect(engine: Engine, container: str, template: str) -> str:
@@ -195,7 +246,7 @@ def test_down_with_volumes_leaves_nothing_of_the_project(engine: Engine, stack: 
     assert stack.leftovers(engine.cli) == {}
 
 
-def test_the_core_only_variant_comes_up_and_serves(engine: Engine, images: list[Provided]) -> None:
+def test_the_core_only_variant_comes_up_and_serves(engine: Engine, built: None) -> None:
     core = project("jotc-ci-core", "deploy/compose/core.yml")
     try:
         core.timed("core.yml up --wait", "up", "--wait", "--wait-timeout", "300")
@@ -205,3 +256,18 @@ def test_the_core_only_variant_comes_up_and_serves(engine: Engine, images: list[
     finally:
         core("down", "--volumes", "--remove-orphans", "--timeout", "20", check=False)
     assert core.leftovers(engine.cli) == {}
+
+
+def test_the_readmes_clean_up_leaves_no_image_of_the_project(engine: Engine, built: None) -> None:
+    """`docker compose build`, then `docker compose down --volumes --rmi local`: nothing the project
+    built is left, tagged or not (a Locust image built once per service left the first one behind)."""
+    fresh = project("jotc-ci-clean")
+    try:
+        fresh.timed("docker compose build (cached)", "build")
+        built_images = run(
+            engine.cli, "image", "ls", "--quiet", "--filter", f"label=com.docker.compose.project={fresh.name}"
+        )
+        assert len(set(built_images.stdout.split())) == 3, "one image for each Dockerfile"
+    finally:
+        fresh("down", "--volumes", "--rmi", "local", "--remove-orphans", "--timeout", "20")
+    assert fresh.leftovers(engine.cli) == {}

@@ -8,19 +8,18 @@ CI=true they fail instead.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from chart import one, render
+from common import apt_install, can_install
 from support import ROOT
 
 API_SOURCE = ROOT / "services/api/src"
@@ -136,15 +135,8 @@ def promtool() -> str:
     found = shutil.which("promtool")
     if found:
         return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        # The container stage's apt-get helper, loaded by path: one way to install Debian packages.
-        spec = importlib.util.spec_from_file_location("container_engine", ROOT / "deploy/container_tests/engine.py")
-        assert spec is not None
-        assert spec.loader is not None
-        engine = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = engine  # dataclasses look their module up there
-        spec.loader.exec_module(engine)
-        engine.apt_install("prometheus")
+    if can_install():
+        apt_install("prometheus")  # the scripts' one way to install Debian packages
         found = shutil.which("promtool")
         if found:
             return found

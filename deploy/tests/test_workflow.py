@@ -4,7 +4,7 @@ no registry); what it runs on Kubernetes is rendered and validated here for the 
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
 import shutil
 import subprocess
@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from chart import CHART, invalid_on, one, render
+from common import CommandError, apt_install, can_install
 from support import ROOT, committed_files, venv_tool
 
 WORKFLOWS = sorted((ROOT / ".github/workflows").glob("*.yml"))
@@ -51,11 +52,10 @@ def tool(command: str, *args: str) -> subprocess.CompletedProcess[str]:
 def shellcheck_on_path() -> None:
     """actionlint checks each `run:` script with shellcheck when it finds one: install Debian's as
     root, as the container stage installs its packages; elsewhere actionlint runs without it."""
-    if shutil.which("shellcheck") or os.geteuid() != 0 or not shutil.which("apt-get"):
+    if shutil.which("shellcheck") or not can_install():
         return
-    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "shellcheck"]):
-        subprocess.run(command, capture_output=True, check=False, timeout=600, env=environment)
+    with contextlib.suppress(CommandError):
+        apt_install("shellcheck")
 
 
 def test_actionlint_passes() -> None:

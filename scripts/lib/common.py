@@ -1,9 +1,11 @@
-"""What scripts/test, scripts/dev and scripts/bench share: messages, the pinned tools on PATH, .env, and
-the services' locked environments. The standard library only: the machine's python3 runs it, before
-any environment exists. PostgreSQL, Redis, ports and waiting are in jotc_provision."""
+"""What scripts/test, scripts/dev, scripts/standins and scripts/bench share: messages, running a command
+and installing Debian packages, the pinned tools on PATH, .env, and the services' locked environments.
+The standard library only: the machine's python3 runs it, before any environment exists. PostgreSQL,
+Redis, ports and waiting are in jotc_provision."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -27,6 +29,49 @@ def say(message: str) -> None:
 def die(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(2)
+
+
+class CommandError(Exception):
+    """A command exited non-zero; the message has the command and the end of its output."""
+
+
+def run(
+    *command: str,
+    timeout: float = 600,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command, its output captured; with check, a non-zero exit raises CommandError carrying
+    that output, so a failure says what broke."""
+    result = subprocess.run(
+        list(command), capture_output=True, text=True, timeout=timeout, check=False, env=env, cwd=cwd, input=stdin
+    )
+    if check and result.returncode != 0:
+        raise CommandError(
+            f"`{' '.join(command)}` exited {result.returncode}\n--- stdout\n{result.stdout[-6000:]}"
+            f"\n--- stderr\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def can_install() -> bool:
+    """Can Debian packages be installed here: root, with apt-get."""
+    return os.geteuid() == 0 and shutil.which("apt-get") is not None
+
+
+def apt_install(*packages: str) -> None:
+    """Install Debian packages, as root, one apt-get at a time: apt refuses to run beside itself, so
+    ours queue on a lock of their own (test workers, scripts side by side) and wait for any other
+    apt on the machine to let go of dpkg's."""
+    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    wait = ["-o", "DPkg::Lock::Timeout=300"]
+    with open("/var/lib/apt/lists/jotc-apt.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        run("apt-get", *wait, "update", "-qq", timeout=600, env=environment)
+        install = ["install", "-y", "-qq", "--no-install-recommends", *packages]
+        run("apt-get", *wait, *install, timeout=900, env=environment)
 
 
 def system_tool(name: str) -> str | None:
@@ -69,11 +114,11 @@ def use_helm() -> str:
 
 
 def run_script(main: Callable[[list[str]], int]) -> NoReturn:
-    """Run a script's main(argv) and exit with its status: a provisioning failure is one line and
-    status 2, Ctrl-C or SIGTERM status 130."""
+    """Run a script's main(argv) and exit with its status: a provisioning failure or a failed command
+    is an error message and status 2, Ctrl-C or SIGTERM status 130."""
     try:
         sys.exit(main(sys.argv[1:]))
-    except jotc_provision.ProvisionError as error:
+    except (jotc_provision.ProvisionError, CommandError) as error:
         die(str(error))
     except KeyboardInterrupt:
         sys.exit(130)

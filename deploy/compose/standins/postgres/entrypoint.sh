@@ -10,6 +10,8 @@ if [[ "$(id -u)" == 0 ]]; then
   exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
 fi
 [[ "${1:-}" == postgres ]] && shift
+echo "STAND-IN: $(postgres --version) from Debian, built by scripts/standins; not the official" \
+  "postgres image. Once a registry answers: docker compose down; scripts/standins --remove" >&2
 user=${POSTGRES_USER:-postgres}
 database=${POSTGRES_DB:-$user}
 if [[ ! -s "$PGDATA/PG_VERSION" ]]; then
