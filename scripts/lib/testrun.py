@@ -1,6 +1,10 @@
 """scripts/test: lint, type-check and test JOTC against real PostgreSQL and Redis, then the deployment
-checks; print a summary; exit non-zero on any failure. The tree and the temp directory must be left
-as they were found. `scripts/test --help` says how to run one tier, one service or one test."""
+checks; print a summary; exit non-zero on any failure. The work tree and the run's temp directory must
+be left as they were found. `scripts/test --help` says how to run one tier, one service or one test.
+
+The temp directory is the run's own: a directory made for it is TMPDIR for this process and every
+process it starts, so what the run leaves there is counted, and what other users of the machine
+write to /tmp meanwhile is not."""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +31,7 @@ WORKERS = {"api": 4, "db-migrations": 3, "loadtest": 2, "deploy": 3}
 UNIT_WORKERS = {"api": 2}
 
 USAGE = """\
-usage: scripts/test [--tier TIER] [--throwaway] [NAME ...] [-- PYTEST_ARGS ...]
+usage: scripts/test [--tier TIER] [--throwaway] [--keep-engine] [NAME ...] [-- PYTEST_ARGS ...]
 
 Lints, type-checks and tests JOTC; prints a summary and exits non-zero on any failure.
 
@@ -41,11 +45,16 @@ Lints, type-checks and tests JOTC; prints a summary and exits non-zero on any fa
                                 against real PostgreSQL and Redis
                    system       real servers: Granian processes, signals, faults, Locust
   --throwaway    start private PostgreSQL and Redis even if local ones run
+  --keep-engine  compose: a Docker engine the stage starts (none was running) is left running
+                 for `docker compose up`; without it, it is stopped at the end, and said so
   -- ARGS        extra arguments for every pytest run (e.g. -- -x -k upgrade)
   -h, --help     this text
 
 One test: scripts/test api -- tests/unit/test_solver.py::test_reference_samples
 (the path is relative to the service's directory).
+
+Every process of the run gets a temp directory of its own (TMPDIR); the run fails if anything is
+left in it, or in the work tree (git status), at the end.
 
 PostgreSQL: DATABASE_URL if set (a server whose role may create databases: every test makes
 its own fresh database and drops it), else 127.0.0.1:5432, else a throwaway server from the
@@ -112,6 +121,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("-h", "--help", action="store_true")
     parser.add_argument("--throwaway", action="store_true")
+    parser.add_argument("--keep-engine", action="store_true")
     parser.add_argument("--tier", choices=TIERS)
     parser.add_argument("names", nargs="*")
     args = parser.parse_args(argv)
@@ -154,8 +164,39 @@ def tree_state() -> set[str]:
     return {line for line in lines if not any(part in KEPT for part in Path(line[3:]).parts)}
 
 
-def listing(directory: Path) -> set[str]:
-    return {path.name for path in directory.iterdir()}
+@dataclass(frozen=True)
+class Scratch:
+    """The run's own directories: `root` for throwaway servers and logs, and `tmp`, the TMPDIR of this
+    process and of every process it starts."""
+
+    root: Path
+    tmp: Path
+
+    def leftovers(self) -> list[str]:
+        """What the run's processes left in their temp directory (less what is kept there by design)."""
+        return sorted(path.name for path in self.tmp.iterdir() if not path.name.startswith(TMP_KEPT))
+
+
+@contextmanager
+def scratch() -> Iterator[Scratch]:
+    """Made in the system's temp directory, TMPDIR while the block runs, removed with all it holds
+    afterwards; TMPDIR is then what it was."""
+    previous = os.environ.get("TMPDIR")
+    with tempfile.TemporaryDirectory(prefix="jotc.") as made:
+        root = Path(made)
+        root.chmod(0o755)  # a throwaway PostgreSQL runs as postgres and keeps its data inside
+        tmp = root / "tmp"
+        tmp.mkdir()
+        os.environ["TMPDIR"] = str(tmp)
+        tempfile.tempdir = None  # this process's own temporary files follow TMPDIR too
+        try:
+            yield Scratch(root, tmp)
+        finally:
+            if previous is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = previous
+            tempfile.tempdir = None
 
 
 def dockerfiles() -> list[str]:
@@ -178,20 +219,16 @@ def main(argv: list[str]) -> int:
     compose_wanted = (everything and args.tier is None) or "compose" in wanted
     needs_servers = args.tier != "unit" and (chosen or deploy_wanted)
 
-    system_tmp = Path(tempfile.gettempdir())
-    tree_before, tmp_before = tree_state(), listing(system_tmp)
+    tree_before = tree_state()
     run = Run()
     with ExitStack() as stack:
-        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jotc.")))
-        scratch.chmod(0o755)  # a throwaway PostgreSQL runs as postgres and keeps its data inside
-        tests_tmp = scratch / "tmp"
-        tests_tmp.mkdir()
-        os.environ["TMPDIR"] = str(tests_tmp)
-        tempfile.tempdir = None  # this process's own temporary files follow TMPDIR too
+        own = stack.enter_context(scratch())
+        if args.keep_engine:
+            os.environ["JOTC_KEEP_ENGINE"] = "1"
 
         common.use_uv()
         if needs_servers:
-            found = stack.enter_context(jotc_provision.servers(throwaway=args.throwaway, scratch=scratch))
+            found = stack.enter_context(jotc_provision.servers(throwaway=args.throwaway, scratch=own.root))
             for line in found.said:
                 say(line)
             os.environ["DATABASE_URL"], os.environ["REDIS_URL"] = found.database_url, found.redis_url
@@ -260,7 +297,7 @@ def main(argv: list[str]) -> int:
         # tier ended before they began (its run-time timer reads gevent's clock, which a starved
         # process has not updated), and latency-bounded tests lost their meaning.
         if args.tier == "unit" and not args.pytest_args:
-            run.together(suites, scratch / "logs")
+            run.together(suites, own.root / "logs")
         else:
             for suite in suites:
                 run.command(*suite)
@@ -273,18 +310,14 @@ def main(argv: list[str]) -> int:
 
         def leftovers() -> bool:
             tree = sorted(tree_state() - tree_before)
-            tmp = sorted(listing(system_tmp) - tmp_before - {scratch.name})
-            ours = sorted(name for name in listing(tests_tmp) if not name.startswith(TMP_KEPT))
+            tmp = own.leftovers()
             if tree:
-                print("left in the work tree (git status):", *tree, sep="\n  ", file=sys.stderr)
+                print("new in the work tree (git status) during the run:", *tree, sep="\n  ", file=sys.stderr)
             if tmp:
-                said = f"new in {system_tmp} during the run (or made by another program meanwhile):"
-                print(said, *tmp, sep="\n  ", file=sys.stderr)
-            if ours:
-                print("left in the tests' TMPDIR:", *ours, sep="\n  ", file=sys.stderr)
-            return not (tree or tmp or ours)
+                print(f"left in the run's TMPDIR ({own.tmp}):", *tmp, sep="\n  ", file=sys.stderr)
+            return not (tree or tmp)
 
-        run.step("leftovers: the work tree and the temp directory as they were found", leftovers)
+        run.step("leftovers: the work tree and the run's temp directory as they were found", leftovers)
 
     print("\nSummary")
     for line in run.results:
