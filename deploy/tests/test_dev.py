@@ -1,5 +1,5 @@
 """scripts/dev end to end: the stack without Docker comes up from .env on 127.0.0.1, answers, says how
-to use it, and leaves nothing behind."""
+to use it, and leaves nothing behind; with --throwaway, on servers of its own whatever else runs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ import re
 import signal
 import socket
 import subprocess
+import tempfile
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -58,6 +62,58 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
+@contextmanager
+def scripts_dev(*args: str, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """scripts/dev ARGS running in a session of its own; afterwards Ctrl-C, as a terminal sends it, and
+    every process it started must be gone."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(ROOT / "scripts/dev"), *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    pgid = process.pid
+    try:
+        yield process
+    finally:
+        os.killpg(pgid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            raise
+    try:
+        wait_until(lambda: not group_alive(pgid), timeout=10, what="scripts/dev's processes gone")
+    except TimeoutError:
+        raise AssertionError("scripts/dev left processes behind") from None
+
+
+def dev_environment(dotenv: Path, scratch: Path, **settings: str) -> dict[str, str]:
+    """This environment less what scripts/dev reads before .env (so the test's .env decides)."""
+    return {
+        **{name: value for name, value in os.environ.items() if name not in DEV_SETTINGS},
+        "JOTC_ENV_FILE": str(dotenv),
+        "JOTC_WORKERS": "2",
+        "TMPDIR": str(scratch),
+        **settings,
+    }
+
+
+def assert_closed(*ports: int) -> None:
+    for port in ports:
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
+
+
+def assert_nothing_left_in(scratch: Path) -> None:
+    # uv keeps a lock file per interpreter in the temp directory, by design, and reuses it.
+    left = [path.name for path in scratch.iterdir() if not re.fullmatch(r"uv-[0-9a-f]+\.lock", path.name)]
+    assert left == [], "scripts/dev left files in its TMPDIR"
+
+
 def test_scripts_dev_runs_the_stack_from_env_on_loopback_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     api_port, locust_port = free_port(), free_port()
     # .env as a newcomer would copy it from .env.example: it moves the ports and sets the token,
@@ -71,25 +127,8 @@ def test_scripts_dev_runs_the_stack_from_env_on_loopback_and_ctrl_c_stops_everyt
     scratch.mkdir()
     log = tmp_path / "dev.log"
     with fresh_database(SERVER) as database_url:
-        env = {
-            **{name: value for name, value in os.environ.items() if name not in DEV_SETTINGS},
-            "DATABASE_URL": database_url,
-            "JOTC_ENV_FILE": str(dotenv),
-            "JOTC_MAX_CLOUDS": "100",
-            "JOTC_WORKERS": "2",
-            "TMPDIR": str(scratch),
-        }
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [str(ROOT / "scripts/dev")],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        pgid = process.pid
-        try:
+        env = dev_environment(dotenv, scratch, DATABASE_URL=database_url, JOTC_MAX_CLOUDS="100")
+        with scripts_dev(env=env, log=log) as process:
             base = f"http://127.0.0.1:{api_port}"
             wait_for(process, log, f"{base}/readyz", "scripts/dev did not become ready")
             created = httpx.post(f"{base}/jumps", json={"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "dev"})
@@ -113,20 +152,45 @@ def test_scripts_dev_runs_the_stack_from_env_on_loopback_and_ctrl_c_stops_everyt
                 "Ctrl-C",
             ):
                 assert expected in banner, banner
-        finally:
-            os.killpg(pgid, signal.SIGINT)  # what Ctrl-C in a terminal does
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(pgid, signal.SIGKILL)
-                raise
-        try:
-            wait_until(lambda: not group_alive(pgid), timeout=10, what="scripts/dev's processes gone")
-        except TimeoutError:
-            raise AssertionError("scripts/dev left processes behind") from None
-        for port in (api_port, locust_port):
-            with socket.socket() as probe:
-                assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
-        # uv keeps a lock file per interpreter in the temp directory, by design, and reuses it.
-        left = [path.name for path in scratch.iterdir() if not re.fullmatch(r"uv-[0-9a-f]+\.lock", path.name)]
-        assert left == [], "scripts/dev left files in its TMPDIR"
+        assert_closed(api_port, locust_port)
+        assert_nothing_left_in(scratch)
+
+
+def banner_url(banner: str, service: str) -> urllib.parse.SplitResult:
+    line = next(line for line in banner.splitlines() if line.strip().startswith(service))
+    return urllib.parse.urlsplit(line.split()[1])
+
+
+def test_throwaway_servers_are_used_whatever_is_configured_or_listening(tmp_path: Path) -> None:
+    """--throwaway: neither the URLs the environment names (here nothing answers at them, so using
+    one would fail) nor the servers on 5432 / 6379 (someone else's, perhaps) are touched."""
+    api_port = free_port()
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(f"API_PORT={api_port}\n")
+    log = tmp_path / "dev.log"
+    # The throwaway PostgreSQL runs as postgres when this runs as root: its data directory, in the
+    # TMPDIR scripts/dev is given, must be reachable by that user (pytest's tmp_path is not).
+    with tempfile.TemporaryDirectory(prefix="jotc-dev-throwaway.") as made:
+        scratch = Path(made)
+        scratch.chmod(0o755)
+        env = dev_environment(
+            dotenv,
+            scratch,
+            DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/jotc",
+            REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        )
+        with scripts_dev("--throwaway", "api", env=env, log=log) as process:
+            base = f"http://127.0.0.1:{api_port}"
+            wait_for(process, log, f"{base}/readyz", "scripts/dev --throwaway did not become ready")
+            created = httpx.post(f"{base}/jumps", json={"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "throwaway"})
+            assert created.status_code == 201, created.text
+            banner = wait_for_banner(process, log)
+            postgres, redis = banner_url(banner, "PostgreSQL"), banner_url(banner, "Redis")
+            configured = {urllib.parse.urlsplit(env[name]).port for name in ("DATABASE_URL", "REDIS_URL")}
+            assert {postgres.port, redis.port}.isdisjoint({5432, 6379, *configured}), banner
+            assert postgres.path == "/jotc", banner
+            assert "throwaway" in banner, banner
+        assert postgres.port is not None
+        assert redis.port is not None
+        assert_closed(api_port, postgres.port, redis.port)
+        assert_nothing_left_in(scratch)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -18,27 +18,32 @@ import jotc_provision
 from common import say
 
 USAGE = """\
-Usage: scripts/dev [stack|api|retention]
+usage: scripts/dev [--throwaway] [stack|api|retention]
 
 Runs JOTC on this machine without Docker, as `docker compose up` does with containers.
 
   stack (default)  migrate, then the API on 127.0.0.1:4000 and Locust's web UI on
                    127.0.0.1:8089, aimed at it
   api              migrate, then only the API
-  retention        migrate, then one retention run (jotc-retention: JOTC_RETENTION_DAYS), and exit
+  retention        migrate, run jotc-retention once (JOTC_RETENTION_DAYS), and exit
+  --throwaway      private PostgreSQL and Redis, started for this run and removed after it,
+                   even when DATABASE_URL / REDIS_URL are set or servers listen on 5432 / 6379
   -h, --help       this text
 
 Settings come from the environment, then from .env at the repository root (the file
 `docker compose` reads; .env.example lists it; JOTC_ENV_FILE names another), then these
 defaults:
 
-  JOTC_HOST         address to listen on (else PUBLISH_ADDRESS)         127.0.0.1
-  PORT              the API's port (else API_PORT)                      4000
-  LOCUST_WEB_PORT   Locust's web UI port (else LOCUST_PORT)             8089
-  JOTC_ADMIN_TOKEN  bearer token of the admin API                       a fresh one per run
-  DATABASE_URL      the application database      the servers scripts/test would use
-  REDIS_URL         rate limits, idempotency keys (127.0.0.1 default ports, else throwaway
-                                                   ones), with a database jotc made on first use
+  JOTC_HOST         address to listen on (else PUBLISH_ADDRESS)   127.0.0.1
+  PORT              the API's port (else API_PORT)                4000
+  LOCUST_WEB_PORT   Locust's web UI port (else LOCUST_PORT)       8089
+  JOTC_ADMIN_TOKEN  bearer token of the admin API                 a fresh one per run
+  DATABASE_URL      the application database                      see below
+  REDIS_URL         rate limits and idempotency keys              see below
+
+Without DATABASE_URL / REDIS_URL: the servers on 127.0.0.1's default ports (PostgreSQL's
+database jotc, made on first use; Redis's database 0), which may be someone else's; where none
+listens, or with --throwaway, throwaway ones from the local PostgreSQL and Redis binaries.
 
 Every other variable of the API (services/api/README.md) and of Locust (LOCUST_*) passes
 through. One Ctrl-C stops everything it started and removes what it made.
@@ -55,7 +60,7 @@ def _terminated(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def banner(api: str, locust: str | None, admin_token_from: str, database: str) -> str:
+def banner(api: str, locust: str | None, admin_token_from: str, database: str, throwaway: bool) -> str:
     env = os.environ
     lines = [
         "",
@@ -74,20 +79,29 @@ def banner(api: str, locust: str | None, admin_token_from: str, database: str) -
         lines.append(f"  Locust       {locust}   (load test UI, aimed at {api})")
     lines.append(f"  PostgreSQL   {database}")
     lines.append(f"  Redis        {env['REDIS_URL']}")
+    if throwaway:
+        lines.append("               both throwaway servers, removed when scripts/dev stops")
     if local_address(env["JOTC_HOST"]) != env["JOTC_HOST"]:
         lines.append("  warning      listening on every interface: anyone who can reach this machine can call it")
     lines.append("  stop         Ctrl-C stops everything scripts/dev started")
     return "\n".join([*lines, ""])
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/dev", usage=USAGE.splitlines()[0].removeprefix("usage: "), add_help=False
+    )
+    parser.add_argument("--throwaway", action="store_true")
+    parser.add_argument("target", nargs="?", default="stack", choices=TARGETS)
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str]) -> int:
-    if argv and argv[0] in ("-h", "--help"):
+    if "-h" in argv or "--help" in argv:
         print(USAGE, end="")
         return 0
-    target = argv[0] if argv else "stack"
-    if target not in TARGETS or len(argv) > 1:
-        print(USAGE, end="", file=sys.stderr)
-        common.die(f"unknown target '{' '.join(argv)}'")
+    args = parse(argv)
+    target = args.target
     signal.signal(signal.SIGTERM, _terminated)
 
     env = os.environ
@@ -103,8 +117,10 @@ def main(argv: list[str]) -> int:
     with ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jotc-dev.")))
         scratch.chmod(0o755)  # a throwaway PostgreSQL runs as postgres and keeps its data inside
-        given_database = env.get("DATABASE_URL")
-        found = stack.enter_context(jotc_provision.servers(scratch=scratch))
+        given_database = None if args.throwaway else env.get("DATABASE_URL")
+        found = stack.enter_context(jotc_provision.servers(throwaway=args.throwaway, scratch=scratch))
+        for line in found.said:
+            say(line)
         env["REDIS_URL"] = found.redis_url
         if given_database:
             env["DATABASE_URL"] = given_database
@@ -147,7 +163,7 @@ def main(argv: list[str]) -> int:
         jotc_provision.wait_http(f"{api}/readyz", api_server.process, timeout=120)
         if locust:
             jotc_provision.wait_http(f"{locust}/", started[-1].process, timeout=60)
-        print(banner(api, locust, admin_token_from, database), flush=True)
+        print(banner(api, locust, admin_token_from, database, args.throwaway), flush=True)
         # Whichever stops first (or Ctrl-C) ends the session; the exit stops the rest.
         while all(server.process.poll() is None for server in started):
             time.sleep(0.2)
