@@ -11,14 +11,17 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import psycopg
 import redis
 from jotc_provision import RedisServer, wait_until
-from support import fake_client, proxied, redis_url, start_api
+from support import fake_client, redis_url, start_api
+
+from jotc_api.ratelimit import SYNC_SECONDS
 
 BODY = {"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "idem@example.com"}
 
 
-def clear_of_window_edge(seconds_needed: float = 30, period: int = 3600) -> None:
+def clear_of_window_edge(seconds_needed: float = 120, period: int = 3600) -> None:
     """Two processes count with the wall clock: start where the fixed window has seconds_needed left."""
     wait_until(
         lambda: time.time() % period <= period - seconds_needed,
@@ -40,50 +43,55 @@ def test_limits_hold_across_two_api_processes_sharing_redis(database_url: str, t
         clear_of_window_edge()
         client = fake_client()
         admitted = 0
-        clients = [httpx.Client(base_url=s.base_url) for s in servers]
-        # 25 ms apart, alternating: each process gets 2 of this client's requests per 100 ms sync.
-        for i in range(90):
+        clients = [httpx.Client(base_url=s.base_url, timeout=30) for s in servers]
+        # One request a sync interval, alternating: each process has heard of the other's admissions
+        # before this client's next request reaches it, so long as its syncs keep time. 70 requests:
+        # processes that did not share their counts would admit 60.
+        for i in range(70):
             response = clients[i % 2].post("/jumps", json={"clouds": [0, 0]}, headers={"x-forwarded-for": client})
             admitted += response.status_code == 201
-            time.sleep(0.025)
+            time.sleep(SYNC_SECONDS)  # the pace of the client, not a wait for anything
         for http in clients:
             http.close()
     finally:
         for server in servers:
             server.stop()
     # Alone, each process would admit 30 (60 in all). Shared, the documented overshoot is what the
-    # other process admits within one sync interval: here about 2, allowed 6 for a loaded machine.
+    # other process admits within one sync interval: here one at most; 6 are reached only by syncs
+    # late by more than a second, or by processes that do not share their counts.
     assert limit <= admitted <= limit + 6, admitted
 
 
 def test_repeat_while_the_first_is_in_flight_is_409(database_url: str, tmp_root: Path) -> None:
-    with proxied(database_url) as (proxy, slow):
-        server = start_api(slow, tmp_root, JOTC_WORKERS="1")
-        # PostgreSQL slow from now on (not while the server starts): the first request stays in flight.
-        proxy.delay = 0.2
-        try:
-            key = {"idempotency-key": f"slow-{uuid.uuid4()}"}
+    server = start_api(database_url, tmp_root, JOTC_WORKERS="1")
+    try:
+        key = {"idempotency-key": f"slow-{uuid.uuid4()}"}
+        claimed = "jotc:idem:" + hashlib.sha256(key["idempotency-key"].encode()).hexdigest()
 
-            async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
-                async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
-                    first = asyncio.create_task(http.post("/jumps", json=BODY, headers=key))
-                    claimed = "jotc:idem:" + hashlib.sha256(key["idempotency-key"].encode()).hexdigest()
-                    store = redis.asyncio.Redis.from_url(redis_url())
-                    deadline = time.monotonic() + 10
-                    while not await store.exists(claimed):  # the first request holds the key
-                        assert time.monotonic() < deadline, "the first request never claimed its key"
-                        await asyncio.sleep(0.01)
-                    await store.aclose()
-                    second = await http.post("/jumps", json=BODY, headers=key)
-                    done = await first
-                    third = await http.post("/jumps", json=BODY, headers=key)
-                    return done, second, third
+        async def scenario(locker: psycopg.Connection[tuple[object, ...]]) -> tuple[httpx.Response, ...]:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+                first = asyncio.create_task(http.post("/jumps", json=BODY, headers=key))
+                store = redis.Redis.from_url(redis_url())
+                try:  # the first request holds the key (its write waits for the table)
+                    await asyncio.to_thread(
+                        wait_until, lambda: store.exists(claimed), timeout=30, what="the first request claiming its key"
+                    )
+                finally:
+                    store.close()
+                second = await http.post("/jumps", json=BODY, headers=key)
+                locker.rollback()  # the table free again: the first request is recorded and answered
+                done = await first
+                third = await http.post("/jumps", json=BODY, headers=key)
+                return done, second, third
 
-            done, second, third = asyncio.run(scenario())
-        finally:
-            server.stop()
-    assert done.status_code == 201
-    assert second.status_code == 409
+        # The first request stays in flight for as long as this holds jump_requests: its write waits.
+        with psycopg.connect(database_url) as locker:
+            locker.execute("LOCK TABLE jump_requests IN ACCESS EXCLUSIVE MODE")
+            done, second, third = asyncio.run(scenario(locker))
+    finally:
+        server.stop()
+    assert done.status_code == 201, done.text
+    assert second.status_code == 409, second.text
     assert second.json()["type"].endswith("/idempotency-in-flight")
     assert second.headers["retry-after"]
     assert third.json()["id"] == done.json()["id"]
@@ -141,5 +149,10 @@ def test_redis_outage_never_stops_jumps_and_everything_resumes(
         store.close()
     finally:
         server.stop()
-    episodes = server.log().count("redis unavailable")
-    assert 1 <= episodes <= 2, "logged once per worker per episode, not per request"
+    # Logged once per worker per episode, not per request: every episode but a worker's last has
+    # ended with "available again". (A reply a loaded machine delays past the 0.25 s timeout is an
+    # episode too, with both lines.)
+    log = server.log()
+    episodes, ended = log.count("redis unavailable"), log.count("redis available again")
+    assert episodes >= 1, "the outage was not logged"
+    assert ended <= episodes <= ended + 2, f"{episodes} episodes logged, {ended} of them ended"
