@@ -225,7 +225,7 @@ def test_list_and_remove_take_every_labelled_image_and_nothing_else(engine: Engi
     with_images(
         engine,
         image("base", ["jotc-standin/debian:bookworm"], standin_labels(what=BASE_IS)),
-        image("older", ["redis/redisinsight:2.70"], {LABEL: "3f1e66c76ca8367d"}),  # before the labels said more
+        image("older", ["redis/redisinsight:2.70"], {LABEL: "an-old-recipe-hash"}),  # before the labels said more
         image("python", ["python:3.11-slim-bookworm"], python),
         image("api", ["jotc-api:local"], built_on_python),
         image("stale-build", [], built_on_python),
