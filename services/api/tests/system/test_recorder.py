@@ -105,9 +105,10 @@ def test_database_outage_gives_503_never_an_unrecorded_201_and_recovers(
 
 def test_sigterm_finishes_in_flight_requests_and_drains_the_recorder(tmp_root: Path) -> None:
     with fresh_database() as database_url, proxied(database_url) as (proxy, slow):
-        # A short drain keeps the listener open after the signal, so a request this loaded machine
-        # was slow to write still reaches the server (without it, some got no connection at all).
-        server = start_api(slow, tmp_root, JOTC_SHUTDOWN_TIMEOUT="20", JOTC_DRAIN_SECONDS="2")
+        # A drain keeps the listener open after the signal, so a request a loaded machine was slow
+        # to write still reaches the server (without one, some got no connection at all); 5 s of it
+        # is seconds more than the client needs to send them all.
+        server = start_api(slow, tmp_root, JOTC_SHUTDOWN_TIMEOUT="20", JOTC_DRAIN_SECONDS="5")
         # The database turns slow once the API is up: start-up's own round trips would take 20 s.
         proxy.delay = 0.3
 
