@@ -55,17 +55,13 @@ return turned
 
 
 class StoredReply(msgspec.Struct, omit_defaults=True):
-    """What Redis keeps for a key. A success keeps only the id of its recorded request (``record``),
-    so the answer is rebuilt from PostgreSQL on replay: nothing of the user's data sits in Redis,
-    the kept value has one size whatever the input, and an erased request cannot be replayed.
-    An answer without a record (no served route makes one) keeps itself."""
+    """What Redis keeps for a key: the request's fingerprint and, once it succeeded, only the id of
+    its recorded request (``record``), so the answer is rebuilt from PostgreSQL on replay: nothing
+    of the user's data sits in Redis, the kept value has one size whatever the input, and an erased
+    request cannot be replayed."""
 
     fingerprint: str
     done: bool
-    status: int = 0
-    media_type: str = ""
-    body: bytes = b""
-    location: str | None = None
     record: str | None = None
 
 
@@ -281,10 +277,7 @@ async def claim_key(store: IdempotencyStore, route: str, incoming: Incoming) -> 
 
 
 async def keep_reply(store: IdempotencyStore, claim: Claim, reply: Reply) -> None:
-    """A success, kept under its key: as the id of its recorded request when it has one (replays
-    rebuild status, body and Location from it), else whole."""
-    if reply.record is not None:
-        kept = StoredReply(claim.fingerprint, True, record=reply.record)
-    else:
-        kept = StoredReply(claim.fingerprint, True, reply.status, reply.media_type, reply.body, reply.location)
-    await store.keep(claim.name, kept, owner=reply.owner)
+    """A success, kept under its key as the id of its recorded request: a repeat's status, body
+    and Location are rebuilt from it."""
+    assert reply.record is not None, "every served answer names its recorded request"
+    await store.keep(claim.name, StoredReply(claim.fingerprint, True, record=reply.record), owner=reply.owner)

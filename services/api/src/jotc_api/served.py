@@ -76,10 +76,9 @@ async def answer_once(services: Services, route: ServedRoute, incoming: Incoming
 
 
 async def replayed(services: Services, route: ServedRoute, kind: str, kept: StoredReply) -> Reply:
-    if kept.record is not None:
-        rebuilt = await route.replay(services, kind, kept.record)
-        return Reply(rebuilt.status, rebuilt.media_type, rebuilt.body, rebuilt.location, replayed=True)
-    return Reply(kept.status, kept.media_type, kept.body, kept.location, replayed=True)
+    assert kept.record is not None, "a finished request's key holds its record (keep_reply)"
+    rebuilt = await route.replay(services, kind, kept.record)
+    return Reply(rebuilt.status, rebuilt.media_type, rebuilt.body, rebuilt.location, replayed=True)
 
 
 def served_routes(app: Litestar) -> dict[str, ServedRoute]:

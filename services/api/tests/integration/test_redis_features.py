@@ -195,7 +195,7 @@ async def test_the_walk_after_an_erasure_turns_only_the_keys_of_deleted_requests
         ids = [str(row[0]) for row in db.execute("SELECT id FROM jump_requests WHERE user_name = %s", (user,))]
         names = {record: f"walked-{uuid.uuid4()}" for record in ids}
         for record, name in names.items():
-            await store.keep(name, StoredReply("fp", True, 201, record=record), owner=user)
+            await store.keep(name, StoredReply("fp", True, record=record), owner=user)
         peek = redis_client()
         legacy = [ids[0], ids[1]]  # as the previous release listed them
         peek.zrem(store.user_index(user), *(store.redis_key(names[record]) for record in legacy))
@@ -227,7 +227,7 @@ async def test_an_index_left_by_the_previous_release_breaks_no_write() -> None:
     peek = redis_client()
     try:
         peek.sadd(store.legacy_index(user), "jotc:idem:left-by-the-previous-release")
-        await store.keep("after-the-upgrade", StoredReply("fp", True, 201, record=str(uuid.uuid4())), owner=user)
+        await store.keep("after-the-upgrade", StoredReply("fp", True, record=str(uuid.uuid4())), owner=user)
         assert store.link.healthy
         assert peek.type(store.user_index(user)) == b"zset"
         assert peek.zcard(store.user_index(user)) == 1

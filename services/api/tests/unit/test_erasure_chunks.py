@@ -58,7 +58,8 @@ class FakeDatabase:
         self.rows, self.late, self.stats = rows, late, stats
         self.state, self.deleted = state, 0
         self.user = "ann"
-        self.locked_elsewhere = False
+        self.locked_elsewhere = False  # another process holds the user's advisory lock
+        self.locked = False  # a runner of this process holds it: one runner at a time, as in PostgreSQL
         self.fail_on: Any = None
         self.log: list[str] = []
         self.invalidated = 0
@@ -76,7 +77,12 @@ class FakeDatabase:
         if self.fail_on == name:
             raise OperationalError(name, None, Exception("server closed the connection unexpectedly"))
         if name == "TRY_LOCK":
-            return not self.locked_elsewhere
+            if self.locked or self.locked_elsewhere:
+                return False
+            self.locked = True
+            return True
+        if name == "UNLOCK":
+            self.locked = False
         if name == "RUNNING":
             self.running_asked.set()
             return [self.user] if self.state == "running" else []
@@ -131,6 +137,7 @@ class FakeConnection:
 
     async def invalidate(self) -> None:
         self.database.invalidated += 1
+        self.database.locked = False  # the backend goes, and its advisory lock with it
 
 
 class FakeEngine:
