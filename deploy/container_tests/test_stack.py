@@ -177,6 +177,12 @@ def test_a_headless_locust_run_inside_its_container_meets_the_gates(stack: Proje
         "LOCUST_SPAWN_RATE=4",
         "-e",
         "LOCUST_RUN_TIME=10s",
+        # Latency gates a shared engine can miss with nothing wrong: judged against a slow fake in
+        # services/loadtest's tests; here only a hang reaches them, and the failure ratio still binds.
+        "-e",
+        "JOTC_SLO_P95_MS=30000",
+        "-e",
+        "JOTC_SLO_P99_MS=30000",
         "locust-master",
         timeout=120,
         check=False,
