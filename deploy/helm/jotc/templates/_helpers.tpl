@@ -255,7 +255,7 @@ never written into the template. */}}
 {{- if .Values.database.url -}}database-url{{- else -}}{{ .Values.database.existingSecretKey }}{{- end -}}
 {{- end }}
 
-{{/* The admin token's Secret, or nothing: without one the API's admin routes answer 503. */}}
+{{/* The admin token's Secret, or nothing: without one the API's admin routes answer 401. */}}
 {{- define "jotc.adminSecret" -}}
 {{- if .Values.adminToken.existingSecret -}}{{ .Values.adminToken.existingSecret }}
 {{- else if .Values.adminToken.value -}}{{ include "jotc.secretName" . }}
