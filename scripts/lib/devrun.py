@@ -45,7 +45,7 @@ Without DATABASE_URL / REDIS_URL: the servers on 127.0.0.1's default ports (Post
 database jotc, made on first use; Redis's database 0), which may be someone else's; where none
 listens, or with --throwaway, throwaway ones from the local PostgreSQL and Redis binaries.
 
-Every other variable of the API (services/api/README.md) and of Locust (LOCUST_*) passes
+Every other variable of the API (docs/configuration.md) and of Locust (LOCUST_*) passes
 through. One Ctrl-C stops everything it started and removes what it made.
 """
 TARGETS = ("stack", "api", "retention")
