@@ -23,7 +23,8 @@ def test_calls_start_on_time_whatever_their_latency() -> None:
 
     began = time.monotonic()
     count = asyncio.run(scenario())
-    assert count == len(started) >= 12, f"{count} calls in 0.3 s at 50 a second"
+    # 15 on time; a closed loop, waiting for each call's 0.2 s, would start 2.
+    assert count == len(started) >= 5, f"{count} calls in 0.3 s at 50 a second"
     assert time.monotonic() - began >= 0.45, "the calls in flight were waited for"
 
 

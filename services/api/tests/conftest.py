@@ -4,8 +4,6 @@ private Redis a test may stop. Helpers that are not fixtures are in support.py."
 
 from __future__ import annotations
 
-import fcntl
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,15 +81,3 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.kill()
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    """Tests marked `alone` judge latency: under pytest-xdist each waits until no other test runs,
-    and the others wait while it runs: a shared lock for every test, an exclusive one for these,
-    held from the test's set-up (servers and databases its fixtures start) to its teardown."""
-    base = item.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the same for every worker
-    with (shared / "machine.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX if item.get_closest_marker("alone") else fcntl.LOCK_SH)
-        yield
