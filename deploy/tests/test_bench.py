@@ -304,7 +304,7 @@ def test_the_trace_times_every_request_of_one_connection_and_names_the_slow_ones
         timed = trace.one_connection_trace(server.server_address[1], 0.3)
     finally:
         server.shutdown()
-    assert len(timed) == Created.answered > 3
+    assert len(timed) == Created.answered >= 3  # the stalled one is the third: a slow machine sends no fewer
     assert [at for at, _ in timed] == sorted(at for at, _ in timed)
     assert timed[2][1] >= 10, "the stalled request's latency"
     said = trace.describe_trace([(0.1, 1.0), (1.25, 7.5), (2.0, 1.2)])
