@@ -114,6 +114,31 @@ class Settings:
         lambda _, raw: redis_url_of(raw),
         shown="unset (no Redis)",
     )
+    redis_sentinels: tuple[tuple[str, int], ...] = setting(
+        (),
+        "REDIS_SENTINELS",
+        "Redis Sentinel addresses, `host:port` separated by commas; when set, the master is found through "
+        "them (REDIS_SENTINEL_SERVICE names it) and REDIS_URL gives only the password and database, if any",
+        "`host:port`, …; IPv6 as `[::1]:26379`",
+        lambda _, raw: sentinels_of(raw),
+        shown="unset (REDIS_URL alone)",
+    )
+    redis_sentinel_service: str = setting(
+        "mymaster",
+        "REDIS_SENTINEL_SERVICE",
+        "the master's name as the sentinels know it",
+        "letters, digits, `.`, `_`, `-`",
+        lambda name, raw: service_name_of(name, raw),
+    )
+    db_pooler: str = setting(
+        "none",
+        "JOTC_DB_POOLER",
+        "what DATABASE_URL leads to: PostgreSQL itself or a session-mode pooler (`none`), or a "
+        "transaction-mode pooler such as PgBouncer (`transaction`: no server-side prepared statements, no "
+        "session state)",
+        "`none`, `transaction`",
+        one_of("none", "transaction"),
+    )
     admin_token: str | None = setting(
         None,
         "JOTC_ADMIN_TOKEN",
@@ -416,6 +441,26 @@ def database_url_of(raw: str) -> URL:
 def redis_url_of(raw: str) -> str:
     if not re.match(r"^(redis|rediss|unix)://", raw):
         raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+    return raw
+
+
+def sentinels_of(raw: str) -> tuple[tuple[str, int], ...]:
+    addresses = []
+    for item in raw.replace(" ", ",").split(","):
+        if not item:
+            continue
+        match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})", item)
+        if not match or not 1 <= int(match[2]) <= 65535:
+            raise SettingsError(f"REDIS_SENTINELS has {item!r}; expected host:port, such as sentinel-0:26379")
+        addresses.append((match[1].strip("[]"), int(match[2])))
+    if not addresses:
+        raise SettingsError("REDIS_SENTINELS has no address; expected host:port, such as sentinel-0:26379")
+    return tuple(addresses)
+
+
+def service_name_of(name: str, raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", raw):
+        raise SettingsError(f"{name} must be 1 to 64 letters, digits, '.', '_' or '-', got {raw!r}")
     return raw
 
 

@@ -43,6 +43,11 @@ GOOD = {"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/jotc"}
         ("JOTC_ERASURE_CHUNK_ROWS", "0"),
         ("JOTC_ERASURE_BUSY_PERCENT", "0"),
         ("JOTC_ERASURE_BUSY_PERCENT", "150"),
+        ("JOTC_DB_POOLER", "pgbouncer"),
+        ("REDIS_SENTINELS", "sentinel-0"),
+        ("REDIS_SENTINELS", "sentinel-0:26379,sentinel-1:99999"),
+        ("REDIS_SENTINELS", ","),
+        ("REDIS_SENTINEL_SERVICE", "my master"),
     ],
 )
 def test_bad_setting_stops_start_up_with_one_line_naming_it(
@@ -97,6 +102,22 @@ def test_good_settings_are_parsed() -> None:
     assert settings.log_level == "DEBUG"
     assert settings.admin_token is None  # blank means not configured: every admin request is 401
     assert load_settings({**GOOD, "JOTC_RATE_LIMIT": "0"}).rate_limit is None
+
+
+def test_the_pooler_and_the_sentinels_are_parsed() -> None:
+    defaults = load_settings(GOOD)
+    assert (defaults.db_pooler, defaults.redis_sentinels, defaults.redis_sentinel_service) == ("none", (), "mymaster")
+    settings = load_settings(
+        {
+            **GOOD,
+            "JOTC_DB_POOLER": "Transaction",
+            "REDIS_SENTINELS": "sentinel-0:26379, 10.0.0.7:26380,[::1]:26381",
+            "REDIS_SENTINEL_SERVICE": "jotc-redis",
+        }
+    )
+    assert settings.db_pooler == "transaction"
+    assert settings.redis_sentinels == (("sentinel-0", 26379), ("10.0.0.7", 26380), ("::1", 26381))
+    assert settings.redis_sentinel_service == "jotc-redis"
 
 
 @pytest.mark.parametrize(
