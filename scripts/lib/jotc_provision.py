@@ -371,6 +371,83 @@ def throwaway_redis(directory: Path) -> Iterator[str]:
         server.kill()
 
 
+class PgBouncer:
+    """A private PgBouncer in transaction mode on a free port, in front of the PostgreSQL server of
+    ``server_url``: every database of that server through it, at most ``pool_size`` server
+    connections per database and user, as a production pooler is set up for JOTC
+    (docs/deployment.md). Debian's pgbouncer (1.18: no protocol-level prepared statements). It may
+    be stopped and started again on the same port (a restart under load)."""
+
+    def __init__(self, directory: Path, server_url: str, *, pool_size: int = 8, port: int | None = None) -> None:
+        binary = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
+        if binary is None:
+            raise ProvisionError("no PgBouncer: install it (Debian: apt-get install pgbouncer); scripts/test does")
+        self.binary = binary
+        self.server = urllib.parse.urlsplit(server_url)
+        self.pool_size = pool_size
+        self.port = port or free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, database_url: str) -> str:
+        """database_url (a database of the server behind) as reached through this pooler."""
+        parts = urllib.parse.urlsplit(database_url)
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{self.port}"))
+
+    def write_config(self) -> Path:
+        server = self.server
+        user = server.username or "postgres"
+        password = f" password={urllib.parse.unquote(server.password)}" if server.password else ""
+        config = self.directory / "pgbouncer.ini"
+        config.write_text(
+            "[databases]\n"
+            f"* = host={server.hostname or '127.0.0.1'} port={server.port or 5432} user={user}{password}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            "auth_type = any\npool_mode = transaction\n"
+            f"default_pool_size = {self.pool_size}\nreserve_pool_size = 0\nmax_client_conn = 2000\n"
+            "server_reset_query =\nserver_check_delay = 1\nserver_login_retry = 1\n"
+            "ignore_startup_parameters = extra_float_digits\nlog_connections = 0\nlog_disconnections = 0\n"
+        )
+        config.chmod(0o644)
+        return config
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.chmod(0o755)
+        config = self.write_config()
+        # PgBouncer refuses to run as root: as root, it drops to the postgres user (-u).
+        run_as = ["-u", "postgres"] if os.geteuid() == 0 else []
+        log = (self.directory / "pgbouncer.log").open("ab")
+        with log:
+            self.process = subprocess.Popen([self.binary, *run_as, str(config)], stdout=log, stderr=subprocess.STDOUT)
+        process = self.process
+
+        def listening() -> bool:
+            if process.poll() is not None:
+                raise ProvisionError(
+                    f"pgbouncer exited with {process.returncode}:\n{tail_of(self.directory / 'pgbouncer.log')}"
+                )
+            return port_open("127.0.0.1", self.port, timeout=0.2)
+
+        wait_until(listening, timeout=10, what=f"pgbouncer on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process, timeout=10)
+            self.process = None
+
+
+@contextmanager
+def pgbouncer(directory: Path, server_url: str, *, pool_size: int = 8) -> Iterator[PgBouncer]:
+    pooler = PgBouncer(directory, server_url, pool_size=pool_size)
+    pooler.start()
+    try:
+        yield pooler
+    finally:
+        pooler.stop()
+
+
 def local_default(url: str) -> bool:
     parts = urllib.parse.urlsplit(url)
     return port_open(parts.hostname or "127.0.0.1", parts.port or 0)
