@@ -492,3 +492,238 @@ def servers(
         redis_url, said_redis = choose("Redis", "REDIS_URL", DEFAULT_REDIS_URL, throwaway_redis)
         said = [said_database, said_redis]
         yield Servers(database_url, redis_url, tuple(said))
+
+
+def redis_call(port: int, *args: str, host: str = "127.0.0.1", timeout: float = 2) -> Any:
+    """One command to the redis-server (or sentinel) at host:port, on a connection of its own, and
+    its reply: str, int, None or a list of those. An error reply raises ProvisionError; an unreachable
+    server raises OSError. The standard library's socket only, as the rest of this module."""
+    request = b"".join([f"*{len(args)}\r\n".encode(), *(f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args)])
+    with socket.create_connection((host, port), timeout=timeout) as connection:
+        connection.sendall(request)
+        with connection.makefile("rb") as reply:
+            return _resp_reply(reply)
+
+
+def _resp_reply(reply: Any) -> Any:
+    line = reply.readline()
+    if not line.endswith(b"\r\n"):
+        raise OSError("the connection closed before the reply ended")
+    kind, rest = line[:1], line[1:-2].decode()
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        raise ProvisionError(rest)
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        return None if rest == "-1" else reply.read(int(rest) + 2)[:-2].decode()
+    if kind == b"*":
+        return None if rest == "-1" else [_resp_reply(reply) for _ in range(int(rest))]
+    raise OSError(f"not a RESP2 reply: {line!r}")
+
+
+def _fields(pairs: list[str]) -> dict[str, str]:
+    """A flat [name, value, name, value, …] reply (SENTINEL MASTER, SENTINEL REPLICAS) as a dict."""
+    return dict(zip(pairs[0::2], pairs[1::2], strict=True))
+
+
+@dataclass
+class RedisNode:
+    """One redis-server process of a RedisSentinelGroup: a data node or a sentinel, on its own port."""
+
+    name: str
+    port: int
+    command: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, *extra: str) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen([*self.command, *extra], stdout=log, stderr=subprocess.STDOUT)
+        process = self.process
+
+        def listening() -> bool:
+            if process.poll() is not None:
+                raise ProvisionError(f"{self.name} exited with {process.returncode}:\n{tail_of(self.log_path)}")
+            return port_open("127.0.0.1", self.port, timeout=0.2)
+
+        wait_until(listening, timeout=10, what=f"{self.name} on port {self.port}")
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies at once, as a machine that loses power (nothing written, no goodbye)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process, timeout=10)
+            self.process = None
+
+    def info(self, section: str) -> dict[str, str]:
+        """INFO <section> as a dict (role, master_link_status, master_repl_offset, …)."""
+        text = str(redis_call(self.port, "INFO", section))
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+class RedisSentinelGroup:
+    """A master, ``replicas`` replicas (1) and ``sentinels`` sentinels (3) watching them as
+    ``service``, each a redis-server process of its own on a free 127.0.0.1 port, without
+    persistence: what the API's REDIS_SENTINELS and REDIS_SENTINEL_SERVICE name (``sentinels_setting``,
+    ``service``). A context manager: started on entry, every process stopped on exit.
+
+    Failover is quick by default (``down_after_ms`` 1 s before a sentinel deems the master down;
+    ``failover_timeout_ms`` 5 s, also the pause before a failed election is tried again, twice
+    that); production runs 30 s and 3 minutes (docs/reliability.md says what that means).
+    ``kill_master()`` SIGKILLs whichever node the sentinels name now, ``wait_for_master()`` waits
+    for them to agree on a live one, ``restart()`` brings a killed node back as a replica."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        service: str = "mymaster",
+        replicas: int = 1,
+        sentinels: int = 3,
+        down_after_ms: int = 1000,
+        failover_timeout_ms: int = 5000,
+    ) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ProvisionError("no redis-server: install it (Debian: apt-get install redis-server)")
+        self.directory = directory
+        self.service = service
+        self.quorum = sentinels // 2 + 1  # sentinels that must deem the master down; a majority elects
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.nodes: list[RedisNode] = []
+        for i in range(1 + replicas):
+            port = free_port()
+            name = "redis-0 (first master)" if i == 0 else f"redis-{i}"
+            # A directory each: a replica's full sync leaves a dump.rdb there, which a restarted node
+            # would load at start.
+            command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+            command += ["--dir", str(directory / f"redis-{i}")]
+            self.nodes.append(RedisNode(name, port, command, directory / f"redis-{i}.log"))
+        self.sentinels: list[RedisNode] = []
+        for i in range(sentinels):
+            config = directory / f"sentinel-{i}.conf"  # written by start(), rewritten by the sentinel as it learns
+            port = free_port()
+            command = [binary, str(config), "--sentinel"]
+            self.sentinels.append(RedisNode(f"sentinel-{i}", port, command, directory / f"sentinel-{i}.log"))
+
+    @property
+    def sentinels_setting(self) -> str:
+        """REDIS_SENTINELS for an API that uses this group."""
+        return ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
+
+    def __enter__(self) -> RedisSentinelGroup:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Every process started, and returned only once the replicas have synced and every sentinel
+        knows the master, every replica and every other sentinel (sentinels find each other through
+        the master within a few seconds; before that a failover could lack its votes)."""
+        for i in range(len(self.nodes)):
+            (self.directory / f"redis-{i}").mkdir(parents=True, exist_ok=True)
+        try:
+            master, *replicas = self.nodes
+            master.start()
+            for replica in replicas:
+                replica.start("--replicaof", "127.0.0.1", str(master.port))
+            for sentinel, config in zip(self.sentinels, self._sentinel_configs(master.port), strict=True):
+                (self.directory / f"{sentinel.name}.conf").write_text(config)
+                sentinel.start()
+            wait_until(self._settled, timeout=60, what=f"the sentinels of {self.service} to know each other")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _sentinel_configs(self, master_port: int) -> list[str]:
+        return [
+            f"port {sentinel.port}\nbind 127.0.0.1\ndir {self.directory}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {master_port} {self.quorum}\n"
+            f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {self.service} 1\n"
+            for sentinel in self.sentinels
+        ]
+
+    def _settled(self) -> bool:
+        replicas = len(self.nodes) - 1
+        if any(node.info("replication").get("master_link_status") != "up" for node in self.nodes[1:]):
+            return False
+        for sentinel in self.sentinels:
+            state = _fields(redis_call(sentinel.port, "SENTINEL", "MASTER", self.service))
+            if int(state["num-other-sentinels"]) != len(self.sentinels) - 1 or int(state["num-slaves"]) != replicas:
+                return False
+        return True
+
+    def stop(self) -> None:
+        for node in [*self.sentinels, *self.nodes]:
+            node.stop()
+
+    def master_address(self) -> tuple[str, int] | None:
+        """The master's address as a majority of the sentinels that answer give it, or None while
+        they disagree (a failover under way) or too few answer."""
+        answers: list[tuple[str, int]] = []
+        for sentinel in self.sentinels:
+            try:
+                host, port = redis_call(sentinel.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+            except (OSError, ProvisionError, TypeError, ValueError):
+                continue
+            answers.append((host, int(port)))
+        for address in set(answers):
+            if answers.count(address) >= self.quorum:
+                return address
+        return None
+
+    def master(self) -> RedisNode:
+        """The node the sentinels name as master, if it is alive and says it is one; else ProvisionError."""
+        address = self.master_address()
+        for node in self.nodes:
+            if address == ("127.0.0.1", node.port) and node.alive and node.info("replication")["role"] == "master":
+                return node
+        raise ProvisionError(f"no live master that the sentinels of {self.service} agree on (they say {address})")
+
+    def kill_master(self) -> RedisNode:
+        """SIGKILL the current master; the node killed (restart() brings it back)."""
+        node = self.master()
+        node.kill()
+        return node
+
+    def wait_for_master(self, *, other_than: RedisNode | None = None, timeout: float = 60) -> RedisNode:
+        """The master once the sentinels agree on a live one (other than ``other_than``: the promotion
+        after a failover)."""
+
+        def found() -> RedisNode | None:
+            try:
+                node = self.master()
+            except (OSError, ProvisionError):
+                return None
+            return node if node is not other_than else None
+
+        return wait_until(found, timeout=timeout, what=f"a master of {self.service} promoted", interval=0.05)
+
+    def restart(self, node: RedisNode) -> None:
+        """Start a killed node again, as a replica of the current master (a node that came back as a
+        master, empty, would be one until the sentinels turn it; it never holds the service)."""
+        master = self.master()
+        node.start("--replicaof", "127.0.0.1", str(master.port))
+
+    def replicated(self) -> bool:
+        """Has every live replica acknowledged everything the master has written so far?"""
+        master = self.master()
+        offset = int(master.info("replication")["master_repl_offset"])
+        replicas = [node for node in self.nodes if node is not master and node.alive]
+        return all(int(node.info("replication").get("slave_repl_offset", -1)) >= offset for node in replicas)
