@@ -149,7 +149,7 @@ def create_app(
     ``clock`` is the wall clock of rate limiting's windows (tests give their own)."""
     if configure_logs:
         configure_logging(settings.log_level, settings.log_format)
-    link = redis if redis is not None else RedisLink(settings.redis_url, settings.redis_max_connections)
+    link = redis if redis is not None else RedisLink.from_settings(settings)
     drain = drain if drain is not None else DrainFlag.attach()
     litestar = create_litestar(settings, link, drain)
     app: ASGIApp = served.fast_path(litestar, litestar) if fast_path else litestar
