@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
@@ -121,7 +122,9 @@ def test_dependency_conditions(stack: dict[str, Any]) -> None:
         "postgres": "service_healthy",
         "redis": "service_healthy",
         "migrate": "service_completed_successfully",
+        "pgbouncer": "service_healthy",
     }
+    assert stack["services"]["api"]["depends_on"]["pgbouncer"]["required"] is False  # only with its profile
     assert conditions(stack, "locust-master") == {"api": "service_healthy"}
     assert conditions(stack, "locust-worker") == {"locust-master": "service_started"}
     assert conditions(stack, "adminer") == {"postgres": "service_healthy"}
@@ -233,3 +236,55 @@ def test_adminer_opens_on_the_stacks_postgresql() -> None:
         "ADMINER_DEFAULT_USER": "jotc",
         "ADMINER_DEFAULT_DB": "jotc",
     }
+
+
+def test_the_pooler_profile_puts_pgbouncer_before_postgresql_for_the_api_only() -> None:
+    """`up` leaves PgBouncer out; with the profile and the two variables the API connects through
+    it in transaction mode, while the migration keeps PostgreSQL's own address."""
+    assert "pgbouncer" not in compose_config()["services"]
+    plain = compose_config("--env-file", ".env.example")["services"]
+    assert plain["api"]["environment"]["JOTC_DB_POOLER"] == "none"
+    pooled = compose_config_with(
+        {"COMPOSE_PROFILES": "pooler", "JOTC_DB_ADDRESS": "pgbouncer:6432", "JOTC_DB_POOLER": "transaction"}
+    )["services"]
+    pgbouncer = pooled["pgbouncer"]
+    assert pgbouncer["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert pgbouncer["read_only"] is True
+    assert pgbouncer["user"] == "10001:10001"
+    assert "exec pgbouncer /etc/pgbouncer/pgbouncer.ini" in pgbouncer["command"][-1]
+    (config,) = pgbouncer["volumes"]
+    assert config["source"] == str(ROOT / "deploy/compose/pgbouncer/pgbouncer.ini")
+    assert config["read_only"] is True
+    api = pooled["api"]["environment"]
+    assert api["DATABASE_URL"] == "postgresql://jotc:jotc-local-only@pgbouncer:6432/jotc"
+    assert api["JOTC_DB_POOLER"] == "transaction"
+    assert pooled["migrate"]["environment"]["DATABASE_URL"] == "postgresql://jotc:jotc-local-only@postgres:5432/jotc"
+
+
+def test_the_compose_pgbouncer_is_set_as_the_charts() -> None:
+    """Transaction pooling and the settings the API needs, in the profile's static file as in the
+    chart's rendered pgbouncer.ini (deploy/tests/test_chart_data_services.py)."""
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(ROOT / "deploy/compose/pgbouncer/pgbouncer.ini")
+    settings = ini["pgbouncer"]
+    assert settings["pool_mode"] == "transaction"
+    assert settings["ignore_startup_parameters"] == "extra_float_digits"
+    assert settings["auth_type"] == "scram-sha-256"
+    assert settings["auth_file"] == "/tmp/userlist.txt"  # the tmpfs: the root is read-only
+    assert settings["listen_port"] == "6432"
+    assert dict(ini["databases"]) == {"*": "host=postgres port=5432"}
+
+
+def compose_config_with(variables: dict[str, str]) -> dict[str, Any]:
+    result = subprocess.run(
+        [compose_binary(), "--env-file", ".env.example", "config", "--format", "json"],
+        cwd=ROOT,
+        env={**os.environ, **variables},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = json.loads(result.stdout)
+    return config

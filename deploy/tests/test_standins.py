@@ -163,6 +163,16 @@ def test_the_charts_evaluation_images_are_among_them() -> None:
     assert {evaluation["postgresql"]["image"], evaluation["redis"]["image"]} <= set(planned())
 
 
+def test_the_pgbouncer_stand_in_says_it_is_one_and_runs_debians_pgbouncer() -> None:
+    command = planned()["ghcr.io/cloudnative-pg/pgbouncer:1.24.1"]
+    labels = dict(label.split("=", 1) for label in option_values(command, "--label"))
+    assert "PgBouncer 1.18" in labels[f"{LABEL}.is"]
+    assert "install -y --no-install-recommends pgbouncer" in (RECIPES / "pgbouncer/Dockerfile.standin").read_text()
+    wrapper = RECIPES / "pgbouncer/pgbouncer"
+    assert "STAND-IN" in wrapper.read_text()
+    assert wrapper.stat().st_mode & 0o111  # run from the PATH, ahead of Debian's /usr/sbin/pgbouncer
+
+
 def option_values(command: list[str], option: str) -> list[str]:
     return [command[at + 1] for at, word in enumerate(command) if word == option]
 
@@ -200,6 +210,7 @@ def test_official_images_are_kept_current_stand_ins_reused_and_a_registry_replac
         current("ghcr.io/astral-sh/uv:0.13.9", "uv", "uv"),
         current("postgres:17-alpine", "postgres", "PostgreSQL 15 of Debian bookworm"),
         current("redis:7-alpine", "redis", "Debian's Redis 7"),
+        current("ghcr.io/cloudnative-pg/pgbouncer:1.24.1", "pgbouncer", "Debian's PgBouncer 1.18"),
         current("adminer:4", "adminer", "Debian's Adminer"),
         current("redis/redisinsight:2.70", "redisinsight", "a placeholder"),
     ]

@@ -9,12 +9,12 @@ pulled (it takes the name over from a stand-in); the stand-in already built from
 deploy/compose/standins/), which Compose and the Dockerfiles then use without a registry.
 
 A stand-in is NOT the official image (the postgres:17-alpine one is Debian's PostgreSQL 15, the
-RedisInsight one a placeholder page), and nothing about that is quiet:
+PgBouncer one Debian's 1.18, the RedisInsight one a placeholder page), and nothing about that is quiet:
 - its labels: org.jotc.standin=true; org.jotc.standin.for, the official name it stands in for;
   org.jotc.standin.is, what it really is; org.jotc.standin.recipe, its recipe's hash (a changed
   recipe is rebuilt). Images built FROM a stand-in (jotc-api:local on the python one, and the
   earlier builds a rebuild leaves untagged) inherit them;
-- the PostgreSQL and Redis stand-ins say what they are in their log at every start;
+- the PostgreSQL, Redis and PgBouncer stand-ins say what they are in their log at every start;
 - this command prints what each image is and how to remove them; `--list` shows every image in the
   engine that carries the label, `--remove` removes them all, so the next `docker compose up` pulls
   the official images and builds on them.
@@ -86,6 +86,7 @@ RECIPES_FOR: dict[str, Recipe] = {
     "ghcr.io/astral-sh/uv": Recipe("uv", "the same uv release, from its PyPI wheel"),
     "postgres": Recipe("postgres", "PostgreSQL 15 of Debian bookworm"),
     "redis": Recipe("redis", "Redis 7 of Debian bookworm"),
+    "ghcr.io/cloudnative-pg/pgbouncer": Recipe("pgbouncer", "PgBouncer 1.18 of Debian bookworm"),
     "adminer": Recipe("adminer", "Adminer 4.8 of Debian bookworm, on the PHP built-in server"),
     "redis/redisinsight": Recipe("redisinsight", "a PLACEHOLDER: a page on the RedisInsight port, no RedisInsight"),
 }
