@@ -66,6 +66,8 @@ MATRIX = {
         "--set",
         f"api.autoscaling.enabled=true,adminToken.value={ADMIN_TOKEN}",
     ),
+    # The chart's PgBouncer before the evaluation PostgreSQL (the container stage's release).
+    "evaluation-pooler": ("-f", str(VALUES["evaluation-values"]), "--set", "database.pooler.type=pgbouncer"),
 }
 
 

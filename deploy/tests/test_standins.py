@@ -157,10 +157,13 @@ def test_every_image_the_stack_pulls_has_a_stand_in() -> None:
     assert set(planned()) == pulled_by_the_stack()
 
 
-def test_the_charts_evaluation_images_are_among_them() -> None:
-    """The container stage runs the chart's evaluation PostgreSQL and Redis on the same stand-ins."""
-    evaluation = yaml.safe_load((ROOT / "deploy/helm/jotc/values.yaml").read_text())["evaluation"]
-    assert {evaluation["postgresql"]["image"], evaluation["redis"]["image"]} <= set(planned())
+def test_the_charts_evaluation_and_pooler_images_are_among_them() -> None:
+    """The container stage runs the chart's evaluation PostgreSQL and Redis and its PgBouncer on the
+    same stand-ins (Compose's pooler profile names the PgBouncer image)."""
+    values = yaml.safe_load((ROOT / "deploy/helm/jotc/values.yaml").read_text())
+    evaluation = values["evaluation"]
+    charted = {evaluation["postgresql"]["image"], evaluation["redis"]["image"], values["pgbouncer"]["image"]}
+    assert charted <= set(planned())
 
 
 def test_the_pgbouncer_stand_in_says_it_is_one_and_runs_debians_pgbouncer() -> None:

@@ -124,9 +124,44 @@ neither a CPU limit nor a CPU request is set: 1 Granian worker per pod. Set api.
 {{- $pool := int (default 4 $settings.JOTC_DB_POOL_SIZE) -}}
 {{- $workers := include "jotc.apiWorkers" . | int -}}
 {{- $pods := include "jotc.apiMaxPods" . | int -}}
-{{- $needed := add (mul $pods $workers (add $pool 1)) 1 -}}
-{{- if gt $needed (int .Values.database.connectionBudget) -}}
-{{- fail (printf "the API may open %d PostgreSQL connections ((max replicas + surge) %d x workers %d x (JOTC_DB_POOL_SIZE %d + 1 for /readyz), + 1 migration) but database.connectionBudget is %d: lower replicas, workers or the pool size, or raise the budget (and the server's max_connections)" $needed $pods $workers $pool (int .Values.database.connectionBudget)) -}}
+{{- $budget := int .Values.database.connectionBudget -}}
+{{- $retention := ternary 1 0 (gt (int .Values.retention.days) 0) -}}
+{{- $apiConnections := mul $pods $workers (add $pool 1) -}}
+{{- $pooler := .Values.database.pooler -}}
+{{- if include "jotc.pooled" . -}}
+{{- /* Through a pooler: the API's connections are the pooler's clients; PostgreSQL sees the
+pooler's server connections (each instance's pool, an instance more while one rolls) and the
+migration's direct one. */ -}}
+{{- $clients := add $apiConnections $retention -}}
+{{- $accepted := mul (int $pooler.maxClientConn) (int $pooler.replicas) -}}
+{{- if gt $clients $accepted -}}
+{{- fail (printf "the API may open %d connections to the pooler ((max replicas + surge) %d x workers %d x (JOTC_DB_POOL_SIZE %d + 1 for /readyz), + %d retention) but it accepts %d (database.pooler.maxClientConn %d x replicas %d): raise maxClientConn or the pooler's replicas, or lower the API's replicas, workers or pool size" $clients $pods $workers $pool $retention $accepted (int $pooler.maxClientConn) (int $pooler.replicas)) -}}
+{{- end -}}
+{{- $perInstance := add (int $pooler.defaultPoolSize) (int $pooler.reservePoolSize) -}}
+{{- $server := add (mul (add (int $pooler.replicas) 1) $perInstance) 1 -}}
+{{- if gt $server $budget -}}
+{{- fail (printf "the pooler may open %d PostgreSQL connections ((database.pooler.replicas %d + 1 surge) x (defaultPoolSize %d + reservePoolSize %d), + 1 migration) but database.connectionBudget is %d: lower the pool sizes or the pooler's replicas, or raise the budget (and the server's max_connections)" $server (int $pooler.replicas) (int $pooler.defaultPoolSize) (int $pooler.reservePoolSize) $budget) -}}
+{{- end -}}
+{{- else -}}
+{{- $needed := add $apiConnections 1 $retention -}}
+{{- if gt $needed $budget -}}
+{{- fail (printf "the API may open %d PostgreSQL connections ((max replicas + surge) %d x workers %d x (JOTC_DB_POOL_SIZE %d + 1 for /readyz), + 1 migration, + %d retention) but database.connectionBudget is %d: lower replicas, workers or the pool size, put a pooler before PostgreSQL (database.pooler), or raise the budget (and the server's max_connections)" $needed $pods $workers $pool $retention $budget) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (include "jotc.pooled" .) (not $pooler.existingSecret) (not .Values.evaluation.postgresql.enabled) -}}
+{{- fail (printf "database.pooler.type=%s needs database.pooler.existingSecret: a Secret with the keys username and password of the role the API logs in with through the pooler" $pooler.type) -}}
+{{- end -}}
+{{- if and (eq $pooler.type "pgbouncer") (not .Values.pgbouncer.serverHost) (not .Values.evaluation.postgresql.enabled) -}}
+{{- fail "database.pooler.type=pgbouncer needs pgbouncer.serverHost: PostgreSQL's host, which the chart's PgBouncer connects to (port: database.port)" -}}
+{{- end -}}
+{{- if and (eq $pooler.type "external") (not $pooler.host) -}}
+{{- fail "database.pooler.type=external needs database.pooler.host: the host of your pooler (e.g. its Service), which the API connects to on database.pooler.port" -}}
+{{- end -}}
+{{- if and (eq $pooler.type "pgbouncer") (ge (int .Values.pgbouncer.preStopSleepSeconds) (int .Values.pgbouncer.terminationGracePeriodSeconds)) -}}
+{{- fail (printf "pgbouncer.terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds (%d): the transactions in flight finish after the sleep" (int .Values.pgbouncer.terminationGracePeriodSeconds) (int .Values.pgbouncer.preStopSleepSeconds)) -}}
+{{- end -}}
+{{- if and .Values.redis.sentinel.enabled .Values.evaluation.redis.enabled -}}
+{{- fail "redis.sentinel is for a Redis you run with Sentinel; evaluation.redis is a single instance without one: turn one of them off" -}}
 {{- end -}}
 {{- $redisPool := int (default 16 $settings.JOTC_REDIS_MAX_CONNECTIONS) -}}
 {{- $redisNeeded := mul $pods $workers $redisPool -}}
@@ -224,6 +259,117 @@ never written into the template. */}}
     secretKeyRef:
       name: {{ include "jotc.databaseSecret" . }}
       key: {{ include "jotc.databaseSecretKey" . }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the API connects through a pooler (database.pooler.type pgbouncer or external). */}}
+{{- define "jotc.pooled" -}}
+{{- if ne .Values.database.pooler.type "none" -}}true{{- end -}}
+{{- end }}
+
+{{/* Where the pooler answers: the chart's PgBouncer Service, or the external pooler's host. */}}
+{{- define "jotc.poolerHost" -}}
+{{- if eq .Values.database.pooler.type "pgbouncer" -}}{{ include "jotc.fullname" . }}-pgbouncer
+{{- else -}}{{ .Values.database.pooler.host }}
+{{- end -}}
+{{- end }}
+
+{{/* The login the API gives the pooler (and the chart's PgBouncer gives PostgreSQL): the keys
+username and password of database.pooler.existingSecret, or with the evaluation PostgreSQL its
+user and password. */}}
+{{- define "jotc.poolerLoginEnv" -}}
+{{- if .Values.database.pooler.existingSecret }}
+- name: JOTC_POOLER_USERNAME
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.database.pooler.existingSecret }}, key: username}
+- name: JOTC_POOLER_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.database.pooler.existingSecret }}, key: password}
+{{- else }}
+- {name: JOTC_POOLER_USERNAME, value: jotc}
+- name: JOTC_POOLER_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ include "jotc.evaluationSecret" . }}, key: postgres-password}
+{{- end }}
+{{- end }}
+
+{{/* DATABASE_URL of the API, its init container and the retention CronJob: through the pooler
+when there is one (composed by Kubernetes from the login, so no password is in the template),
+else the direct URL. The migration Job always takes jotc.databaseEnv, the direct URL. */}}
+{{- define "jotc.apiDatabaseEnv" -}}
+{{- if include "jotc.pooled" . }}
+{{- include "jotc.poolerLoginEnv" . }}
+- name: DATABASE_URL
+  value: {{ printf "postgresql://$(JOTC_POOLER_USERNAME):$(JOTC_POOLER_PASSWORD)@%s:%d/%s" (include "jotc.poolerHost" .) (int .Values.database.pooler.port) .Values.database.pooler.database | quote }}
+{{- else }}
+{{- include "jotc.databaseEnv" . }}
+{{- end }}
+{{- end }}
+
+{{/* Where the NetworkPolicies let data traffic go: api.networkPolicy.externalDataCIDRs and the
+release's own pods, or (no CIDRs) anywhere on the port. */}}
+{{- define "jotc.dataTo" -}}
+{{- $dataTo := list -}}
+{{- range .Values.api.networkPolicy.externalDataCIDRs }}{{ $dataTo = append $dataTo (dict "ipBlock" (dict "cidr" .)) }}{{ end -}}
+{{- if $dataTo }}{{ $dataTo = append $dataTo (dict "podSelector" (dict "matchLabels" (dict "app.kubernetes.io/instance" .Release.Name))) }}{{ end -}}
+{{- toJson $dataTo -}}
+{{- end }}
+
+{{/* The egress rule of the API and the retention job towards the database: the chart's PgBouncer
+pods on the pooler's port, an external pooler's port, or PostgreSQL's port. */}}
+{{- define "jotc.databaseEgress" -}}
+{{- $dataTo := include "jotc.dataTo" . | fromJsonArray -}}
+{{- if eq .Values.database.pooler.type "pgbouncer" }}
+- ports:
+    - {port: {{ .Values.database.pooler.port }}, protocol: TCP}
+  to:
+    - podSelector:
+        matchLabels:
+          {{- include "jotc.selectorLabels" (dict "ctx" . "component" "pgbouncer") | nindent 10 }}
+{{- else }}
+- ports:
+    - {port: {{ ternary .Values.database.pooler.port .Values.database.port (eq .Values.database.pooler.type "external") }}, protocol: TCP}
+  {{- with $dataTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The sentinels' ports (from redis.sentinel.addresses), for the NetworkPolicies. */}}
+{{- define "jotc.sentinelPorts" -}}
+{{- $ports := list -}}
+{{- if .Values.redis.sentinel.enabled -}}
+{{- range .Values.redis.sentinel.addresses }}{{ $ports = append $ports (splitList ":" . | last | int) }}{{ end -}}
+{{- end -}}
+{{- toJson ($ports | uniq) -}}
+{{- end }}
+
+{{/* pgbouncer.ini of the chart's PgBouncer: one database, transaction pooling, the sizes the
+budget check counted, SCRAM logins from the file the container writes from its Secret. */}}
+{{- define "jotc.pgbouncerIni" -}}
+{{- $pooler := .Values.database.pooler -}}
+{{- $server := .Values.pgbouncer.serverHost | default (printf "%s-postgresql" (include "jotc.fullname" .)) -}}
+[databases]
+{{ $pooler.database }} = host={{ $server }} port={{ .Values.database.port }} dbname={{ $pooler.database }}
+
+[pgbouncer]
+listen_addr = *
+listen_port = {{ $pooler.port }}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = /var/run/pgbouncer/userlist.txt
+pool_mode = transaction
+max_client_conn = {{ $pooler.maxClientConn }}
+default_pool_size = {{ $pooler.defaultPoolSize }}
+reserve_pool_size = {{ $pooler.reservePoolSize }}
+max_db_connections = {{ add $pooler.defaultPoolSize $pooler.reservePoolSize }}
+ignore_startup_parameters = extra_float_digits
+server_reset_query =
+log_connections = 0
+log_disconnections = 0
+{{- range $key, $value := .Values.pgbouncer.settings }}
+{{ $key }} = {{ $value }}
 {{- end }}
 {{- end }}
 
