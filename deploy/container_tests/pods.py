@@ -21,6 +21,7 @@ import base64
 import json
 import re
 import shutil
+import socket
 import tempfile
 import time
 import urllib.request
@@ -324,6 +325,15 @@ class Kubelet:
         if "exec" in probe:
             command = probe["exec"]["command"]
             return run(self.docker, "exec", pod.containers[container_name], *command, check=False).returncode == 0
+        if "tcpSocket" in probe:
+            port = probe["tcpSocket"]["port"]
+            try:
+                with socket.create_connection(
+                    (self.address(pod), ports.get(port, port)), timeout=probe.get("timeoutSeconds", 1)
+                ):
+                    return True
+            except OSError:
+                return False
         if "httpGet" in probe:
             port = probe["httpGet"]["port"]
             url = f"http://{self.address(pod)}:{ports.get(port, port)}{probe['httpGet'].get('path', '/')}"

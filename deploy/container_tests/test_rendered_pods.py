@@ -1,8 +1,9 @@
 """The Helm chart's pods, taken from `helm template` and run in the real engine (pods.py says how).
 
 One release is rendered with ci/evaluation-values.yaml and rendered-values.yaml (the images built
-from this checkout, a short headless Locust run): the evaluation PostgreSQL and Redis, the migration
-Job, the API pod (after its init container waited for the schema), the `helm test` pod, and a
+from this checkout, the chart's PgBouncer, a short headless Locust run): the evaluation PostgreSQL
+and Redis, PgBouncer before them, the migration Job (straight to PostgreSQL), the API pod (after
+its init container waited for the schema; both through PgBouncer), the `helm test` pod, and a
 headless Locust master with one worker that loads the ConfigMap's locustfile. A chart change that
 stops one of these pods from starting, or a Job from finishing, fails here.
 """
@@ -133,6 +134,8 @@ def release(engine: Engine, built: None) -> Iterator[Release]:
         redis_pod = rendered.start("StatefulSet", "-redis")
         rendered.timings["PostgreSQL ready"] = kubelet.wait_ready(postgres_pod, "postgresql")
         rendered.timings["Redis ready"] = kubelet.wait_ready(redis_pod, "redis")
+        pgbouncer = rendered.start("Deployment", "-pgbouncer")
+        rendered.timings["PgBouncer ready"] = kubelet.wait_ready(pgbouncer, "pgbouncer")
         rendered.start("Job", "-migrate-")  # the API's init container waits for it, as in a cluster
         api = rendered.start("Deployment", "-api")
         rendered.timings["API ready"] = kubelet.wait_ready(api, "api")
@@ -213,3 +216,24 @@ def test_the_dashboards_metrics_are_served_after_the_load(release: Release) -> N
     metrics = httpx.get(f"http://{release.kubelet.address(release.pods['-api'])}:4000/metrics", timeout=10).text
     missing = charted - exported(metrics) - {"jotc_redis_failures_total", "jotc_rate_limited_total"}
     assert missing == set(), sorted(exported(metrics))
+
+
+def test_the_api_reaches_postgresql_only_through_the_rendered_pgbouncer(engine: Engine, release: Release) -> None:
+    """A request recorded through PgBouncer: the API's DATABASE_URL names PgBouncer's Service, the
+    POST is stored and read back, and every connection PostgreSQL holds for the database comes from
+    the PgBouncer pod (the migration's direct one ended with its Job)."""
+    api = release.pods["-api"]
+    url = run(engine.cli, "exec", api.containers["api"], "printenv", "DATABASE_URL").stdout.strip()
+    assert re.search(r"@rel-jotc-pgbouncer:6432/jotc$", url), url
+    base = f"http://{release.kubelet.address(api)}:4000"
+    game = {"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "through-pgbouncer@example.com"}
+    created = httpx.post(f"{base}/jumps", json=game, timeout=10)
+    assert created.status_code == 201, created.text
+    assert httpx.get(base + created.headers["location"], timeout=10).json()["id"] == created.json()["id"]
+    postgres = release.pods["-postgresql"].containers["postgresql"]
+    query = (
+        "SELECT DISTINCT host(client_addr) FROM pg_stat_activity"
+        " WHERE datname = 'jotc' AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    )
+    clients = run(engine.cli, "exec", postgres, "psql", "-U", "jotc", "-d", "jotc", "-Atc", query).stdout.split()
+    assert clients == [release.kubelet.address(release.pods["-pgbouncer"])], clients
