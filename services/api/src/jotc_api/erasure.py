@@ -22,12 +22,28 @@ commit waits to flush. So the runner paces itself: after each chunk it rests
 long enough that it works at most ``busy_share`` of the time
 (``JOTC_ERASURE_BUSY_PERCENT``), as autovacuum's cost delay paces vacuum.
 
-One process runs a given job at a time: the runner holds a session advisory
-lock keyed by the user for as long as it works on it; a process that dies
-releases it with its connection. ``DELETE /admin/users/{user}/requests`` runs
-the job for a bounded time itself; what is left is finished by the
-background ``Eraser`` of some worker, which also resumes, at start-up and
-every ``poll_seconds``, every job still ``running`` (one left by a restart).
+One runner works on a given job at a time, and nothing of that rests on the
+PostgreSQL session, so it holds behind a transaction-mode pooler (PgBouncer)
+as well as on a direct connection:
+
+- the runner claims the job with a lease written into its row (``runner``,
+  ``lease_until``): a claim succeeds on a job nobody holds, or whose lease
+  has expired;
+- every chunk's transaction takes a transaction-scoped advisory lock keyed by
+  the user, so no two chunks of one job ever run at once (the previous
+  release's runners hold the same lock for a whole job), and commits only if
+  its progress update finds the lease still the runner's: a runner that lost
+  its lease (it stalled past it and another took over) rolls its chunk back
+  and stops;
+- each chunk renews the lease for LEASE_SECONDS past its rest, and a runner
+  that stops with the job unfinished (its share of a request's time is over)
+  clears it. A runner that dies leaves its lease to expire; the next runner
+  to look takes the job over then.
+
+``DELETE /admin/users/{user}/requests`` runs the job for a bounded time itself;
+what is left is finished by the background ``Eraser`` of some worker of any
+instance, which also resumes, at start-up and every ``poll_seconds``, every
+job still ``running`` whose lease is free (one left by a restart).
 What follows a finished erasure (the user's idempotency keys) runs in the
 Eraser's background too, never in the request, and is retried until it works.
 
@@ -65,8 +81,11 @@ CHUNK_ROWS: Final[int] = DEFAULT["erasure_chunk_rows"]
 BUSY_SHARE: Final[float] = DEFAULT["erasure_busy_percent"] / 100
 INLINE_SECONDS: Final = 2.0
 POLL_SECONDS: Final = 10.0
-# pg_advisory_lock(class, key) class of erasure jobs: "JOTE"; the key is hashtext(user). Two users
-# whose names hash alike merely take turns.
+# A runner's claim on a job lasts this long past its last chunk's rest; one that dies holds the job
+# up for at most that long (and then until another runner next looks: POLL_SECONDS).
+LEASE_SECONDS: Final = 30.0
+# pg_try_advisory_xact_lock(class, key) class of erasure jobs: "JOTE"; the key is hashtext(user).
+# Two users whose names hash alike merely take turns.
 LOCK_CLASS: Final = 0x4A4F5445
 
 # A finished job keeps no name: its row is renamed to a digest of the name (it holds nothing else
@@ -130,8 +149,21 @@ READ = text(
 FORGET_EARLIER = text("DELETE FROM erasure_jobs WHERE user_name IN (:pseudonym, :unmarked) AND state = 'done'")
 RUNNING = text("SELECT user_name FROM erasure_jobs WHERE state = 'running' ORDER BY requested_at")
 RECORDED = text("SELECT id FROM jump_requests WHERE id = ANY(:ids)")
-TRY_LOCK = text("SELECT pg_try_advisory_lock(:class, hashtext(:user))")
-UNLOCK = text("SELECT pg_advisory_unlock(:class, hashtext(:user))")
+# The job, if it is running and its lease is free (nobody's, or expired), or already this runner's,
+# and no chunk of it is running. CASE orders the tests: the user's lock is tried only for a job this
+# runner may take, so a runner looking at a job held by another never takes it for an instant
+# (that instant would make the holder's next chunk find it taken, and stop).
+CLAIM = text(
+    """
+    UPDATE erasure_jobs SET runner = :runner, lease_until = now() + make_interval(secs => :hold)
+    WHERE user_name = :user AND state = 'running'
+      AND CASE WHEN runner IS NULL OR runner = :runner OR lease_until < now()
+               THEN pg_try_advisory_xact_lock(:class, hashtext(:user)) ELSE false END
+    RETURNING user_name, state, deleted, cutoff, requested_at, updated_at, finished_at
+    """
+)
+RELEASE = text("UPDATE erasure_jobs SET runner = NULL, lease_until = NULL WHERE user_name = :user AND runner = :runner")
+CHUNK_LOCK = text("SELECT pg_try_advisory_xact_lock(:class, hashtext(:user))")
 # Newest first from the cutoff, each chunk resuming after the last row of the one before (the
 # keyset), so no chunk walks the index entries its predecessors left dead: without it each chunk
 # re-reads every row deleted before it, and erasing 5,000,000 rows slows to a crawl. ctid: the
@@ -170,14 +202,17 @@ LAST_ID = uuid.UUID(int=(1 << 128) - 1)
 LOCK_STATS = text("SELECT requests FROM user_stats WHERE user_name = :user FOR UPDATE")
 SUBTRACT = text("UPDATE user_stats SET requests = requests - :deleted WHERE user_name = :user")
 DROP_STATS = text("DELETE FROM user_stats WHERE user_name = :user")
+# Only while the lease is the runner's: no row back means another runner has taken the job over.
 PROGRESS = text(
     """
     UPDATE erasure_jobs
     SET deleted = deleted + :deleted, updated_at = now(),
         state = CASE WHEN :last THEN 'done' ELSE state END,
         finished_at = CASE WHEN :last THEN now() END,
-        user_name = CASE WHEN :last THEN :pseudonym ELSE user_name END
-    WHERE user_name = :user AND state = 'running'
+        user_name = CASE WHEN :last THEN :pseudonym ELSE user_name END,
+        runner = CASE WHEN :last THEN NULL ELSE runner END,
+        lease_until = CASE WHEN :last THEN NULL ELSE now() + make_interval(secs => :hold) END
+    WHERE user_name = :user AND state = 'running' AND runner = :runner
     RETURNING CAST(:user AS text), state, deleted, cutoff, requested_at, updated_at, finished_at
     """
 )
@@ -239,47 +274,65 @@ class Pace:
 
     chunk_rows: int = CHUNK_ROWS
     busy_share: float = BUSY_SHARE
+    lease_seconds: float = LEASE_SECONDS
 
     def rest_after(self, worked: float) -> float:
         return worked * (1 - self.busy_share) / self.busy_share
+
+
+class LeaseLost(Exception):
+    """Another runner holds the job now (this one stalled past its lease, or a runner of the
+    previous release works on it): the chunk in hand is rolled back and this runner stops."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A runner's hold on one job: who (a fresh id per run) and how it paces itself."""
+
+    runner: uuid.UUID
+    pace: Pace
+
+    def parameters(self, user: str, worked: float = 0.0) -> dict[str, object]:
+        hold = self.pace.lease_seconds + self.pace.rest_after(worked)
+        return {"user": user, "runner": self.runner, "hold": hold, "class": LOCK_CLASS}
 
 
 async def run_job(
     engine: AsyncEngine, user: str, *, pace: Pace = Pace(), seconds: float | None = None
 ) -> ErasureJob | None:
     """Work on the user's job, chunk by chunk at its pace, until it is done or ``seconds`` have
-    passed. Returns its state then, or None when another process is running it."""
+    passed. Returns its state then, or None when it is not running or another runner holds it."""
     deadline = None if seconds is None else time.monotonic() + seconds
+    claim = Claim(uuid.uuid4(), pace)
     async with engine.connect() as connection:
         try:
-            locked = (await connection.execute(TRY_LOCK, {"class": LOCK_CLASS, "user": user})).scalar_one()
-            await connection.commit()
-            if not locked:
+            async with connection.begin():
+                row = (await connection.execute(CLAIM, claim.parameters(user))).first()
+            if row is None:
                 return None
-            job = await _run_locked(connection, user, pace, deadline)
-            await connection.execute(UNLOCK, {"class": LOCK_CLASS, "user": user})
-            await connection.commit()
+            job = await _run_claimed(connection, ErasureJob(*row), claim, deadline)
+            if job is not None and not job.done:
+                async with connection.begin():  # stopped in time: the next runner need not wait for the lease
+                    await connection.execute(RELEASE, {"user": user, "runner": claim.runner})
             return job
         except BaseException:
-            # Mid-statement, cancelled or failed: the backend goes, and its advisory lock with it.
+            # Mid-statement, cancelled or failed: the connection goes; the lease stays until it expires.
             await connection.invalidate()
             raise
 
 
-async def _run_locked(connection: AsyncConnection, user: str, pace: Pace, deadline: float | None) -> ErasureJob | None:
-    row = (await connection.execute(READ, job_names(user))).first()
-    await connection.commit()
-    if row is None:
-        return None
-    job = ErasureJob(*row)
-    if job.done:
-        return None  # another runner finished it (and reported it finished): nothing to do here
+async def _run_claimed(
+    connection: AsyncConnection, job: ErasureJob, claim: Claim, deadline: float | None
+) -> ErasureJob | None:
     after: Keyset | None = (job.cutoff, LAST_ID)
     while not job.done and (deadline is None or time.monotonic() < deadline):
         began = time.monotonic()
-        job, after = await erase_chunk(connection, job, pace.chunk_rows, after)
+        try:
+            job, after = await erase_chunk(connection, job, claim, after)
+        except LeaseLost:
+            return None
         if not job.done:
-            rest = pace.rest_after(time.monotonic() - began)
+            rest = claim.pace.rest_after(time.monotonic() - began)
             if deadline is not None:  # a request's share of the erasure ends on time, rest included
                 rest = min(rest, deadline - time.monotonic())
             if rest > 0:
@@ -291,14 +344,18 @@ Keyset = tuple[datetime, uuid.UUID]
 
 
 async def erase_chunk(
-    connection: AsyncConnection, job: ErasureJob, chunk_rows: int, after: Keyset | None
+    connection: AsyncConnection, job: ErasureJob, claim: Claim, after: Keyset | None
 ) -> tuple[ErasureJob, Keyset | None]:
-    """One short transaction: delete up to chunk_rows of the job's rows (after ``after``, or in
-    the last sweep when it is None), then settle the user's statistics and the job's progress
-    (the statistics row is locked only here, at the end). Returns the job and where to go on."""
-    user = job.user
+    """One short transaction: delete up to the pace's chunk_rows of the job's rows (after ``after``,
+    or in the last sweep when it is None), then settle the user's statistics and the job's progress
+    (the statistics row is locked only here, at the end), if the lease is still this runner's.
+    Returns the job and where to go on; raises LeaseLost, the chunk rolled back, otherwise."""
+    user, chunk_rows = job.user, claim.pace.chunk_rows
+    began = time.monotonic()
     parameters = {"user": user, "cutoff": job.cutoff, "rows": chunk_rows}
     async with connection.begin():
+        if not (await connection.execute(CHUNK_LOCK, {"class": LOCK_CLASS, "user": user})).scalar_one():
+            raise LeaseLost(user)
         if after is None:
             found = (await connection.execute(SWEEP_CHUNK, parameters)).one()
         else:
@@ -316,8 +373,10 @@ async def erase_chunk(
         names = job_names(user)
         if last:
             await connection.execute(FORGET_EARLIER, names)  # an earlier erasure's row
-        progress = {**names, "deleted": deleted, "last": last}
-        row = (await connection.execute(PROGRESS, progress)).one()
+        progress = {**names, **claim.parameters(user, time.monotonic() - began), "deleted": deleted, "last": last}
+        row = (await connection.execute(PROGRESS, progress)).first()
+        if row is None:
+            raise LeaseLost(user)  # leaving the block rolls the chunk back
     following = None if after is None or deleted < chunk_rows else (found[1], found[2])
     return ErasureJob(*row), following
 
@@ -343,6 +402,7 @@ class Eraser:
         self._wake = asyncio.Event()
         self._finished: set[str] = set()  # users whose on_finished has yet to succeed
         self._follow = asyncio.Event()
+        self._closing = False
         self._task = asyncio.create_task(self._loop(), name="eraser")
         self._follow_up = asyncio.create_task(self._follow_up_loop(), name="eraser follow-up")
 
@@ -365,12 +425,17 @@ class Eraser:
     async def close(self) -> None:
         """Stop; a chunk in flight is rolled back and its job resumed by the next runner. A follow-up
         not yet done is dropped (what that means for idempotency keys: docs/reliability.md)."""
+        # The flag as well as the cancellation: a library that turns a cancellation arriving with
+        # its own timeout into TimeoutError (caught below as a failure) must not keep a loop going.
+        self._closing = True
+        self._wake.set()
+        self._follow.set()
         for task in (self._task, self._follow_up):
             task.cancel()
         await asyncio.gather(self._task, self._follow_up, return_exceptions=True)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 for user in await running_users(self._engine):
                     job = await run_job(self._engine, user, pace=self.pace)
@@ -381,17 +446,15 @@ class Eraser:
                 log.warning("erasure runner: database unavailable; retrying", error=str(exc).splitlines()[0])
             except Exception:
                 log.exception("erasure runner failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_seconds)
+            await wait_at_most(self._wake, self._poll_seconds)
             self._wake.clear()
 
     async def _follow_up_loop(self) -> None:
-        while True:
+        while not self._closing:
             # Idle until an erasure finishes; while a follow-up failed, look again every poll_seconds.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._follow.wait(), self._poll_seconds if self._finished else None)
+            await wait_at_most(self._follow, self._poll_seconds if self._finished else None)
             self._follow.clear()
-            for user in list(self._finished):
+            for user in [] if self._closing else list(self._finished):
                 try:
                     await self._on_finished(user)
                 except Exception as exc:
@@ -403,3 +466,12 @@ class Eraser:
                     )
                     break  # Redis or PostgreSQL is down for the others too: all again later
                 self._finished.discard(user)
+
+
+async def wait_at_most(event: asyncio.Event, seconds: float | None) -> None:
+    """Until the event is set or ``seconds`` pass (None: no limit). asyncio.timeout, not
+    asyncio.wait_for: on Python 3.11, wait_for returns normally when it is cancelled at the moment
+    the event is set, and a loop built on it would go on after Eraser.close() had cancelled it."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()

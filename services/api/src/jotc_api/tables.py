@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import BYTEA, UUID
 
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 
 metadata = MetaData()
 
@@ -99,6 +99,9 @@ erasure_jobs = Table(
     Column("requested_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
+    # The runner working on a running job and until when its claim holds (erasure.py).
+    Column("runner", UUID(as_uuid=True), nullable=True),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
     CheckConstraint(USER_NAME_LENGTH, name="ck_erasure_jobs_user_name_length"),
     CheckConstraint("state IN ('running', 'done')", name="ck_erasure_jobs_state"),
 )

@@ -1,7 +1,7 @@
 """Erasure's chunk logic against a fake database that answers erasure.py's statements: keyset chunks
-then the sweep, statistics subtracted or dropped, the advisory lock held by another process, a
-failure mid-chunk throwing the connection away, and the background runner finishing what outlives
-its request. The SQL itself runs against PostgreSQL in the integration and system tiers."""
+then the sweep, statistics subtracted or dropped, the job's lease held by another runner or lost
+mid-job, a failure mid-chunk throwing the connection away, and the background runner finishing what
+outlives its request. The SQL itself runs against PostgreSQL in the integration and system tiers."""
 
 from __future__ import annotations
 
@@ -43,11 +43,15 @@ class Result:
 
 
 class Transaction:
+    def __init__(self, database: FakeDatabase) -> None:
+        self.database = database
+
     async def __aenter__(self) -> None:
         return None
 
-    async def __aexit__(self, *_: object) -> None:
-        return None
+    async def __aexit__(self, failure: type[BaseException] | None, *_: object) -> None:
+        if failure is not None:
+            self.database.rolled_back.append(failure.__name__)
 
 
 class FakeDatabase:
@@ -58,8 +62,10 @@ class FakeDatabase:
         self.rows, self.late, self.stats = rows, late, stats
         self.state, self.deleted = state, 0
         self.user = "ann"
-        self.locked_elsewhere = False  # another process holds the user's advisory lock
-        self.locked = False  # a runner of this process holds it: one runner at a time, as in PostgreSQL
+        self.locked_elsewhere = False  # another runner holds the job's lease (or its chunk lock)
+        self.runner: Any = None  # the runner whose lease the job's row names
+        self.lease_lost = False  # another runner took the job over while this one rested
+        self.rolled_back: list[str] = []
         self.fail_on: Any = None
         self.log: list[str] = []
         self.invalidated = 0
@@ -76,13 +82,15 @@ class FakeDatabase:
         self.log.append(name)
         if self.fail_on == name:
             raise OperationalError(name, None, Exception("server closed the connection unexpectedly"))
-        if name == "TRY_LOCK":
-            if self.locked or self.locked_elsewhere:
-                return False
-            self.locked = True
-            return True
-        if name == "UNLOCK":
-            self.locked = False
+        if name == "CLAIM":
+            if self.state != "running" or self.locked_elsewhere or self.runner not in (None, parameters["runner"]):
+                return None
+            self.runner = parameters["runner"]
+            return self.job_row(parameters["user"])
+        if name == "RELEASE" and self.runner == parameters["runner"]:
+            self.runner = None
+        if name == "CHUNK_LOCK":
+            return not self.locked_elsewhere
         if name == "RUNNING":
             self.running_asked.set()
             return [self.user] if self.state == "running" else []
@@ -109,9 +117,11 @@ class FakeDatabase:
         elif name == "DROP_STATS":
             self.stats = None
         elif name == "PROGRESS":
+            if self.lease_lost or self.runner != parameters["runner"]:
+                return None
             self.deleted += parameters["deleted"]
             if parameters["last"]:
-                self.state = "done"
+                self.state, self.runner = "done", None
             return self.job_row(parameters["user"])
         return None
 
@@ -130,14 +140,13 @@ class FakeConnection:
         return Result(self.database.answer(statement, parameters or {}))
 
     def begin(self) -> Transaction:
-        return Transaction()
+        return Transaction(self.database)
 
     async def commit(self) -> None:
         return None
 
     async def invalidate(self) -> None:
         self.database.invalidated += 1
-        self.database.locked = False  # the backend goes, and its advisory lock with it
 
 
 class FakeEngine:
@@ -160,7 +169,8 @@ async def test_an_erasure_runs_keyset_chunks_then_the_sweep_and_subtracts_from_t
     assert database.stats == 2, "the requests made after the cutoff are kept, and counted"
     chunks = [entry for entry in database.log if entry in {"DELETE_CHUNK", "SWEEP_CHUNK", "FORGET_EARLIER"}]
     assert chunks == ["DELETE_CHUNK"] * 3 + ["SWEEP_CHUNK", "FORGET_EARLIER"], "5, 5, 2 (short: the sweep next), 1"
-    assert database.log[-1] == "UNLOCK"
+    assert database.log.count("CHUNK_LOCK") == 4, "every chunk's transaction takes the user's lock"
+    assert (database.log[-1], database.runner) == ("PROGRESS", None), "the last chunk ends the lease"
 
 
 async def test_the_runner_rests_after_each_chunk_so_it_works_its_share_of_the_time(
@@ -200,6 +210,7 @@ async def test_the_runner_rests_after_each_chunk_so_it_works_its_share_of_the_ti
     assert not job.done, "what is left is the background runner's"
     assert rests == pytest.approx([0.3, 0.15]), "the second rest is cut to the 0.65 s deadline"
     assert clock[0] == pytest.approx(0.65)
+    assert (database.log[-1], database.runner) == ("RELEASE", None), "the background need not wait for the lease"
 
 
 async def test_a_runner_given_its_whole_time_never_rests() -> None:
@@ -232,23 +243,60 @@ async def test_a_job_another_process_holds_is_left_to_it() -> None:
     database = FakeDatabase(rows=3, stats=3)
     database.locked_elsewhere = True
     assert await run_job(FakeEngine(database), "ann") is None  # type: ignore[arg-type]
-    assert database.log == ["TRY_LOCK"]
+    assert database.log == ["CLAIM"]
     assert database.rows == 3
+
+
+async def test_a_runner_that_lost_its_lease_rolls_its_chunk_back_and_stops() -> None:
+    database = FakeDatabase(rows=12, stats=12)
+    deletes = 0
+    answer = database.answer
+
+    def taken_over_after_the_first_chunk(statement: Any, parameters: dict[str, Any]) -> Any:
+        nonlocal deletes
+        if statement is erasure.DELETE_CHUNK:
+            deletes += 1
+            database.lease_lost = deletes == 2  # it stalled past its lease; another runner took the job
+        return answer(statement, parameters)
+
+    database.answer = taken_over_after_the_first_chunk  # type: ignore[method-assign]
+    assert await run_job(FakeEngine(database), "ann", pace=Pace(chunk_rows=5, busy_share=1)) is None  # type: ignore[arg-type]
+    assert database.deleted == 5, "only the first chunk's progress counts"
+    assert database.rolled_back == ["LeaseLost"], "the second chunk's deletes are rolled back"
+    assert "RELEASE" not in database.log, "the lease is the other runner's now"
+
+
+async def test_a_chunk_whose_lock_another_runner_holds_is_not_run() -> None:
+    database = FakeDatabase(rows=12, stats=12)
+    answer = database.answer
+
+    def previous_release_runner_starts(statement: Any, parameters: dict[str, Any]) -> Any:
+        found = answer(statement, parameters)
+        if statement is erasure.CLAIM:
+            database.locked_elsewhere = True  # a runner of the previous release takes the session lock now
+        return found
+
+    database.answer = previous_release_runner_starts  # type: ignore[method-assign]
+    assert await run_job(FakeEngine(database), "ann", pace=Pace(chunk_rows=5)) is None  # type: ignore[arg-type]
+    assert "DELETE_CHUNK" not in database.log
+    assert database.rows == 12
 
 
 async def test_a_job_that_is_gone_is_nothing_to_run() -> None:
     database = FakeDatabase(rows=0, stats=None, state=None)
     assert await run_job(FakeEngine(database), "ann") is None  # type: ignore[arg-type]
-    assert database.log == ["TRY_LOCK", "READ", "UNLOCK"]
+    assert database.log == ["CLAIM"]
 
 
-async def test_a_failure_mid_chunk_throws_the_connection_and_its_lock_away() -> None:
+async def test_a_failure_mid_chunk_throws_the_connection_away_and_leaves_the_lease_to_expire() -> None:
     database = FakeDatabase(rows=12, stats=12)
     database.fail_on = "LOCK_STATS"
     with pytest.raises(OperationalError):
         await run_job(FakeEngine(database), "ann", pace=Pace(chunk_rows=5))  # type: ignore[arg-type]
-    assert database.invalidated == 1, "the backend goes, and the advisory lock with it"
-    assert "UNLOCK" not in database.log
+    assert database.invalidated == 1, "the connection may be mid-statement: it goes"
+    assert database.rolled_back == ["OperationalError"]
+    assert "RELEASE" not in database.log
+    assert database.runner is not None, "another runner takes the job over once the lease expires"
 
 
 async def test_asking_again_while_an_erasure_runs_returns_the_running_job() -> None:
@@ -401,3 +449,21 @@ async def test_ids_that_are_not_a_requests_are_not_recorded_and_cost_no_query() 
     database = FakeDatabase(rows=0, stats=None)
     assert await recorded_ids(FakeEngine(database), ["not-a-uuid", ""]) == set()  # type: ignore[arg-type]
     assert database.log == []
+
+
+async def test_close_stops_the_runner_even_when_a_follow_up_swallows_the_cancellation() -> None:
+    database = FakeDatabase(rows=1, stats=1, state="done")
+    started = asyncio.Event()
+
+    async def swallowing(user: str) -> None:
+        # As a client library whose own timeout meets the cancellation: it reports a timeout instead.
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise TimeoutError("timed out") from None
+
+    eraser = Eraser(FakeEngine(database), swallowing, poll_seconds=3600)  # type: ignore[arg-type]
+    await eraser.erase("ann")
+    await asyncio.wait_for(started.wait(), timeout=5)
+    await asyncio.wait_for(eraser.close(), timeout=5)
