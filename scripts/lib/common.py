@@ -74,6 +74,22 @@ def apt_install(*packages: str) -> None:
         run("apt-get", *wait, *install, timeout=900, env=environment)
 
 
+def debian_tool(binary: str, package: str) -> str | None:
+    """The path of a program Debian's ``package`` provides (searched in the sbin directories too),
+    installed first when it is missing and this machine can install packages; None otherwise."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
+    found = shutil.which(binary, path=search)
+    if found is None and can_install():
+        say(f"installing {package} (Debian) for {binary}")
+        try:
+            apt_install(package)
+        except CommandError as error:
+            say(f"could not install {package}: {error}")
+            return None
+        found = shutil.which(binary, path=search)
+    return found
+
+
 def system_tool(name: str) -> str | None:
     """With JOTC_SYSTEM_TOOLS=1, the machine's own tool when it has one; else None."""
     if os.environ.get("JOTC_SYSTEM_TOOLS") != "1":

@@ -232,6 +232,9 @@ def main(argv: list[str]) -> int:
             for line in found.said:
                 say(line)
             os.environ["DATABASE_URL"], os.environ["REDIS_URL"] = found.database_url, found.redis_url
+            # The API's tests run through a private PgBouncer (Debian's), as a fleet does.
+            if "api" in chosen and common.debian_tool("pgbouncer", "pgbouncer") is None:
+                run.record(False, "pgbouncer: not installed and cannot be (Debian: apt-get install pgbouncer)")
         os.environ["JOTC_MIGRATE"] = common.venv_command("db-migrations", "jotc-migrate")
         os.environ["JOTC_API"] = common.venv_command("api", "jotc-api")
 
@@ -275,6 +278,17 @@ def main(argv: list[str]) -> int:
             spread = UNIT_WORKERS.get(service) if args.tier == "unit" else WORKERS.get(service, 2)
             options = pytest_options(args.tier, args.pytest_args, spread)
             suites.append((name, ["uv", "run", "--no-sync", "pytest", *options], directory))
+            if service == "api" and args.tier in (None, "integration") and not args.pytest_args:
+                # The HTTP contract, erasure and retention again, every database reached through
+                # PgBouncer in transaction mode (tests/support.py: POOLED), as a fleet runs.
+                pooled = ["env", "JOTC_TEST_POOLER=transaction", "uv", "run", "--no-sync", "pytest"]
+                suites.append(
+                    (
+                        "api: pytest, integration tier through PgBouncer (transaction mode)",
+                        [*pooled, *pytest_options("integration", [], WORKERS["api"])],
+                        directory,
+                    )
+                )
 
         if deploy_synced and deploy_wanted:
             common.use_helm()

@@ -32,6 +32,14 @@ ADMIN_TOKEN = "test-admin-token-of-at-least-32-characters"  # pragma: allowlist 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # What the tests' API runs with, in process or as a server, unless a test says otherwise.
 TEST_SETTINGS = {"JOTC_ADMIN_TOKEN": ADMIN_TOKEN, "JOTC_MAX_CLOUDS": "5000", "JOTC_MAX_BODY_BYTES": "65536"}
+# JOTC_TEST_POOLER=transaction (scripts/test's second pass of the integration tier): every database
+# the tests use is reached through a PgBouncer in transaction mode (one per test process, started
+# on first use), and every API the tests start runs with JOTC_DB_POOLER=transaction. Migrations and
+# CREATE DATABASE go to PostgreSQL directly, as in production.
+POOLED = os.environ.get("JOTC_TEST_POOLER", "") == "transaction"
+POOLER_SETTINGS = {"JOTC_DB_POOLER": "transaction"} if POOLED else {}
+POOLER_SERVER_CONNECTIONS = 4  # per database: PostgreSQL never sees more of the tests' API than this
+_pooler: jotc_provision.PgBouncer | None = None
 BIN = Path(sys.executable).parent
 SIBLING_MIGRATE = Path(__file__).resolve().parents[2] / "db-migrations" / ".venv" / "bin" / "jotc-migrate"
 
@@ -59,11 +67,33 @@ def redis_url() -> str:
     return os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
 
 
+def pooler() -> jotc_provision.PgBouncer:
+    """This test process's PgBouncer (transaction mode) before server_url(), started on first use
+    and stopped when the process exits."""
+    global _pooler
+    if _pooler is None:
+        import atexit
+        import tempfile
+
+        directory = Path(tempfile.mkdtemp(prefix="jotc-pgbouncer-"))
+        started = jotc_provision.PgBouncer(directory, server_url(), pool_size=POOLER_SERVER_CONNECTIONS)
+        started.start()
+        atexit.register(lambda: (started.stop(), __import__("shutil").rmtree(directory, ignore_errors=True)))
+        _pooler = started
+    return _pooler
+
+
+def reached(url: str) -> str:
+    """url as the tests' API reaches it: through the pooler when POOLED, else as it is."""
+    return pooler().url(url) if POOLED else url
+
+
 @contextmanager
 def fresh_database(*, migrate: bool = True) -> Iterator[str]:
-    """A new database (at the schema's head unless migrate=False), dropped afterwards."""
+    """A new database (at the schema's head unless migrate=False), dropped afterwards; its URL as
+    the API reaches it (reached())."""
     with jotc_provision.fresh_database(server_url(), migrate_with=migrate_command() if migrate else None) as url:
-        yield url
+        yield reached(url)
 
 
 @dataclass
@@ -98,6 +128,7 @@ def start_api(database_url: str, tmp: Path, *, port: int | None = None, **env: s
         "JOTC_ACCESS_LOG": "true",
         "JOTC_DRAIN_SECONDS": "0",  # stop at once; test_drain.py sets a delay where the drain is under test
         "REDIS_URL": redis_url(),
+        **POOLER_SETTINGS,
         **env,
     }
     base_url = f"http://127.0.0.1:{port}"
@@ -142,7 +173,7 @@ def in_process(
     httpx.Client): settings from env, defaults otherwise (TEST_SETTINGS are what start_api()
     uses); `peer` is the client address the application sees; `clock` replaces the wall clock of
     rate limiting."""
-    settings = load_settings({"DATABASE_URL": database_url, "REDIS_URL": redis_url(), **env})
+    settings = load_settings({"DATABASE_URL": database_url, "REDIS_URL": redis_url(), **POOLER_SETTINGS, **env})
     app = create_app(settings, configure_logs=False, **({"clock": clock} if clock else {}))
     return TestClient(app=with_peer(app, peer) if peer else app)
 

@@ -99,6 +99,18 @@ def on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     return problem_response(internal_error())
 
 
+def connect_args(settings: Settings, application_name: str, connect_timeout: int) -> dict[str, Any]:
+    """psycopg's connection arguments. Behind a transaction-mode pooler (JOTC_DB_POOLER=transaction)
+    consecutive transactions of one connection may reach different server connections, so psycopg
+    never prepares a statement on the server (its default prepares one after five executions):
+    PgBouncer 1.18 would hand the prepared name to another client. Nothing else of the API keeps
+    session state: every statement or transaction stands alone."""
+    arguments: dict[str, Any] = {"connect_timeout": connect_timeout, "application_name": application_name}
+    if settings.db_pooler == "transaction":
+        arguments["prepare_threshold"] = None
+    return arguments
+
+
 def make_engine(settings: Settings) -> AsyncEngine:
     return create_async_engine(
         settings.database_url,
@@ -106,7 +118,7 @@ def make_engine(settings: Settings) -> AsyncEngine:
         max_overflow=0,
         pool_timeout=5,
         pool_pre_ping=True,
-        connect_args={"connect_timeout": 3, "application_name": "jotc-api"},
+        connect_args=connect_args(settings, "jotc-api", 3),
     )
 
 
@@ -118,7 +130,7 @@ def make_readiness_engine(settings: Settings) -> AsyncEngine:
         max_overflow=0,
         pool_timeout=READY_CHECK_TIMEOUT,
         pool_pre_ping=True,  # a connection PostgreSQL dropped (a restart, a failover) is replaced, not reported
-        connect_args={"connect_timeout": 1, "application_name": "jotc-api-readiness"},
+        connect_args=connect_args(settings, "jotc-api-readiness", 1),
     )
 
 

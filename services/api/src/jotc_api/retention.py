@@ -36,6 +36,11 @@ from jotc_api.settings import SettingsError, database_url, integer
 
 DEFAULT_CHUNK_ROWS: Final = 5000
 
+# Each chunk's bounds, set for its own transaction only (SET LOCAL), so the command runs alike on
+# PostgreSQL itself and through a transaction-mode pooler, which refuses the `options` start-up
+# parameter and would carry a session's settings over to other clients.
+BOUNDS: Final = "SELECT set_config('statement_timeout', '120s', true), set_config('lock_timeout', '30s', true)"
+
 # The oldest rows first, through ix_jump_requests_created_at_id; ctid deletes them where they lie.
 DELETE_CHUNK: Final = """
     WITH gone AS (
@@ -94,6 +99,7 @@ def apply_retention(connection: psycopg.Connection[Any], days: int, chunk_rows: 
     deleted = emptied = 0
     while True:
         with connection.transaction():
+            connection.execute(BOUNDS)
             gone = connection.execute(DELETE_CHUNK, {"cutoff": cutoff[0], "rows": chunk_rows}).fetchall()
             if gone:
                 users = [row[0] for row in gone]
@@ -122,7 +128,7 @@ def main() -> None:
             retention.database_url,
             connect_timeout=10,
             application_name="jotc-retention",
-            options="-c statement_timeout=120s -c lock_timeout=30s",
+            prepare_threshold=None,  # nothing prepared on the server: a pooler may switch it between statements
         ) as connection:
             outcome = apply_retention(connection, retention.days, retention.chunk_rows)
     except psycopg.OperationalError as exc:

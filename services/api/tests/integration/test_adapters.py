@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from litestar.testing import TestClient
+from support import POOLER_SETTINGS
 
 from jotc_api.app import create_app
 from jotc_api.settings import load_settings
@@ -46,7 +47,9 @@ def comparable(response: Any) -> tuple[int, str, Any]:
 
 @pytest.fixture(scope="module")
 def litestar_client(database_url: str) -> Any:
-    settings = load_settings({"DATABASE_URL": database_url, "JOTC_MAX_CLOUDS": "5000", "JOTC_MAX_BODY_BYTES": "65536"})
+    settings = load_settings(
+        {"DATABASE_URL": database_url, **POOLER_SETTINGS, "JOTC_MAX_CLOUDS": "5000", "JOTC_MAX_BODY_BYTES": "65536"}
+    )
     with TestClient(app=create_app(settings, configure_logs=False, fast_path=False)) as client:
         yield client
 
