@@ -28,7 +28,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, create_engine, pool
+from sqlalchemy import Connection, create_engine, pool, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
@@ -141,6 +141,7 @@ def migrate(
     """Run an Alembic command under the lock and the session's bounds; return the revisions
     before and after."""
     bounds = Bounds.from_env()
+    refuse_a_pooler(connection)
     configure_session(connection, bounds)
     with migration_lock(connection, bounds, stopper, log):
         before = current_revision(connection)
@@ -156,6 +157,24 @@ def migrate(
 
         with_lock_retries(connection, bounds, stopper, log, attempt)
         return before, current_revision(connection)
+
+
+def refuse_a_pooler(connection: Connection) -> None:
+    """A migration keeps state in its session (the migration lock, its timeouts), which a
+    connection pooler such as PgBouncer would hand to other clients between transactions: refuse
+    one. PostgreSQL announces its backend's process id when a connection opens; a pooler announces
+    one of its own making, so the two differ exactly when something pools in between."""
+    driver = connection.connection.driver_connection
+    assert driver is not None  # an open connection has its psycopg connection
+    announced = driver.info.backend_pid
+    serving = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    connection.commit()
+    if announced != serving:
+        raise MigrateError(
+            "DATABASE_URL leads through a connection pooler (PgBouncer or the like); migrations "
+            "need a direct connection to PostgreSQL: give jotc-migrate PostgreSQL's own address",
+            EXIT_UNAVAILABLE,
+        )
 
 
 def newer_database(connection: Connection, revision: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from jotc_provision import free_port, wait_until
+from jotc_provision import free_port, pgbouncer, wait_until
 from sqlalchemy.engine import make_url
 from support import Connection, Migrate, revision, unreachable_url
 
@@ -155,6 +155,24 @@ def test_an_unknown_revision_is_a_one_line_error(migrate: Migrate) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, f"not one line: {result.stderr}"
     assert "nosuchrevision" in lines[0], lines[0]
+
+
+def test_a_connection_through_a_pooler_is_refused_in_one_line_and_nothing_changes(
+    database_url: str, db: Connection, tmp_path: Path
+) -> None:
+    """PgBouncer in transaction mode would hand the migration's session (its lock, its timeouts)
+    to other clients: jotc-migrate names the problem and leaves the database as it was."""
+    server = make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
+    with pgbouncer(tmp_path / "pgbouncer", server) as pooler:
+        for command in (("upgrade",), ("downgrade", "base")):
+            result = Migrate(pooler.url(database_url))(*command)
+            assert result.returncode == 2, f"{command}: exit {result.returncode}: {result.stderr}"
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1, f"{command}: not one line: {result.stderr}"
+            assert "pooler" in lines[0], lines[0]
+            assert "direct connection" in lines[0], lines[0]
+    assert tables(db) == set(), "nothing was created"
+    Migrate(database_url).ok("upgrade")  # the same database, reached directly
 
 
 def alembic(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
