@@ -179,8 +179,11 @@ def main(argv: list[str]) -> int:
         pooler.start()
         stack.callback(pooler.stop)
         say(f"PgBouncer on 127.0.0.1:{pooler.port}, transaction mode, {args.pool_size} server connections")
-        (scratch / "redis").mkdir()
-        group = stack.enter_context(jotc_provision.RedisSentinelGroup(scratch / "redis", service=SENTINEL_SERVICE))
+        # Not scratch/redis: that is a throwaway Redis of servers() (--throwaway), which the fleet leaves idle.
+        (scratch / "redis-sentinel").mkdir()
+        group = stack.enter_context(
+            jotc_provision.RedisSentinelGroup(scratch / "redis-sentinel", service=SENTINEL_SERVICE)
+        )
         say(f"Redis: a master, a replica, sentinels at {group.sentinels_setting}")
         sampler = stack.enter_context(ConnectionSampler(direct_url, pooler))
         settings = {
