@@ -27,8 +27,10 @@ from pathlib import Path
 from types import FrameType
 
 import cpu_budget
+import jotc_provision
 from bench_chart import draw_chart
 from bench_measure import (
+    API_CONNECTIONS,
     ROOT,
     Sampled,
     Start,
@@ -147,6 +149,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "ratios. Only services/api/src is taken from REV: same dependencies, same database schema",
     )
     parser.add_argument(
+        "--pooler",
+        action="store_true",
+        help="instead of the comparison: the work tree's API with DATABASE_URL straight to PostgreSQL "
+        "(before) against the same API through a PgBouncer in transaction mode (after: Debian's, "
+        "JOTC_DB_POOLER=transaction, as many server connections as the API has client ones), side by "
+        "side in alternating --rounds of --seconds, with PgBouncer's own CPU per request",
+    )
+    parser.add_argument(
         "--results",
         type=Path,
         default=ROOT / "results",
@@ -154,7 +164,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="where the report and chart go (default results/, git-ignored)",
     )
     args = parser.parse_args(argv)
-    modes = [name for name in ("profile", "trace", "statements", "floor", "against") if getattr(args, name)]
+    modes = [name for name in ("profile", "trace", "statements", "floor", "against", "pooler") if getattr(args, name)]
     if len(modes) > 1 and modes != ["profile", "against"]:  # a profile of REV beside the work tree's
         parser.error(" and ".join(f"--{name}" for name in modes) + " are separate runs: give one at a time")
     return args
@@ -194,6 +204,29 @@ def against(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
             runs[name].append(round_figures(apis[name], ports[name], args, lua))
             print(f"bench: round {round_ + 1} {name}: {runs[name][-1]['rps']:.0f} req/s", file=sys.stderr)
     return against_markdown(args, runs)
+
+
+def through_pooler(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
+    """The API straight to PostgreSQL (before) and through PgBouncer in transaction mode (after),
+    both the work tree's code on one database, in alternating rounds; PgBouncer's CPU per request
+    beside the API's and PostgreSQL's."""
+    # As many server connections as the API may open: the pooler adds a hop, not a queue.
+    with jotc_provision.pgbouncer(scratch / "pgbouncer", database_url, pool_size=API_CONNECTIONS) as bouncer:
+        pooled = bouncer.url(database_url)
+        starts: dict[str, Start] = {
+            "before": lambda port, log: start_api(port, database_url, scratch, args.rate_limit, log=log),
+            "after": lambda port, log: start_api(
+                port, pooled, scratch, args.rate_limit, log=log, extra={"JOTC_DB_POOLER": "transaction"}
+            ),
+        }
+        assert bouncer.process is not None
+        runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+        with serving(args, scratch, starts) as (apis, ports, lua):
+            for round_, name in alternating(args.rounds):
+                figures = round_figures(apis[name], ports[name], args, lua, pooler=bouncer.process.pid)
+                runs[name].append(figures)
+                print(f"bench: round {round_ + 1} {name}: {figures['rps']:.0f} req/s", file=sys.stderr)
+    return against_markdown(args, runs, sides=("straight to PostgreSQL", "through PgBouncer, transaction mode"))
 
 
 def profile(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
@@ -270,10 +303,11 @@ def write_comparison(
 
 
 def write_against(args: argparse.Namespace, ctx: dict[str, str], report: str) -> None:
-    """--against's report into --results, and on the terminal."""
+    """--against's or --pooler's report into --results, and on the terminal."""
     args.results.mkdir(parents=True, exist_ok=True)
-    written = args.results / f"bench-{ctx['stamp']}-against{'-' + args.label if args.label else ''}.md"
-    written.write_text(f"# scripts/bench --against\n\n{ctx['date']}, {ctx['commit']}, {ctx['machine']}\n\n{report}\n")
+    mode = "pooler" if args.pooler else "against"
+    written = args.results / f"bench-{ctx['stamp']}-{mode}{'-' + args.label if args.label else ''}.md"
+    written.write_text(f"# scripts/bench --{mode}\n\n{ctx['date']}, {ctx['commit']}, {ctx['machine']}\n\n{report}\n")
     print(report)
     print(f"bench: report {written}")
 
@@ -301,6 +335,8 @@ def main(argv: list[str]) -> None:
             print(statements_markdown(args.seconds, statement_forms(database_url, args.seconds)))
         elif args.against:
             write_against(args, ctx, against(args, database_url, scratch))
+        elif args.pooler:
+            write_against(args, ctx, through_pooler(args, database_url, scratch))
         else:
             write_comparison(args, ctx, *compare(args, database_url, scratch))
 

@@ -32,6 +32,9 @@ wrk.body   = '{BODY}'
 wrk.headers["Content-Type"] = "application/json"
 """
 WORKERS = 2
+API_CONNECTIONS = WORKERS * (
+    4 + 1
+)  # PostgreSQL connections the bench's API may open: JOTC_DB_POOL_SIZE (4) + /readyz's
 BACKPRESSURE = 512  # jotc-api's default: JOTC_RECORDER_MAX_BATCH (128) x JOTC_DB_POOL_SIZE (4)
 SOLVER_REPEATS = 7
 # (label, max_jump, share of thunderheads): n = 1,000,000 each. The first one carries a target.
@@ -63,9 +66,10 @@ def start_api(
     rate_limit: str | None,
     source: Path | None = None,
     log: Path | None = None,
+    extra: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """jotc-api with the bench's settings; its jotc_api package from ``source`` when given, what it
-    says on stderr into ``log`` when given."""
+    """jotc-api with the bench's settings (and ``extra`` ones); its jotc_api package from ``source``
+    when given, what it says on stderr into ``log`` when given."""
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -75,6 +79,7 @@ def start_api(
         "LOG_FORMAT": "json",
         # Inside the run's scratch directory, so it goes when the run ends.
         "PROMETHEUS_MULTIPROC_DIR": str(scratch / f"metrics-{port}"),
+        **(extra or {}),
     }
     if source is not None:
         env["PYTHONPATH"] = str(source)  # ahead of the venv's own (editable) jotc_api
@@ -310,12 +315,19 @@ def both_apis(
     )
 
 
-def round_figures(server: subprocess.Popen[bytes], port: int, args: argparse.Namespace, lua: Path) -> dict[str, float]:
-    """One round on one server: throughput and CPU per request at --connections, then one
-    connection's p50 and p99, each for --seconds."""
+def round_figures(
+    server: subprocess.Popen[bytes], port: int, args: argparse.Namespace, lua: Path, pooler: int | None = None
+) -> dict[str, float]:
+    """One round on one server: throughput and CPU per request at --connections (and the CPU per
+    request of the ``pooler`` process, when given), then one connection's p50 and p99, each for
+    --seconds."""
+    pooler_before = process_cpu([pooler]) if pooler is not None else {}
     run = loaded_run(server.pid, port, args.connections, args.seconds, lua)
+    pooled = {}
+    if pooler is not None and run["requests"]:
+        pooled["pooler_cpu_us"] = cpu_spent(pooler_before, process_cpu([pooler])) / run["requests"] * 1e6
     one = wrk(port, 1, args.seconds, lua)
-    return {
+    return pooled | {
         "rps": run["rps"],
         "api_cpu_us": run.get("api_cpu_us", 0.0),
         "pg_cpu_us": run.get("pg_cpu_us", 0.0),

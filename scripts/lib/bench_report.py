@@ -248,19 +248,29 @@ AGAINST_MEASURES = (
 )
 
 
-def against_markdown(args: argparse.Namespace, runs: dict[str, list[dict[str, float]]]) -> str:
+POOLER_MEASURE = ("pooler_cpu_us", "CPU per request, PgBouncer's process (µs)", "{:.0f}")
+
+
+def against_markdown(
+    args: argparse.Namespace, runs: dict[str, list[dict[str, float]]], sides: tuple[str, str] | None = None
+) -> str:
+    """The after/before table of two sides measured in alternating rounds: --against's revision and
+    the work tree, or the ``sides`` named (--pooler: direct and through PgBouncer)."""
+    measures = AGAINST_MEASURES + ((POOLER_MEASURE,) if "pooler_cpu_us" in runs["after"][0] else ())
     median = {
-        name: {key: statistics.median(r[key] for r in rounds) for key, _, _ in AGAINST_MEASURES}
+        name: {key: statistics.median(r.get(key, 0.0) for r in rounds) for key, _, _ in measures}
         for name, rounds in runs.items()
     }
-    ran = f"scripts/bench --against {args.against} --rounds {args.rounds} --seconds {args.seconds}"
+    mode = f"--against {args.against}" if sides is None else "--pooler"
+    ran = f"scripts/bench {mode} --rounds {args.rounds} --seconds {args.seconds}"
+    named_before, named_after = sides or (args.against, "the work tree")
     lines = [
-        f"Before ({args.against}) and after (the work tree), medians of {args.rounds} alternating rounds (`{ran}`):",
+        f"Before ({named_before}) and after ({named_after}), medians of {args.rounds} alternating rounds (`{ran}`):",
         "",
         "| measure | before | after | after / before |",
         "|---|---:|---:|---:|",
     ]
-    for key, what, fmt in AGAINST_MEASURES:
+    for key, what, fmt in measures:
         before, after = median["before"][key], median["after"][key]
         ratio = f"{after / before:.3f}" if before else "-"
         lines.append(f"| {what} | {fmt.format(before)} | {fmt.format(after)} | {ratio} |")
