@@ -135,11 +135,15 @@ def make_readiness_engine(settings: Settings) -> AsyncEngine:
 
 
 async def warm_up(engine: AsyncEngine, pool_size: int) -> None:
-    """Open every pooled connection now, so the first request pays no connection set-up."""
+    """Open every pooled connection now, so the first request pays no connection set-up. Each
+    query's transaction ends at once: behind a transaction-mode pooler an open one holds a server
+    connection, and workers starting together, each holding a few while it waits for the rest of
+    its pool, could take every server connection and wait on one another for ever."""
     connections = [await engine.connect() for _ in range(pool_size)]
     try:
         for connection in connections:
             await connection.execute(text("SELECT 1"))
+            await connection.rollback()
     finally:
         for connection in connections:
             await connection.close()

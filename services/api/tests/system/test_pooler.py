@@ -1,0 +1,100 @@
+"""The real server behind PgBouncer in transaction mode: two API processes whose pools hold more
+client connections than the pooler lends, under a crowd of writers with an erasure and admin reads
+beside them. PostgreSQL never sees more of them than the pooler's pool, every request is answered
+201 and recorded, and the erasure finishes."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import jotc_provision
+import psycopg
+from jotc_provision import PgBouncer, wait_until
+from support import AUTH, migrate_command, plant, server_url, start_api
+
+POOL = 2  # server connections the pooler lends, per database
+API_POOL = 4  # client connections each API worker holds (JOTC_DB_POOL_SIZE), + 1 for /readyz
+WRITERS, EACH = 8, 40
+
+
+def server_connections(direct_url: str, database: str) -> int:
+    """Backends on the database, the sampler's own excepted (it connects directly)."""
+    with psycopg.connect(direct_url, autocommit=True) as db:
+        row = db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (database,)
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_postgresql_sees_no_more_connections_than_the_pool_while_the_fleet_writes_and_erases(
+    tmp_root: Path, tmp_path: Path
+) -> None:
+    with jotc_provision.fresh_database(server_url(), migrate_with=migrate_command()) as direct_url:
+        database = direct_url.rsplit("/", 1)[1]
+        bouncer = PgBouncer(tmp_path / "pgbouncer", server_url(), pool_size=POOL)
+        bouncer.start()
+        servers = []
+        try:
+            pooled = bouncer.url(direct_url)
+            erased = f"pooled-erasure-{uuid.uuid4().hex[:8]}"
+            plant(pooled, erased, 2000)
+            settings = {"JOTC_DB_POOLER": "transaction", "JOTC_DB_POOL_SIZE": str(API_POOL), "JOTC_WORKERS": "2"}
+            servers = [start_api(pooled, tmp_root, **settings) for _ in range(2)]
+            # 2 processes x 2 workers x (4 + 1) client connections against a pool of 2.
+            seen: list[int] = []
+            stop = threading.Event()
+
+            def sample() -> None:
+                while not stop.is_set():
+                    seen.append(server_connections(direct_url, database))
+                    time.sleep(0.02)  # the sampling interval
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+
+            def write(number: int) -> list[tuple[int, str | None]]:
+                server = servers[number % len(servers)]
+                answers = []
+                with httpx.Client(base_url=server.base_url, timeout=30) as http:
+                    for _ in range(EACH):
+                        response = http.post("/jumps", json={"clouds": [0, 0, 1, 0, 0], "user": f"pooled-{number}"})
+                        body = response.json() if response.status_code == 201 else {}
+                        answers.append((response.status_code, body.get("id")))
+                        http.get("/admin/stats", headers=AUTH)
+                return answers
+
+            with httpx.Client(base_url=servers[0].base_url, timeout=30) as admin:
+                started = admin.delete(f"/admin/users/{erased}/requests", headers=AUTH)
+                assert started.status_code in (200, 202), started.text
+                with ThreadPoolExecutor(WRITERS) as pool:
+                    answers = [answer for batch in pool.map(write, range(WRITERS)) for answer in batch]
+
+                def erasure_done() -> bool:
+                    job = admin.get(f"/admin/erasures/{erased}", headers=AUTH)
+                    return job.status_code == 200 and job.json()["state"] == "done"
+
+                wait_until(erasure_done, timeout=120, what="the erasure finished through the pooler", interval=0.2)
+            stop.set()
+            sampler.join()
+        finally:
+            for server in servers:
+                server.stop()
+            bouncer.stop()
+        statuses = Counter(status for status, _ in answers)
+        assert statuses == {201: WRITERS * EACH}, f"answers: {dict(statuses)}"
+        with psycopg.connect(direct_url) as db:
+            ids = [uuid.UUID(record) for _, record in answers if record]
+            row = db.execute("SELECT count(*) FROM jump_requests WHERE id = ANY(%s)", (ids,)).fetchone()
+            left = db.execute("SELECT count(*) FROM jump_requests WHERE user_name = %s", (erased,)).fetchone()
+        assert row == (WRITERS * EACH,), "every acknowledged request has its row"
+        assert left == (0,), "the erasure removed every planted row"
+        assert seen, "the sampler ran"
+        assert max(seen) <= POOL, f"PostgreSQL saw {max(seen)} connections of the fleet; the pool is {POOL}"
+        print(f"\nserver connections seen (max of {len(seen)} samples): {max(seen)}; pool {POOL}; clients 20")
