@@ -141,6 +141,9 @@ class FakeConnection:
     async def execute(self, statement: Any) -> None:
         self.log.append(f"execute {self.number}: {statement}")
 
+    async def rollback(self) -> None:
+        self.log.append(f"end {self.number}")
+
     async def close(self) -> None:
         self.log.append(f"close {self.number}")
 
@@ -159,10 +162,15 @@ async def test_warm_up_opens_every_pooled_connection_and_gives_each_back() -> No
     engine = FakeEngine()
     await app_module.warm_up(engine, 3)  # type: ignore[arg-type]
     assert engine.opened == 3, "all connections are open at once, so the pool really holds three"
+    # Each transaction ends before the next connection's begins: behind a transaction-mode pooler
+    # none holds a server connection while the others are opened.
     assert engine.log == [
         "execute 1: SELECT 1",
+        "end 1",
         "execute 2: SELECT 1",
+        "end 2",
         "execute 3: SELECT 1",
+        "end 3",
         "close 1",
         "close 2",
         "close 3",
