@@ -149,15 +149,15 @@ READ = text(
 FORGET_EARLIER = text("DELETE FROM erasure_jobs WHERE user_name IN (:pseudonym, :unmarked) AND state = 'done'")
 RUNNING = text("SELECT user_name FROM erasure_jobs WHERE state = 'running' ORDER BY requested_at")
 RECORDED = text("SELECT id FROM jump_requests WHERE id = ANY(:ids)")
-# The job, if it is running and its lease is free (nobody's, or expired), or already this runner's,
-# and no chunk of it is running. CASE orders the tests: the user's lock is tried only for a job this
-# runner may take, so a runner looking at a job held by another never takes it for an instant
-# (that instant would make the holder's next chunk find it taken, and stop).
+# The job, if it is running, its lease free (nobody's, or expired) and no chunk of it running. CASE
+# orders the tests: the user's lock is tried only for a job whose lease is free, so a runner looking
+# at a job another holds does not take that lock for an instant (which would make the holder's next
+# chunk find it taken, give the job back, and leave it to the next look).
 CLAIM = text(
     """
-    UPDATE erasure_jobs SET runner = :runner, lease_until = now() + make_interval(secs => :hold)
+    UPDATE erasure_jobs SET runner = :runner, lease_until = clock_timestamp() + make_interval(secs => :hold)
     WHERE user_name = :user AND state = 'running'
-      AND CASE WHEN runner IS NULL OR runner = :runner OR lease_until < now()
+      AND CASE WHEN runner IS NULL OR lease_until < clock_timestamp()
                THEN pg_try_advisory_xact_lock(:class, hashtext(:user)) ELSE false END
     RETURNING user_name, state, deleted, cutoff, requested_at, updated_at, finished_at
     """
@@ -211,7 +211,7 @@ PROGRESS = text(
         finished_at = CASE WHEN :last THEN now() END,
         user_name = CASE WHEN :last THEN :pseudonym ELSE user_name END,
         runner = CASE WHEN :last THEN NULL ELSE runner END,
-        lease_until = CASE WHEN :last THEN NULL ELSE now() + make_interval(secs => :hold) END
+        lease_until = CASE WHEN :last THEN NULL ELSE clock_timestamp() + make_interval(secs => :hold) END
     WHERE user_name = :user AND state = 'running' AND runner = :runner
     RETURNING CAST(:user AS text), state, deleted, cutoff, requested_at, updated_at, finished_at
     """
@@ -281,8 +281,15 @@ class Pace:
 
 
 class LeaseLost(Exception):
-    """Another runner holds the job now (this one stalled past its lease, or a runner of the
-    previous release works on it): the chunk in hand is rolled back and this runner stops."""
+    """This runner may not go on with the job; the chunk in hand is rolled back. ``ours``: the lease
+    is still this runner's, but the user's lock was held elsewhere (a runner of the previous release,
+    or another user whose name hashes alike, for a moment), so the runner gives the lease back and
+    whoever looks next takes the job over. Otherwise another runner has taken it over (this one
+    stalled past its lease)."""
+
+    def __init__(self, user: str, *, ours: bool = False) -> None:
+        super().__init__(user)
+        self.ours = ours
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,7 +336,10 @@ async def _run_claimed(
         began = time.monotonic()
         try:
             job, after = await erase_chunk(connection, job, claim, after)
-        except LeaseLost:
+        except LeaseLost as lost:
+            if lost.ours:  # the lock was another's for a moment: the job goes back to whoever looks next
+                async with connection.begin():
+                    await connection.execute(RELEASE, {"user": job.user, "runner": claim.runner})
             return None
         if not job.done:
             rest = claim.pace.rest_after(time.monotonic() - began)
@@ -355,7 +365,7 @@ async def erase_chunk(
     parameters = {"user": user, "cutoff": job.cutoff, "rows": chunk_rows}
     async with connection.begin():
         if not (await connection.execute(CHUNK_LOCK, {"class": LOCK_CLASS, "user": user})).scalar_one():
-            raise LeaseLost(user)
+            raise LeaseLost(user, ours=True)
         if after is None:
             found = (await connection.execute(SWEEP_CHUNK, parameters)).one()
         else:

@@ -20,7 +20,9 @@ from jotc_api.erasure import Eraser, Pace, read_job, run_job, start_job
 from jotc_api.settings import load_settings
 
 ROWS = 3000
-LEASE = 6.0  # long enough that the second instance's first look finds the dead runner's lease live
+# Long enough that the second instance's first look, right after the kill, finds the dead runner's
+# lease live even on a machine stalled for seconds; the test waits it out once.
+LEASE = 15.0
 
 
 def instance(url: str):  # type: ignore[no-untyped-def]

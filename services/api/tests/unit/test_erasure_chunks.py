@@ -280,6 +280,7 @@ async def test_a_chunk_whose_lock_another_runner_holds_is_not_run() -> None:
     assert await run_job(FakeEngine(database), "ann", pace=Pace(chunk_rows=5)) is None  # type: ignore[arg-type]
     assert "DELETE_CHUNK" not in database.log
     assert database.rows == 12
+    assert (database.log[-1], database.runner) == ("RELEASE", None), "given back, for whoever looks next"
 
 
 async def test_a_job_that_is_gone_is_nothing_to_run() -> None:
