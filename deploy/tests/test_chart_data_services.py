@@ -175,7 +175,21 @@ def test_pgbouncer_is_configured_as_the_api_needs_it() -> None:
     assert settings["auth_type"] == "scram-sha-256"
     assert settings["server_tls_sslmode"] == "require"  # pgbouncer.settings
     assert settings["listen_port"] == "6432"
-    assert dict(ini["databases"]) == {"jotc": "host=db.example.internal port=5432 dbname=jotc"}
+    assert dict(ini["databases"]) == {
+        "jotc": "host=db.example.internal port=5432 dbname=jotc",
+        # /readyz's own entry: in the traffic's pool a saturated pool would turn every pod unready.
+        "jotc_readiness": "host=db.example.internal port=5432 dbname=jotc pool_size=1",
+    }
+
+
+def test_the_api_checks_readiness_through_the_poolers_own_entry() -> None:
+    env = env_of(api_containers(render(FLEET))["api"])
+    assert env["JOTC_READINESS_DATABASE_URL"] == POOLED_URL + "_readiness"
+    assert env["DATABASE_URL"] == POOLED_URL
+    external = env_of(api_containers(render(EXTERNAL))["api"])
+    assert "JOTC_READINESS_DATABASE_URL" not in external, "an external pooler's entry only when named"
+    named = env_of(api_containers(render(EXTERNAL, "--set", "database.pooler.readinessDatabase=jotc_ready"))["api"])
+    assert named["JOTC_READINESS_DATABASE_URL"].endswith("/jotc_ready")
 
 
 def test_pgbouncer_runs_like_the_api_two_or_more_with_a_disruption_budget() -> None:
@@ -240,22 +254,26 @@ def test_the_twenty_pod_fleet_fits_postgresqls_default_budget_only_through_the_p
 
 
 def test_the_poolers_server_connections_beyond_the_budget_are_refused() -> None:
-    render(FLEET, "--set", "database.connectionBudget=61")
-    message = refusal("-f", str(VALUES[FLEET]), "--set", "database.connectionBudget=60")
-    assert "the pooler may open 61 PostgreSQL connections" in message
-    assert "(database.pooler.replicas 2 + 1 surge) x (defaultPoolSize 20 + reservePoolSize 0), + 1 migration" in message
-    assert "database.connectionBudget is 60" in message
-    reserve = refusal(
-        "-f", str(VALUES[FLEET]), "--set", "database.pooler.reservePoolSize=5,database.connectionBudget=75"
+    render(FLEET, "--set", "database.connectionBudget=64")
+    message = refusal("-f", str(VALUES[FLEET]), "--set", "database.connectionBudget=63")
+    assert "the pooler may open 64 PostgreSQL connections" in message
+    assert (
+        "(database.pooler.replicas 2 + 1 surge) x (defaultPoolSize 20 + reservePoolSize 0 + 1 for /readyz's entry), "
+        "+ 1 migration" in message
     )
-    assert "the pooler may open 76 PostgreSQL connections" in reserve
+    assert "database.connectionBudget is 63" in message
+    reserve = refusal(
+        "-f", str(VALUES[FLEET]), "--set", "database.pooler.reservePoolSize=5,database.connectionBudget=78"
+    )
+    assert "the pooler may open 79 PostgreSQL connections" in reserve
 
 
 def test_the_apis_connections_beyond_what_the_pooler_accepts_are_refused() -> None:
-    render(FLEET, "--set", "database.pooler.maxClientConn=106")  # 2 x 106 = 212 >= 211
-    message = refusal("-f", str(VALUES[FLEET]), "--set", "database.pooler.maxClientConn=105")
+    # One of the two instances may be away (its disruption budget allows it): the other takes all 211.
+    render(FLEET, "--set", "database.pooler.maxClientConn=211")
+    message = refusal("-f", str(VALUES[FLEET]), "--set", "database.pooler.maxClientConn=210")
     assert "the API may open 211 connections to the pooler" in message
-    assert "+ 1 retention) but it accepts 210 (database.pooler.maxClientConn 105 x replicas 2)" in message
+    assert "but with one instance away it accepts 210 (database.pooler.maxClientConn 210 x (replicas 2 - 1))" in message
 
 
 def test_the_direct_budget_counts_the_retention_run() -> None:

@@ -378,30 +378,46 @@ class PgBouncer:
     (docs/deployment.md). Debian's pgbouncer (1.18: no protocol-level prepared statements). It may
     be stopped and started again on the same port (a restart under load)."""
 
-    def __init__(self, directory: Path, server_url: str, *, pool_size: int = 8, port: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        server_url: str,
+        *,
+        pool_size: int = 8,
+        port: int | None = None,
+        entries: Mapping[str, tuple[str, int]] | None = None,
+    ) -> None:
         binary = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
         if binary is None:
             raise ProvisionError("no PgBouncer: install it (Debian: apt-get install pgbouncer); scripts/test does")
         self.binary = binary
         self.server = urllib.parse.urlsplit(server_url)
         self.pool_size = pool_size
+        self.entries = dict(entries or {})  # database entries of their own: name -> (database, pool size)
         self.port = port or free_port()
         self.directory = directory
         self.process: subprocess.Popen[bytes] | None = None
 
-    def url(self, database_url: str) -> str:
-        """database_url (a database of the server behind) as reached through this pooler."""
+    def url(self, database_url: str, entry: str | None = None) -> str:
+        """database_url (a database of the server behind) as reached through this pooler, through
+        its own ``entry`` when given (one of ``entries``)."""
         parts = urllib.parse.urlsplit(database_url)
-        return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{self.port}"))
+        netloc = f"{parts.username or 'postgres'}@127.0.0.1:{self.port}"
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc, path=f"/{entry}" if entry else parts.path))
 
     def write_config(self) -> Path:
         server = self.server
         user = server.username or "postgres"
         password = f" password={urllib.parse.unquote(server.password)}" if server.password else ""
         config = self.directory / "pgbouncer.ini"
+        address = f"host={server.hostname or '127.0.0.1'} port={server.port or 5432} user={user}{password}"
+        own = "".join(
+            f"{name} = {address} dbname={database} pool_size={size}\n"
+            for name, (database, size) in self.entries.items()
+        )
         config.write_text(
             "[databases]\n"
-            f"* = host={server.hostname or '127.0.0.1'} port={server.port or 5432} user={user}{password}\n"
+            f"{own}* = {address}\n"
             "[pgbouncer]\n"
             f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
             "auth_type = any\npool_mode = transaction\n"

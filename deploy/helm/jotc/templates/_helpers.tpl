@@ -133,14 +133,18 @@ neither a CPU limit nor a CPU request is set: 1 Granian worker per pod. Set api.
 pooler's server connections (each instance's pool, an instance more while one rolls) and the
 migration's direct one. */ -}}
 {{- $clients := add $apiConnections $retention -}}
-{{- $accepted := mul (int $pooler.maxClientConn) (int $pooler.replicas) -}}
+{{- /* One instance may be away (its PodDisruptionBudget allows it, or it is restarting): the
+others take its clients. */ -}}
+{{- $serving := max 1 (sub (int $pooler.replicas) 1) -}}
+{{- $accepted := mul (int $pooler.maxClientConn) $serving -}}
 {{- if gt $clients $accepted -}}
-{{- fail (printf "the API may open %d connections to the pooler ((max replicas + surge) %d x workers %d x (JOTC_DB_POOL_SIZE %d + 1 for /readyz), + %d retention) but it accepts %d (database.pooler.maxClientConn %d x replicas %d): raise maxClientConn or the pooler's replicas, or lower the API's replicas, workers or pool size" $clients $pods $workers $pool $retention $accepted (int $pooler.maxClientConn) (int $pooler.replicas)) -}}
+{{- fail (printf "the API may open %d connections to the pooler ((max replicas + surge) %d x workers %d x (JOTC_DB_POOL_SIZE %d + 1 for /readyz), + %d retention) but with one instance away it accepts %d (database.pooler.maxClientConn %d x (replicas %d - 1)): raise maxClientConn or the pooler's replicas, or lower the API's replicas, workers or pool size" $clients $pods $workers $pool $retention $accepted (int $pooler.maxClientConn) (int $pooler.replicas)) -}}
 {{- end -}}
-{{- $perInstance := add (int $pooler.defaultPoolSize) (int $pooler.reservePoolSize) -}}
+{{- $readiness := ternary 1 0 (or (eq $pooler.type "pgbouncer") (ne $pooler.readinessDatabase "")) -}}
+{{- $perInstance := add (int $pooler.defaultPoolSize) (int $pooler.reservePoolSize) $readiness -}}
 {{- $server := add (mul (add (int $pooler.replicas) 1) $perInstance) 1 -}}
 {{- if gt $server $budget -}}
-{{- fail (printf "the pooler may open %d PostgreSQL connections ((database.pooler.replicas %d + 1 surge) x (defaultPoolSize %d + reservePoolSize %d), + 1 migration) but database.connectionBudget is %d: lower the pool sizes or the pooler's replicas, or raise the budget (and the server's max_connections)" $server (int $pooler.replicas) (int $pooler.defaultPoolSize) (int $pooler.reservePoolSize) $budget) -}}
+{{- fail (printf "the pooler may open %d PostgreSQL connections ((database.pooler.replicas %d + 1 surge) x (defaultPoolSize %d + reservePoolSize %d + %d for /readyz's entry), + 1 migration) but database.connectionBudget is %d: lower the pool sizes or the pooler's replicas, or raise the budget (and the server's max_connections)" $server (int $pooler.replicas) (int $pooler.defaultPoolSize) (int $pooler.reservePoolSize) $readiness $budget) -}}
 {{- end -}}
 {{- else -}}
 {{- $needed := add $apiConnections 1 $retention -}}
@@ -301,6 +305,10 @@ else the direct URL. The migration Job always takes jotc.databaseEnv, the direct
 {{- include "jotc.poolerLoginEnv" . }}
 - name: DATABASE_URL
   value: {{ printf "postgresql://$(JOTC_POOLER_USERNAME):$(JOTC_POOLER_PASSWORD)@%s:%d/%s" (include "jotc.poolerHost" .) (int .Values.database.pooler.port) .Values.database.pooler.database | quote }}
+{{- with include "jotc.readinessDatabase" . }}
+- name: JOTC_READINESS_DATABASE_URL
+  value: {{ printf "postgresql://$(JOTC_POOLER_USERNAME):$(JOTC_POOLER_PASSWORD)@%s:%d/%s" (include "jotc.poolerHost" $) (int $.Values.database.pooler.port) . | quote }}
+{{- end }}
 {{- else }}
 {{- include "jotc.databaseEnv" . }}
 {{- end }}
@@ -347,11 +355,22 @@ pods on the pooler's port, an external pooler's port, or PostgreSQL's port. */}}
 
 {{/* pgbouncer.ini of the chart's PgBouncer: one database, transaction pooling, the sizes the
 budget check counted, SCRAM logins from the file the container writes from its Secret. */}}
+{{/* The pooler's database entry for /readyz: the chart's PgBouncer always has one; an external
+pooler's when database.pooler.readinessDatabase names it; else empty (/readyz uses DATABASE_URL). */}}
+{{- define "jotc.readinessDatabase" -}}
+{{- $pooler := .Values.database.pooler -}}
+{{- if $pooler.readinessDatabase }}{{ $pooler.readinessDatabase }}
+{{- else if eq $pooler.type "pgbouncer" }}{{ printf "%s_readiness" $pooler.database }}
+{{- end -}}
+{{- end }}
+
 {{- define "jotc.pgbouncerIni" -}}
 {{- $pooler := .Values.database.pooler -}}
 {{- $server := .Values.pgbouncer.serverHost | default (printf "%s-postgresql" (include "jotc.fullname" .)) -}}
 [databases]
 {{ $pooler.database }} = host={{ $server }} port={{ .Values.database.port }} dbname={{ $pooler.database }}
+; /readyz's own entry, one server connection: never queued behind the traffic
+{{ include "jotc.readinessDatabase" . }} = host={{ $server }} port={{ .Values.database.port }} dbname={{ $pooler.database }} pool_size=1
 
 [pgbouncer]
 listen_addr = *

@@ -123,9 +123,11 @@ def make_engine(settings: Settings) -> AsyncEngine:
 
 
 def make_readiness_engine(settings: Settings) -> AsyncEngine:
-    """/readyz's own connection (one per worker, counted in the connection budget)."""
+    """/readyz's own connection (one per worker, counted in the connection budget), to
+    JOTC_READINESS_DATABASE_URL when set: behind a transaction-mode pooler, an entry with a pool of
+    its own, since in the traffic's pool the check would wait behind the traffic."""
     return create_async_engine(
-        settings.database_url,
+        settings.readiness_database_url or settings.database_url,
         pool_size=1,
         max_overflow=0,
         pool_timeout=READY_CHECK_TIMEOUT,

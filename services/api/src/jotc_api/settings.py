@@ -130,6 +130,15 @@ class Settings:
         "letters, digits, `.`, `_`, `-`",
         lambda name, raw: service_name_of(name, raw),
     )
+    readiness_database_url: URL | None = setting(
+        None,
+        "JOTC_READINESS_DATABASE_URL",
+        "PostgreSQL for /readyz's own connection; behind a transaction-mode pooler, a database entry of "
+        "the pooler with a small pool of its own, so a saturated pool cannot turn every pod unready at once",
+        "as DATABASE_URL",
+        lambda name, raw: database_url_of(raw, name),
+        shown="DATABASE_URL",
+    )
     db_pooler: str = setting(
         "none",
         "JOTC_DB_POOLER",
@@ -426,15 +435,13 @@ def database_url(env: Mapping[str, str]) -> URL:
     return database_url_of(raw)
 
 
-def database_url_of(raw: str) -> URL:
+def database_url_of(raw: str, name: str = "DATABASE_URL") -> URL:
     try:
         url = make_url(raw)
     except ArgumentError:
-        raise SettingsError(
-            "DATABASE_URL is not a valid URL; expected postgresql://user:password@host:5432/db"
-        ) from None
+        raise SettingsError(f"{name} is not a valid URL; expected postgresql://user:password@host:5432/db") from None
     if url.get_backend_name() not in {"postgresql", "postgres"}:
-        raise SettingsError(f"DATABASE_URL must be a postgresql:// URL, got {url.drivername!r}")
+        raise SettingsError(f"{name} must be a postgresql:// URL, got {url.drivername!r}")
     return url.set(drivername="postgresql+psycopg")
 
 

@@ -38,14 +38,21 @@ def test_postgresql_sees_no_more_connections_than_the_pool_while_the_fleet_write
 ) -> None:
     with jotc_provision.fresh_database(server_url(), migrate_with=migrate_command()) as direct_url:
         database = direct_url.rsplit("/", 1)[1]
-        bouncer = PgBouncer(tmp_path / "pgbouncer", server_url(), pool_size=POOL)
+        # /readyz through an entry of its own, one server connection, as the chart's PgBouncer has it.
+        entries = {f"{database}_readiness": (database, 1)}
+        bouncer = PgBouncer(tmp_path / "pgbouncer", server_url(), pool_size=POOL, entries=entries)
         bouncer.start()
         servers = []
         try:
             pooled = bouncer.url(direct_url)
             erased = f"pooled-erasure-{uuid.uuid4().hex[:8]}"
             plant(pooled, erased, 2000)
-            settings = {"JOTC_DB_POOLER": "transaction", "JOTC_DB_POOL_SIZE": str(API_POOL), "JOTC_WORKERS": "2"}
+            settings = {
+                "JOTC_DB_POOLER": "transaction",
+                "JOTC_READINESS_DATABASE_URL": bouncer.url(direct_url, f"{database}_readiness"),
+                "JOTC_DB_POOL_SIZE": str(API_POOL),
+                "JOTC_WORKERS": "2",
+            }
             servers = [start_api(pooled, tmp_root, **settings) for _ in range(2)]
             # 2 processes x 2 workers x (4 + 1) client connections against a pool of 2.
             seen: list[int] = []
@@ -96,5 +103,41 @@ def test_postgresql_sees_no_more_connections_than_the_pool_while_the_fleet_write
         assert row == (WRITERS * EACH,), "every acknowledged request has its row"
         assert left == (0,), "the erasure removed every planted row"
         assert seen, "the sampler ran"
-        assert max(seen) <= POOL, f"PostgreSQL saw {max(seen)} connections of the fleet; the pool is {POOL}"
-        print(f"\nserver connections seen (max of {len(seen)} samples): {max(seen)}; pool {POOL}; clients 20")
+        assert max(seen) <= POOL + 1, f"PostgreSQL saw {max(seen)} connections; the pools are {POOL} + 1 (/readyz)"
+        print(f"\nserver connections seen (max of {len(seen)} samples): {max(seen)}; pools {POOL} + 1; clients 20")
+
+
+def test_a_saturated_pool_does_not_turn_the_api_unready(tmp_root: Path, tmp_path: Path) -> None:
+    """Every server connection of the traffic's pool held by a transaction: /readyz, through its
+    own entry, still answers 200 (in the traffic's pool it would wait past its deadline, and every
+    pod of a fleet would leave its Service at once)."""
+    with jotc_provision.fresh_database(server_url(), migrate_with=migrate_command()) as direct_url:
+        database = direct_url.rsplit("/", 1)[1]
+        entries = {f"{database}_readiness": (database, 1)}
+        bouncer = PgBouncer(tmp_path / "pgbouncer", server_url(), pool_size=POOL, entries=entries)
+        bouncer.start()
+        holders: list[psycopg.Connection[tuple[object, ...]]] = []
+        server = None
+        try:
+            pooled = bouncer.url(direct_url)
+            server = start_api(
+                pooled,
+                tmp_root,
+                JOTC_DB_POOLER="transaction",
+                JOTC_READINESS_DATABASE_URL=bouncer.url(direct_url, f"{database}_readiness"),
+                JOTC_WORKERS="1",
+            )
+            for _ in range(POOL):  # each holds a server connection until its transaction ends
+                holder = psycopg.connect(pooled)
+                holder.execute("SELECT 1")
+                holders.append(holder)
+            assert server_connections(direct_url, database) >= POOL, "the traffic's pool is taken"
+            with httpx.Client(base_url=server.base_url, timeout=30) as http:
+                answers = [http.get("/readyz") for _ in range(5)]
+            assert [answer.status_code for answer in answers] == [200] * 5, answers[-1].text
+        finally:
+            for holder in holders:
+                holder.close()
+            if server is not None:
+                server.stop()
+            bouncer.stop()

@@ -44,6 +44,7 @@ GOOD = {"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/jotc"}
         ("JOTC_ERASURE_BUSY_PERCENT", "0"),
         ("JOTC_ERASURE_BUSY_PERCENT", "150"),
         ("JOTC_DB_POOLER", "pgbouncer"),
+        ("JOTC_READINESS_DATABASE_URL", "mysql://root@localhost/jotc"),
         ("REDIS_SENTINELS", "sentinel-0"),
         ("REDIS_SENTINELS", "sentinel-0:26379,sentinel-1:99999"),
         ("REDIS_SENTINELS", ","),
@@ -111,11 +112,15 @@ def test_the_pooler_and_the_sentinels_are_parsed() -> None:
         {
             **GOOD,
             "JOTC_DB_POOLER": "Transaction",
+            "JOTC_READINESS_DATABASE_URL": "postgresql://jotc@pooler:6432/jotc_readiness",
             "REDIS_SENTINELS": "sentinel-0:26379, 10.0.0.7:26380,[::1]:26381",
             "REDIS_SENTINEL_SERVICE": "jotc-redis",
         }
     )
     assert settings.db_pooler == "transaction"
+    assert settings.readiness_database_url is not None
+    assert settings.readiness_database_url.database == "jotc_readiness"
+    assert defaults.readiness_database_url is None, "unset: /readyz uses DATABASE_URL"
     assert settings.redis_sentinels == (("sentinel-0", 26379), ("10.0.0.7", 26380), ("::1", 26381))
     assert settings.redis_sentinel_service == "jotc-redis"
 
