@@ -133,6 +133,7 @@ def test_help_is_the_usage_of_the_options_it_takes(bench: ModuleType, report: Mo
         "--statements",
         "--floor",
         "--against",
+        "--pooler",
         "--results",
     }
     samples = {"N": "2", "S": "3", "C": "8", "TEXT": "x", "LIMIT": "10/second", "DIR": "out", "REV": "HEAD"}

@@ -72,7 +72,9 @@ def test_the_fleet_goes_through_every_phase_and_every_check_passes(tmp_path: Pat
     with tempfile.TemporaryDirectory(prefix="jotc-fleet-test.") as made:
         scratch = Path(made)
         scratch.chmod(0o755)
-        command = [str(FLEET), "--phase-seconds", "4", "--users", "20", "--report", str(report)]
+        # Syncs up to 2 s late still pass (CI's two cores are shared); counts not shared would admit
+        # every request the probe sends, above that bound.
+        command = [str(FLEET), "--phase-seconds", "4", "--users", "20", "--late-syncs", "2", "--report", str(report)]
         with log.open("wb") as out:
             process = subprocess.Popen(
                 command,

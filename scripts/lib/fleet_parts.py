@@ -26,7 +26,7 @@ from typing import Any
 import jotc_provision
 import psycopg
 from common import SERVICES
-from fleet_report import ProbeResult, Request, Sample
+from fleet_report import LATE_SYNC_SECONDS, ProbeResult, Request, Sample
 from jotc_provision import free_port, wait_until
 
 API = SERVICES / "api/.venv/bin/jotc-api"
@@ -47,7 +47,6 @@ LOCUST_WORKERS = 2
 # The rate limiter's sync interval (services/api/src/jotc_api/ratelimit.py, SYNC_SECONDS) and the
 # lateness allowed to a sync on a busy machine (see probe()).
 SYNC_SECONDS = 0.1
-LATE_SYNC_SECONDS = 0.4
 PROBE_RATE = 40.0  # the probe's requests a second
 PROBE_SHARE = 1.6  # it sends this many times the limit
 BODY = json.dumps({"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "fleet-probe"}).encode()
@@ -468,7 +467,7 @@ def keyed_post_until_201(instance: Instance, timeout: float) -> str:
         time.sleep(0.2)  # the pace of the attempts
 
 
-def probe(port: int, limit: int, instances: int) -> ProbeResult:
+def probe(port: int, limit: int, instances: int, late_syncs: float = LATE_SYNC_SECONDS) -> ProbeResult:
     """One client address (203.0.113.x: TEST-NET-3) sending PROBE_SHARE times the limit POST /jumps
     through HAProxy at PROBE_RATE a second, within one minute's window (if the current window has
     too little left, it starts at the next one).
@@ -477,7 +476,7 @@ def probe(port: int, limit: int, instances: int) -> ProbeResult:
     in all, so every request sent here. Sharing their counts through Redis, they admit the limit
     and an overshoot that ratelimit.py documents: what the client sends to the other instances
     within one sync interval (SYNC_SECONDS), PROBE_RATE x 0.1 s. The tolerance allows that plus
-    syncs late by LATE_SYNC_SECONDS on a busy machine: PROBE_RATE x 0.5 s in all."""
+    syncs late by ``late_syncs`` on a busy machine (LATE_SYNC_SECONDS: PROBE_RATE x 0.5 s in all)."""
     count = math.ceil(limit * PROBE_SHARE)
     duration = count / PROBE_RATE
     left = 60 - time.time() % 60
@@ -497,7 +496,7 @@ def probe(port: int, limit: int, instances: int) -> ProbeResult:
     windows = {int(answer.start // 60) for answer in answers}
     if len(windows) != 1:
         raise FleetError(f"the probe straddled two rate-limit windows ({sorted(windows)}); run it again")
-    tolerance = PROBE_RATE * (SYNC_SECONDS + LATE_SYNC_SECONDS) / limit
+    tolerance = PROBE_RATE * (SYNC_SECONDS + late_syncs) / limit
     return ProbeResult(
         limit=limit,
         instances=instances,

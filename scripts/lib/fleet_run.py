@@ -175,7 +175,11 @@ def main(argv: list[str]) -> int:
         direct_url = stack.enter_context(
             jotc_provision.fresh_database(found.database_url, prefix="jotc_fleet", migrate_with=str(MIGRATE))
         )
-        pooler = jotc_provision.PgBouncer(scratch / "pgbouncer", found.database_url, pool_size=args.pool_size)
+        database = direct_url.rsplit("/", 1)[1]
+        readiness = f"{database}_readiness"  # /readyz's own entry, one server connection, as the chart has it
+        pooler = jotc_provision.PgBouncer(
+            scratch / "pgbouncer", found.database_url, pool_size=args.pool_size, entries={readiness: (database, 1)}
+        )
         pooler.start()
         stack.callback(pooler.stop)
         say(f"PgBouncer on 127.0.0.1:{pooler.port}, transaction mode, {args.pool_size} server connections")
@@ -188,6 +192,7 @@ def main(argv: list[str]) -> int:
         sampler = stack.enter_context(ConnectionSampler(direct_url, pooler))
         settings = {
             "DATABASE_URL": pooler.url(direct_url),
+            "JOTC_READINESS_DATABASE_URL": pooler.url(direct_url, readiness),
             "JOTC_DB_POOLER": "transaction",
             "REDIS_SENTINELS": group.sentinels_setting,
             "REDIS_SENTINEL_SERVICE": SENTINEL_SERVICE,
@@ -215,7 +220,7 @@ def main(argv: list[str]) -> int:
         with run.phase("5 additive migration") as phase:
             additive_migration(direct_url, balancer, phase.did)
         with run.phase("6 rate-limit probe") as phase:
-            probe = fleet_parts.probe(balancer.port, args.rate_limit, len(instances))
+            probe = fleet_parts.probe(balancer.port, args.rate_limit, len(instances), args.late_syncs)
             phase.did.append(f"one client address past its limit: {fleet_report.answers_text(probe.answers)}")
         swarm.stop()
 
@@ -228,7 +233,7 @@ def main(argv: list[str]) -> int:
             rows,
             acknowledged=len(acknowledged),
             missing=missing,
-            budget=args.pool_size,
+            budget=args.pool_size + 1,  # and /readyz's entry
             probe=probe,
             faults=FAULTS,
         )
@@ -240,12 +245,12 @@ def main(argv: list[str]) -> int:
             f"{len(instances)} \N{MULTIPLICATION SIGN} jotc-api (1 worker, "
             f"JOTC_DB_POOL_SIZE={fleet_parts.DB_POOL_SIZE} + its readiness connection, "
             f"JOTC_DRAIN_SECONDS={args.drain_seconds:g}) through PgBouncer (transaction mode, "
-            f"pool {args.pool_size}); Redis master + replica + 3 sentinels; HAProxy round robin, /readyz every 0.5 s, "
+            f"pool {args.pool_size}, /readyz's entry 1); Redis master + replica + 3 sentinels; HAProxy round robin, /readyz every 0.5 s, "
             "fall 2 rise 2, retries 0",
             f"Locust: master + 2 workers, {args.users} users (think time {fleet_parts.THINK}), "
             f"each a client address of its own; JOTC_RATE_LIMIT={args.rate_limit}/minute",
         ]
-        text = fleet_report.report("The fleet in miniature", context, rows, args.pool_size, verdicts)
+        text = fleet_report.report("The fleet in miniature", context, rows, args.pool_size + 1, verdicts)
     print(text, end="")
     if args.report:
         args.report.write_text(text)
