@@ -245,8 +245,8 @@ def main(argv: list[str]) -> int:
             f"{len(instances)} \N{MULTIPLICATION SIGN} jotc-api (1 worker, "
             f"JOTC_DB_POOL_SIZE={fleet_parts.DB_POOL_SIZE} + its readiness connection, "
             f"JOTC_DRAIN_SECONDS={args.drain_seconds:g}) through PgBouncer (transaction mode, "
-            f"pool {args.pool_size}, /readyz's entry 1); Redis master + replica + 3 sentinels; HAProxy round robin, /readyz every 0.5 s, "
-            "fall 2 rise 2, retries 0",
+            f"pool {args.pool_size}, /readyz's entry 1); Redis master + replica + 3 sentinels; "
+            "HAProxy round robin, /readyz every 0.5 s, fall 2 rise 2, retries 0",
             f"Locust: master + 2 workers, {args.users} users (think time {fleet_parts.THINK}), "
             f"each a client address of its own; JOTC_RATE_LIMIT={args.rate_limit}/minute",
         ]
