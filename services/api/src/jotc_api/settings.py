@@ -118,7 +118,8 @@ class Settings:
         (),
         "REDIS_SENTINELS",
         "Redis Sentinel addresses, `host:port` separated by commas; when set, the master is found through "
-        "them (REDIS_SENTINEL_SERVICE names it) and REDIS_URL gives only the password and database, if any",
+        "them (REDIS_SENTINEL_SERVICE names it) and REDIS_URL gives only the user, password, database and TLS, "
+        "if any",
         "`host:port`, …; IPv6 as `[::1]:26379`",
         lambda _, raw: sentinels_of(raw),
         shown="unset (REDIS_URL alone)",
@@ -523,6 +524,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if raw:  # blank is unset: the default
             values[name] = declared.read(declared.env, raw)
     values["database_url"] = database_url(env)
+    if values.get("redis_sentinels") and str(values.get("redis_url", "")).startswith("unix://"):
+        raise SettingsError(
+            "REDIS_URL is a unix:// socket, but REDIS_SENTINELS finds the master over TCP: give REDIS_URL as "
+            "redis:// (only its user, password, database and TLS are used) or leave it unset"
+        )
     if "max_body_bytes" not in values:
         values["max_body_bytes"] = longest_body(values.get("max_clouds", DEFAULT_MAX_CLOUDS))
     return Settings(**values, version=__version__)

@@ -105,6 +105,11 @@ def test_good_settings_are_parsed() -> None:
     assert load_settings({**GOOD, "JOTC_RATE_LIMIT": "0"}).rate_limit is None
 
 
+def test_a_unix_socket_with_sentinels_is_refused_naming_both() -> None:
+    with pytest.raises(SettingsError, match="REDIS_URL is a unix:// socket, but REDIS_SENTINELS"):
+        load_settings({**GOOD, "REDIS_URL": "unix:///run/redis.sock", "REDIS_SENTINELS": "sentinel-0:26379"})
+
+
 def test_the_pooler_and_the_sentinels_are_parsed() -> None:
     defaults = load_settings(GOOD)
     assert (defaults.db_pooler, defaults.redis_sentinels, defaults.redis_sentinel_service) == ("none", (), "mymaster")
