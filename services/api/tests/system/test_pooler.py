@@ -24,10 +24,13 @@ WRITERS, EACH = 8, 40
 
 
 def server_connections(direct_url: str, database: str) -> int:
-    """Backends on the database, the sampler's own excepted (it connects directly)."""
+    """Clients' backends on the database (not autovacuum's), the sampler's own excepted (it
+    connects directly)."""
     with psycopg.connect(direct_url, autocommit=True) as db:
         row = db.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (database,)
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+            " AND backend_type = 'client backend'",
+            (database,),
         ).fetchone()
     assert row is not None
     return int(row[0])
