@@ -15,11 +15,13 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.types import ASGIApp
+from litestar.plugins import PluginProtocol
+from litestar.types import ASGIApp, BeforeMessageSendHookHandler, Message, Scope
+from opentelemetry import trace
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from jotc_api import __version__, served
+from jotc_api import __version__, served, tracing
 from jotc_api.clients import Clients
 from jotc_api.drain import DrainFlag
 from jotc_api.erasure import Eraser, Pace
@@ -59,6 +61,7 @@ STATUS_KINDS = {
     415: "unsupported-media-type",
 }
 DB_WRITE_TIMEOUT_SECONDS = 10.0
+REDACTED = "(see http.route)"
 
 
 def problem_response(problem: Problem) -> Response[bytes]:
@@ -229,6 +232,10 @@ def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Li
             await readiness_engine.dispose()
             await link.close()
             log.info("stopped")
+            if tracing.provider is not None:
+                tracing.provider.force_flush()  # the worker's last spans, before it exits
+
+    plugins, before_send = litestar_tracing()
 
     return Litestar(
         route_handlers=[
@@ -263,5 +270,41 @@ def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Li
             ),
         ),
         logging_config=None,
+        plugins=plugins,
+        before_send=before_send,
         debug=False,
     )
+
+
+def litestar_tracing() -> tuple[list[PluginProtocol], list[BeforeMessageSendHookHandler]]:
+    """Litestar's OpenTelemetry integration for the routes Litestar answers, while tracing is on
+    (nothing at all otherwise): a server span per request continuing the caller's traceparent,
+    named by its route template once the router has matched it (not by its path, which holds ids)."""
+    if tracing.tracer is None:
+        return [], []
+    from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+
+    def server_span(scope: Any) -> tuple[str, dict[str, Any]]:
+        return str(scope.get("method", "HTTP")), {}
+
+    def started(span: trace.Span, scope: dict[str, Any]) -> None:
+        # Paths and queries name users (/admin/users/{user}/requests, ?user=): traces, kept by other
+        # systems, get the route template (http.route) instead; an erased user stays out of them.
+        span.set_attributes({"http.target": REDACTED, "http.url": REDACTED})
+        tracing.note_server_span(span)
+
+    def named_by_route(message: Message, scope: Scope) -> None:
+        if message["type"] == "http.response.start":
+            span = trace.get_current_span()
+            template = scope.get("path_template")
+            if template and span.is_recording():
+                span.update_name(f"{scope.get('method', 'HTTP')} {template}")
+                span.set_attribute("http.route", str(template))
+
+    config = OpenTelemetryConfig(
+        tracer=tracing.tracer,
+        server_request_hook_handler=started,
+        scope_span_details_extractor=server_span,
+        exclude_spans=["receive", "send"],
+    )
+    return [OpenTelemetryPlugin(config)], [named_by_route]

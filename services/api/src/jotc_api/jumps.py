@@ -20,6 +20,7 @@ import uuid_utils
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jotc_api import tracing
 from jotc_api.memory import clouds_cost
 from jotc_api.parsing import JotcBody, JumpInput, parse_json, parse_text
 from jotc_api.problems import FieldError, Problem, database_unavailable, erased, overloaded, validation_problem
@@ -88,9 +89,10 @@ def parse_query(raw: bytes) -> dict[str, str]:
 async def solve_without_stalling(clouds: bytes, max_jump: int, offload_from: int) -> Solution | Unreachable:
     """Small inputs inline (microseconds); large ones on a worker thread, so this worker keeps
     serving other requests meanwhile (NumPy releases the GIL; the pure-Python walk yields it)."""
-    if len(clouds) < offload_from:
-        return solve(clouds, max_jump)
-    return await anyio.to_thread.run_sync(solve, clouds, max_jump)
+    with tracing.span("solve"):
+        if len(clouds) < offload_from:
+            return solve(clouds, max_jump)
+        return await anyio.to_thread.run_sync(solve, clouds, max_jump)
 
 
 async def solve_and_record(services: Services, data: JumpInput) -> tuple[uuid.UUID, Solution]:
@@ -106,7 +108,8 @@ async def solve_and_record(services: Services, data: JumpInput) -> tuple[uuid.UU
     request_id = uuid.UUID(bytes=uuid_utils.uuid7().bytes)
     row = Row(request_id, data.user, len(data.clouds), data.max_jump, pack_clouds(data.clouds), answer.jumps)
     try:
-        await services.recorder.record(row)
+        with tracing.span("wait for commit"):
+            await services.recorder.record(row)
     except Overloaded:
         raise overloaded() from None
     except DatabaseUnavailable as exc:  # its message names PostgreSQL's role, never its address
@@ -136,17 +139,19 @@ async def answer_jumps(services: Services, incoming: Incoming) -> Reply:
     """POST /jumps: JSON, or text/plain in HackerRank's format with user and max_jump in the query."""
     query = parse_query(incoming.query)
     max_clouds = services.settings.max_clouds
-    if incoming.kind == JSON:
-        data = parse_json(incoming.body, query, max_clouds)
-    else:
-        data = parse_text(incoming.body, query, max_clouds)
+    with tracing.span("parse"):
+        if incoming.kind == JSON:
+            data = parse_json(incoming.body, query, max_clouds)
+        else:
+            data = parse_text(incoming.body, query, max_clouds)
     request_id, solution = await solve_and_record(services, data)
     return jumps_reply(incoming.kind, request_id, data, solution)
 
 
 async def answer_jotc(services: Services, incoming: Incoming) -> Reply:
     """POST /jotc: JSON, max_jump 2, answered in the original PHP service's shape."""
-    data = parse_json(incoming.body, parse_query(incoming.query), services.settings.max_clouds, form=JotcBody)
+    with tracing.span("parse"):
+        data = parse_json(incoming.body, parse_query(incoming.query), services.settings.max_clouds, form=JotcBody)
     request_id, solution = await solve_and_record(services, data)
     return jotc_reply(incoming.kind, request_id, data, solution)
 
@@ -154,7 +159,8 @@ async def answer_jotc(services: Services, incoming: Incoming) -> Reply:
 async def recorded(services: Services, record_id: str) -> tuple[uuid.UUID, JumpInput, Solution]:
     """A recorded request and its solution, for replaying an idempotent answer. 410 once erased."""
     try:
-        found = await find_request(services.engine, uuid.UUID(record_id))
+        with tracing.span("read record"):
+            found = await find_request(services.engine, uuid.UUID(record_id))
     except SQLAlchemyError:
         raise database_unavailable("PostgreSQL is unavailable; the kept answer could not be rebuilt") from None
     if found is None:
@@ -191,7 +197,8 @@ async def read_jump(
     """The recorded request; its clouds are charged (memory.py) before its answer is rebuilt."""
     wanted = canonical_id(raw_id)
     try:
-        found = await find_request(engine, wanted)
+        with tracing.span("read record"):
+            found = await find_request(engine, wanted)
     except SQLAlchemyError:
         raise database_unavailable("PostgreSQL is unavailable; the request could not be read") from None
     if found is None:

@@ -23,6 +23,9 @@ from typing import Any
 
 import msgspec
 import structlog
+from opentelemetry import trace
+
+from jotc_api import tracing
 
 access_log = structlog.get_logger("jotc.access")
 
@@ -36,6 +39,17 @@ def add_request_id(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     request_id = CURRENT_REQUEST_ID.get()
     if request_id is not None:
         event.setdefault("request_id", request_id)
+    return event
+
+
+def add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """trace_id and span_id of the span active when the line is written, while tracing is on."""
+    if tracing.tracer is not None:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            trace_id, span_id = tracing.ids(context)
+            event.setdefault("trace_id", trace_id)
+            event.setdefault("span_id", span_id)
     return event
 
 
@@ -62,6 +76,7 @@ def escape_controls(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
 def configure_logging(level: str, fmt: str) -> None:
     shared: list[Any] = [
         add_request_id,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -108,12 +123,16 @@ class AccessLog:
         self.pending: list[bytes] = []
         self.encode = msgspec.json.encode
 
-    def add(self, method: str, path: str, status: int, seconds: float, rid: str) -> None:
+    def add(
+        self, method: str, path: str, status: int, seconds: float, rid: str, traced: tuple[str, str] | None = None
+    ) -> None:
+        """``traced``: the request's server span (trace_id, span_id), when tracing is on."""
         ms = round(seconds * 1000, 2)
+        ids = {"trace_id": traced[0], "span_id": traced[1]} if traced is not None else {}
         if not self.json:
-            access_log.info("request", method=method, path=path, status=status, ms=ms)
+            access_log.info("request", method=method, path=path, status=status, ms=ms, **ids)
             return
-        line = {
+        line: dict[str, object] = {
             "event": "request",
             "level": "info",
             "logger": "jotc.access",
@@ -123,6 +142,7 @@ class AccessLog:
             "path": path,
             "status": status,
             "ms": ms,
+            **ids,
         }
         if not self.pending:
             asyncio.get_running_loop().call_later(ACCESS_FLUSH_SECONDS, self.flush)

@@ -28,6 +28,7 @@ from litestar.config.cors import CORSConfig
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from jotc_api import tracing
 from jotc_api.drain import DrainFlag
 from jotc_api.logs import CURRENT_REQUEST_ID, AccessLog
 from jotc_api.memory import give_back
@@ -137,6 +138,8 @@ def response_pipeline(
             request_id = secrets.token_hex(8).encode()
         rid = request_id.decode()
         CURRENT_REQUEST_ID.set(rid)
+        if tracing.tracer is not None:
+            tracing.SERVER_SPAN.set(None)  # set by the request's server span, if it gets one
         added = [*SECURITY_HEADERS, (b"x-request-id", request_id)]
         if policy is not None:
             added += policy.headers(origin)
@@ -206,6 +209,7 @@ def response_pipeline(
                 route = str(scope.get("path_template") or UNMATCHED)  # set by Litestar's router and the fast path
                 tally.add(method_label(method), route, final, elapsed)
             if access or final >= 500:
-                lines.add(method_label(method), scope["path"], final, elapsed, rid)
+                traced = tracing.SERVER_SPAN.get() if tracing.tracer is not None else None
+                lines.add(method_label(method), scope["path"], final, elapsed, rid, traced)
 
     return pipeline

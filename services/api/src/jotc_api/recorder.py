@@ -35,11 +35,14 @@ from typing import Final, NamedTuple
 import msgspec
 import psycopg
 import structlog
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanContext, Status, StatusCode
 from prometheus_client import Counter, Histogram
 from psycopg.rows import TupleRow
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from jotc_api import tracing
 from jotc_api.deadline import Deadline
 
 log = structlog.get_logger("jotc.recorder")
@@ -116,7 +119,9 @@ class _Stop:
     """Queued after the last row on shutdown: a writer that takes it exits."""
 
 
-Waiting = tuple[Row, "asyncio.Future[None]"]
+# A queued row, the future its request waits on, and that request's span when it is traced and
+# sampled: the batch's span links to it.
+Waiting = tuple[Row, "asyncio.Future[None]", SpanContext | None]
 
 
 class Recorder:
@@ -141,8 +146,9 @@ class Recorder:
         if self._closing:
             raise DatabaseUnavailable("the service is shutting down")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        traced = tracing.sampled_context() if tracing.tracer is not None else None
         try:
-            self._queue.put_nowait((row, future))
+            self._queue.put_nowait((row, future, traced))
         except asyncio.QueueFull:
             raise Overloaded("too many requests are waiting for the database") from None
         # A client that hangs up cancels this future, not the row: it stays in its batch, and the
@@ -168,7 +174,7 @@ class Recorder:
     async def _write_loop(self) -> None:
         """One writer: keeps one pooled connection for its whole life (no checkout per batch),
         and gives it back, invalidated, when it fails."""
-        link: Link | None = None
+        link: Connected | None = None
         try:
             while True:
                 first = await self._queue.get()
@@ -186,21 +192,38 @@ class Recorder:
             if link is not None:
                 await link.pooled.close()
 
-    async def _write(self, link: Link | None, batch: list[Waiting]) -> Link | None:
+    async def _write(self, link: Connected | None, batch: list[Waiting]) -> Connected | None:
         """Write one batch; answer its requests; return the connection to use next time."""
+        tracer = tracing.tracer
+        if tracer is not None:
+            carried = [Link(traced) for _, _, traced in batch if traced is not None]
+            if carried:
+                # A trace of its own, linked to every sampled request it carries (a batch serves many
+                # traces); Context() makes it a root whatever the writer's context holds.
+                attributes: dict[str, str | int] = {"db.system.name": "postgresql", "jotc.batch.rows": len(batch)}
+                with tracer.start_as_current_span(
+                    "recorder batch commit", Context(), links=carried, attributes=attributes
+                ) as span:
+                    link = await self._write_batch(link, batch)
+                    if any(future.exception() for _, future, _ in batch if future.done() and not future.cancelled()):
+                        span.set_status(Status(StatusCode.ERROR, "the batch was not recorded"))
+                    return link
+        return await self._write_batch(link, batch)
+
+    async def _write_batch(self, link: Connected | None, batch: list[Waiting]) -> Connected | None:
         started = time.perf_counter()
         try:
             with Deadline(self._write_timeout):
                 if link is None:
                     link = await connect(self._engine)
-                await insert_rows(link.driver, [row for row, _ in batch])
+                await insert_rows(link.driver, [row for row, _, _ in batch])
         except (IntegrityError, DataError):
             # Validation mirrors every CHECK and type, so this is a bug; one bad row must not cost
             # the others in its batch their answer: write them one by one.
             log.exception("batch rejected by the database; writing its rows one by one")
             if len(batch) > 1:
                 for waiting in batch:
-                    link = await self._write(link, [waiting])
+                    link = await self._write_batch(link, [waiting])
                 return link
             self._fail(batch, DatabaseUnavailable("the row was rejected by a database constraint"))
             return link
@@ -211,7 +234,7 @@ class Recorder:
             return None
         COMMIT_SECONDS.observe(time.perf_counter() - started)
         BATCH_ROWS.observe(len(batch))
-        for _, future in batch:
+        for _, future, _ in batch:
             if not future.done():
                 future.set_result(None)
         return link
@@ -220,7 +243,7 @@ class Recorder:
         FAILED_ROWS.inc(len(batch))
         log.warning("batch not recorded; answering 503", rows=len(batch), reason=describe_failure(exc))
         told = told_to_clients(exc)
-        for _, future in batch:
+        for _, future, _ in batch:
             if not future.done():
                 future.set_exception(DatabaseUnavailable(told))
 
@@ -234,14 +257,14 @@ class Recorder:
         return failed
 
 
-class Link(NamedTuple):
+class Connected(NamedTuple):
     """A writer's pooled connection and the psycopg connection underneath it."""
 
     pooled: AsyncConnection
     driver: psycopg.AsyncConnection[TupleRow]
 
 
-async def connect(engine: AsyncEngine) -> Link:
+async def connect(engine: AsyncEngine) -> Connected:
     """A pooled connection for a writer, its psycopg connection in autocommit (each batch
     statement is its own transaction). The psycopg connection is looked up here, once:
     SQLAlchemy's lookup runs through a greenlet, which a one-row batch would pay every time."""
@@ -256,7 +279,7 @@ async def connect(engine: AsyncEngine) -> Link:
         # the connection from its pool for good.
         await asyncio.shield(discard(pooled))
         raise
-    return Link(pooled, driver)
+    return Connected(pooled, driver)
 
 
 async def insert_rows(driver: psycopg.AsyncConnection[TupleRow], rows: list[Row]) -> None:

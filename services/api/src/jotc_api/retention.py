@@ -32,6 +32,7 @@ from typing import Any, Final
 
 import psycopg
 
+from jotc_api import tracing
 from jotc_api.settings import SettingsError, database_url, integer
 
 DEFAULT_CHUNK_ROWS: Final = 5000
@@ -98,7 +99,7 @@ def apply_retention(connection: psycopg.Connection[Any], days: int, chunk_rows: 
     assert cutoff is not None
     deleted = emptied = 0
     while True:
-        with connection.transaction():
+        with tracing.span("retention chunk"), connection.transaction():
             connection.execute(BOUNDS)
             gone = connection.execute(DELETE_CHUNK, {"cutoff": cutoff[0], "rows": chunk_rows}).fetchall()
             if gone:
@@ -117,9 +118,18 @@ def apply_retention(connection: psycopg.Connection[Any], days: int, chunk_rows: 
 def main() -> None:
     try:
         retention = load_retention(os.environ)
-    except SettingsError as exc:
+        tracing.configure("jotc-retention")  # on when OTEL_* ask for it (tracing.py)
+    except (SettingsError, tracing.TracingError) as exc:
         print(f"jotc-retention: {exc}", file=sys.stderr)
         sys.exit(2)
+    try:
+        with tracing.span("retention run", {"jotc.retention.days": retention.days or 0}):
+            run(retention)
+    finally:
+        tracing.shutdown()  # the run's spans are exported before the process ends
+
+
+def run(retention: Retention) -> None:
     if retention.days is None:
         print("jotc-retention: JOTC_RETENTION_DAYS is not set; recorded requests are kept forever", file=sys.stderr)
         return

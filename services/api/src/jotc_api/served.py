@@ -18,11 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
+from opentelemetry import propagate
+from opentelemetry.instrumentation.asgi import asgi_getter
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
+from jotc_api import tracing
 from jotc_api.idempotency import StoredReply, claim_key, keep_reply
 from jotc_api.problems import Problem, incomplete_body
 from jotc_api.services import Services, services_of
@@ -61,7 +66,8 @@ async def answer_once(services: Services, route: ServedRoute, incoming: Incoming
     """The route's answer; with an Idempotency-Key, the first request's answer to every repeat."""
     if incoming.idempotency_key is None:
         return await route.answer(services, incoming)
-    claimed = await claim_key(services.idempotency, route.path, incoming)
+    with tracing.span("redis idempotency claim"):
+        claimed = await claim_key(services.idempotency, route.path, incoming)
     if isinstance(claimed, StoredReply):
         return await replayed(services, route, incoming.kind, claimed)
     try:
@@ -69,9 +75,11 @@ async def answer_once(services: Services, route: ServedRoute, incoming: Incoming
     except BaseException:
         # Nothing was recorded: the key is free again. A retry of a refusal gets the same refusal,
         # computed afresh (cheaper than keeping it), and a corrected request may use the key.
-        await services.idempotency.release(claimed.name)
+        with tracing.span("redis idempotency release"):
+            await services.idempotency.release(claimed.name)
         raise
-    await keep_reply(services.idempotency, claimed, reply)
+    with tracing.span("redis idempotency keep"):
+        await keep_reply(services.idempotency, claimed, reply)
     return reply
 
 
@@ -110,11 +118,31 @@ def fast_path(app: Litestar, inner: ASGIApp) -> ASGIApp:
             await inner(scope, receive, send)
             return
         scope["path_template"] = route.path  # for the metrics layer, as Litestar's router does
+        tracer = tracing.tracer
+        if tracer is not None:
+            await traced(tracer, route, scope, receive, send)
+            return
         try:
             reply = await receive_and_serve(services, route, scope, receive)
         except Problem as problem:
             await send_answer(send, *problem.render())
             return
         await send_answer(send, reply.status, reply.headers(), reply.body)
+
+    async def traced(tracer: Tracer, route: ServedRoute, scope: Scope, receive: Receive, send: Send) -> None:
+        """The served request as the server span of its trace, continuing the caller's traceparent."""
+        attributes = {"http.request.method": "POST", "http.route": route.path, "url.path": scope["path"]}
+        caller = propagate.extract(cast("dict[str, Any]", scope), getter=asgi_getter)
+        with tracer.start_as_current_span(f"POST {route.path}", caller, SpanKind.SERVER, attributes) as server:
+            tracing.note_server_span(server)
+            try:
+                reply = await receive_and_serve(services, route, scope, receive)
+                status, headers, body = reply.status, reply.headers(), reply.body
+            except Problem as problem:
+                status, headers, body = problem.render()
+            server.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                server.set_status(Status(StatusCode.ERROR))
+            await send_answer(send, status, headers, body)
 
     return serve

@@ -25,6 +25,7 @@ from typing import Any
 
 from granian.server import Server
 
+from jotc_api import tracing
 from jotc_api.drain import FLAG_ENV, DrainFlag
 from jotc_api.memory import CONTAINER_RESERVE, BudgetError, plan_request_memory
 from jotc_api.settings import Settings, SettingsError, load_settings
@@ -224,7 +225,8 @@ def run(settings: Settings) -> None:
 def main() -> None:
     try:
         settings = load_settings()
-    except SettingsError as exc:
+        tracing.check()
+    except (SettingsError, tracing.TracingError) as exc:
         print(f"jotc-api: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     run(settings)

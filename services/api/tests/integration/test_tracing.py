@@ -1,0 +1,193 @@
+"""OpenTelemetry traces in process, checked with the SDK's in-memory exporter: a served request is one
+trace continuing the caller's traceparent, with its child spans; the recorder's batch is a span of its
+own linked to the requests it carried; Litestar's routes (reads, admin, erasure) are traced through
+Litestar's integration; retention's chunks; the log lines carry the span's ids. Through the real
+server and the OTLP/HTTP exporter: tests/system/test_tracing_export.py."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import redirect_stdout
+
+import psycopg
+import pytest
+import structlog
+from jotc_provision import wait_until
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from support import ADMIN_TOKEN, TEST_SETTINGS, fresh_database, in_process, plant
+
+from jotc_api import tracing
+from jotc_api.logs import AccessLog, configure_logging
+from jotc_api.retention import apply_retention
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+TRACEPARENT = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}
+AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    tracing.configure("jotc-api", {}, processor=SimpleSpanProcessor(exporter))
+    yield exporter
+    tracing.shutdown()
+
+
+def hex_ids(span: ReadableSpan) -> tuple[str, str]:
+    assert span.context is not None
+    return tracing.ids(span.context)
+
+
+def named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
+    return [span for span in exporter.get_finished_spans() if span.name == name]
+
+
+def children(exporter: InMemorySpanExporter, parent: ReadableSpan) -> dict[str, ReadableSpan]:
+    assert parent.context is not None
+    return {
+        span.name: span
+        for span in exporter.get_finished_spans()
+        if span.parent is not None and span.parent.span_id == parent.context.span_id
+    }
+
+
+def test_a_served_post_is_one_trace_continuing_the_callers_traceparent(
+    database_url: str, spans: InMemorySpanExporter
+) -> None:
+    headers = {**TRACEPARENT, "idempotency-key": f"trace-{uuid.uuid4()}"}
+    with in_process(database_url) as http:
+        response = http.post("/jumps", json={"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "traced"}, headers=headers)
+    assert response.status_code == 201, response.text
+    (server,) = named(spans, "POST /jumps")
+    assert server.kind == SpanKind.SERVER
+    assert hex_ids(server)[0] == TRACE_ID
+    assert server.parent is not None
+    assert format(server.parent.span_id, "016x") == PARENT_ID
+    assert server.attributes is not None
+    assert server.attributes["http.response.status_code"] == 201
+    inner = children(spans, server)
+    assert set(inner) == {"redis idempotency claim", "parse", "solve", "wait for commit", "redis idempotency keep"}
+    # The batch: a trace of its own, linked to the request's wait for it.
+    (batch,) = named(spans, "recorder batch commit")
+    assert hex_ids(batch)[0] != TRACE_ID
+    assert batch.parent is None
+    assert [tracing.ids(link.context) for link in batch.links] == [hex_ids(inner["wait for commit"])]
+    assert batch.attributes is not None
+    assert batch.attributes["jotc.batch.rows"] == 1
+
+
+def test_a_refusal_is_an_answer_and_the_jotc_route_is_traced_alike(
+    database_url: str, spans: InMemorySpanExporter
+) -> None:
+    with in_process(database_url) as http:
+        assert http.post("/jotc", json={"clouds": [0, 1, 1, 0]}, headers=TRACEPARENT).status_code == 422
+        assert http.post("/jotc", json={"clouds": [0, 0, 0]}).status_code == 200
+    refused, answered = named(spans, "POST /jotc")
+    assert refused.attributes is not None
+    assert refused.attributes["http.response.status_code"] == 422
+    assert refused.status.status_code == StatusCode.UNSET
+    assert set(children(spans, refused)) == {"parse", "solve"}
+    assert hex_ids(answered)[0] != TRACE_ID
+    assert answered.parent is None
+    assert set(children(spans, answered)) == {"parse", "solve", "wait for commit"}
+    assert not named(spans, "redis idempotency claim")
+
+
+def test_a_server_error_marks_the_server_span(database_url: str, spans: InMemorySpanExporter) -> None:
+    with fresh_database() as url, in_process(url) as http:
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute("ALTER TABLE jump_requests RENAME TO jump_requests_away")
+        assert http.post("/jumps", json={"clouds": [0, 0]}).status_code == 503
+    (server,) = named(spans, "POST /jumps")
+    assert server.status.status_code == StatusCode.ERROR
+    (batch,) = named(spans, "recorder batch commit")
+    assert batch.status.status_code == StatusCode.ERROR
+
+
+def test_reads_and_litestar_routed_posts_are_traced_by_the_integration(
+    database_url: str, spans: InMemorySpanExporter
+) -> None:
+    with in_process(database_url) as http:
+        created = http.post("/jumps", json={"clouds": [0, 0, 0, 1, 0]})
+        assert http.get(created.headers["location"], headers=TRACEPARENT).status_code == 200
+    (read,) = named(spans, "GET /jumps/{request_id}")
+    assert read.kind == SpanKind.SERVER
+    assert hex_ids(read)[0] == TRACE_ID
+    assert read.parent is not None
+    assert format(read.parent.span_id, "016x") == PARENT_ID
+    assert set(children(spans, read)) == {"read record", "solve"}
+
+
+def test_without_the_fast_path_litestar_makes_the_server_span(database_url: str, spans: InMemorySpanExporter) -> None:
+    from litestar.testing import TestClient
+    from support import POOLER_SETTINGS, redis_url
+
+    from jotc_api.app import create_app
+    from jotc_api.settings import load_settings
+
+    settings = load_settings({"DATABASE_URL": database_url, "REDIS_URL": redis_url(), **POOLER_SETTINGS})
+    with TestClient(app=create_app(settings, configure_logs=False, fast_path=False)) as http:
+        assert http.post("/jumps", json={"clouds": [0, 0]}, headers=TRACEPARENT).status_code == 201
+    (server,) = named(spans, "POST /jumps")
+    assert hex_ids(server)[0] == TRACE_ID
+    assert set(children(spans, server)) == {"parse", "solve", "wait for commit"}
+
+
+def test_admin_routes_and_the_erasure_chunks_are_traced(database_url: str, spans: InMemorySpanExporter) -> None:
+    user = f"erased-{uuid.uuid4().hex[:8]}"
+    plant(database_url, user, 30)
+    with in_process(database_url, **TEST_SETTINGS, JOTC_ERASURE_CHUNK_ROWS="10") as http:
+        assert http.get("/admin/stats", headers=AUTH).status_code == 200
+        assert http.delete(f"/admin/users/{user}/requests", headers={**AUTH, **TRACEPARENT}).status_code == 200
+    assert named(spans, "GET /admin/stats")
+    (erase,) = named(spans, "DELETE /admin/users/{user}/requests")
+    assert hex_ids(erase)[0] == TRACE_ID
+    chunks = named(spans, "erasure chunk")
+    assert len(chunks) >= 3
+    assert all(chunk.parent is not None and chunk.parent.span_id == erase.context.span_id for chunk in chunks)  # type: ignore[union-attr]
+    assert not any(user in json.dumps(dict(span.attributes or {})) for span in spans.get_finished_spans())
+
+
+def test_the_rate_limits_redis_sync_is_a_span_of_its_own(database_url: str, spans: InMemorySpanExporter) -> None:
+    with in_process(database_url, JOTC_RATE_LIMIT="100/minute") as http:
+        assert http.post("/jumps", json={"clouds": [0, 0]}).status_code == 201
+        wait_until(lambda: bool(named(spans, "redis rate-limit sync")), timeout=10, what="a rate-limit sync span")
+    (sync, *_) = named(spans, "redis rate-limit sync")
+    assert sync.parent is None
+
+
+def test_retention_chunks_are_spans(spans: InMemorySpanExporter) -> None:
+    with fresh_database() as url:
+        plant(url, "old@example.com", 25, age="40 days")
+        with psycopg.connect(url) as connection, tracing.span("retention run") as run:
+            assert apply_retention(connection, 30, 10).deleted == 25
+    chunks = named(spans, "retention chunk")
+    assert len(chunks) == 3
+    assert all(chunk.parent is not None and chunk.parent.span_id == run.get_span_context().span_id for chunk in chunks)
+
+
+def test_log_lines_written_in_a_span_carry_its_ids(spans: InMemorySpanExporter) -> None:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        configure_logging("INFO", "json")
+        structlog.get_logger("jotc.test").info("outside")
+        with tracing.span("work") as span:
+            structlog.get_logger("jotc.test").info("inside")
+    outside, inside = (json.loads(line) for line in out.getvalue().splitlines())
+    assert "trace_id" not in outside
+    assert (inside["trace_id"], inside["span_id"]) == tracing.ids(span.get_span_context())
+
+
+def test_the_access_line_carries_the_server_spans_ids(capsys: pytest.CaptureFixture[str]) -> None:
+    lines = AccessLog("json")
+    lines.pending.append(b"")  # no flush scheduled: this test has no event loop
+    lines.add("POST", "/jumps", 201, 0.001, "rid", (TRACE_ID, PARENT_ID))
+    line = json.loads(lines.pending[-1])
+    assert (line["trace_id"], line["span_id"], line["request_id"]) == (TRACE_ID, PARENT_ID, "rid")
