@@ -16,10 +16,11 @@ find nothing left to do.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib.resources import files
 from typing import TypeVar
 
@@ -28,6 +29,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
+from opentelemetry import trace
 from sqlalchemy import Connection, create_engine, pool, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
@@ -145,6 +147,7 @@ def migrate(
     configure_session(connection, bounds)
     with migration_lock(connection, bounds, stopper, log):
         before = current_revision(connection)
+        trace.get_current_span().set_attribute("db.migration.from", before or "empty")
         if before is not None and before not in known_revisions():
             newer_database(connection, before)
             return before, before
@@ -156,7 +159,9 @@ def migrate(
             connection.commit()
 
         with_lock_retries(connection, bounds, stopper, log, attempt)
-        return before, current_revision(connection)
+        after = current_revision(connection)
+        trace.get_current_span().set_attribute("db.migration.to", after or "empty")
+        return before, after
 
 
 def refuse_a_pooler(connection: Connection) -> None:
@@ -292,9 +297,61 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(words)
 
 
+def tracing_wanted(env: Mapping[str, str]) -> bool:
+    """The API's rule (docs/observability.md): traces when OTEL_TRACES_EXPORTER names an exporter
+    or an OTLP endpoint is set, unless OTEL_TRACES_EXPORTER=none or OTEL_SDK_DISABLED=true."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if exporter:
+        return exporter != "none"
+    return any(env.get(f"OTEL_EXPORTER_OTLP_{part}ENDPOINT") for part in ("", "TRACES_"))
+
+
+@contextlib.contextmanager
+def traced_run(env: Mapping[str, str]) -> Iterator[trace.Span]:
+    """The run as one span (its revisions before and after as attributes), exported before the
+    command exits, when the OTEL_* variables ask for traces; a no-op span otherwise. Exporters:
+    OTLP over HTTP (endpoint, headers... from OTEL_EXPORTER_OTLP_*) or the console's (stderr)."""
+    if not tracing_wanted(env):
+        yield trace.INVALID_SPAN
+        return
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+    detected = Resource.create()
+    if str(detected.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        detected = detected.merge(Resource({SERVICE_NAME: "jotc-migrate"}))
+    provider = TracerProvider(resource=detected, shutdown_on_exit=False)
+    exporter: SpanExporter
+    if env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "console":
+        exporter = ConsoleSpanExporter(out=sys.stderr)
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    try:
+        with provider.get_tracer("jotc_migrations").start_as_current_span("jotc-migrate") as span:
+            yield span
+    finally:
+        provider.shutdown()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    with traced_run(os.environ) as span:
+        code = run_command(argv, span)
+        span.set_attribute("process.exit.code", code)
+        if code != EXIT_OK:
+            span.set_status(trace.StatusCode.ERROR)
+        return code
+
+
+def run_command(argv: Sequence[str] | None, span: trace.Span) -> int:
     try:
         args = parse_args(argv)
+        span.set_attribute("jotc.migrate.command", args.command)
         if args.command == "head":
             print(head_revision())
             return EXIT_OK
