@@ -1,31 +1,34 @@
-"""The chart's Grafana dashboard and Prometheus alerts: the rules pass `promtool check rules` and
-fire in `promtool test rules` on made-up series, and every metric they name is one the API exports.
+"""The chart's Grafana dashboard and Prometheus rules: the rules and the dashboard's queries pass
+`promtool check rules`, and every metric they name is one the API exports, one they record, or one
+of the named outside sources (Prometheus, kube-state-metrics, ingress-nginx). What the alerts do
+on made-up series is test_chart_alerts.py's.
 
-promtool comes from Debian's `prometheus` package, installed as root when missing (as the container
-stage installs docker.io); elsewhere the promtool tests are skipped with the reason, and under
-CI=true they fail instead.
+promtool comes from Debian's `prometheus` package (prometheus_rules.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from chart import one, render
-from common import apt_install, can_install
+from prometheus_rules import MONITORING, alerts, rules, run_promtool, write_rules
 from support import ROOT
 
 API_SOURCE = ROOT / "services/api/src"
-MONITORING = ("--set", "api.grafanaDashboard.enabled=true,api.prometheusRule.enabled=true")
-# Series that come from elsewhere than the API: Prometheus itself and kube-state-metrics.
-NOT_FROM_THE_API = {"up", "kube_deployment_spec_replicas", "kube_deployment_status_replicas_available"}
+# Series that come from elsewhere than the API: Prometheus itself, kube-state-metrics, ingress-nginx.
+NOT_FROM_THE_API = {
+    "up",
+    "kube_deployment_spec_replicas",
+    "kube_deployment_status_replicas_available",
+    "nginx_ingress_controller_requests",
+    "nginx_ingress_controller_request_duration_seconds_bucket",
+    "nginx_ingress_controller_request_duration_seconds_count",
+}
 PROMQL_WORDS = {
     "sum",
     "by",
@@ -33,10 +36,14 @@ PROMQL_WORDS = {
     "increase",
     "histogram_quantile",
     "absent",
+    "label_replace",
     "le",
     "without",
     "on",
     "ignoring",
+    "and",
+    "or",
+    "unless",
 }
 
 
@@ -54,7 +61,8 @@ def exported_metrics() -> set[str]:
 
 def metric_names(expression: str) -> set[str]:
     """Metric names in a PromQL expression: identifiers outside label matchers, keywords and numbers."""
-    without_matchers = re.sub(r"\{[^}]*\}", " ", expression)
+    without_strings = re.sub(r'"[^"]*"', " ", expression)
+    without_matchers = re.sub(r"\{[^}]*\}", " ", without_strings)
     without_groupings = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", " ", without_matchers)
     without_ranges = re.sub(r"\[[^\]]*\]", " ", without_groupings)
     words = set(re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b", without_ranges))
@@ -72,8 +80,11 @@ def dashboard_expressions(docs: list[dict[str, Any]]) -> list[str]:
 
 
 def rule_expressions(docs: list[dict[str, Any]]) -> list[str]:
-    groups = one(docs, "PrometheusRule")["spec"]["groups"]
-    return [rule["expr"] for group in groups for rule in group["rules"]]
+    return [rule["expr"] for rule in rules(docs)]
+
+
+def recorded(docs: list[dict[str, Any]]) -> set[str]:
+    return {rule["record"] for rule in rules(docs) if "record" in rule}
 
 
 def test_the_api_declares_the_metrics_this_test_reads() -> None:
@@ -89,8 +100,11 @@ def test_the_api_declares_the_metrics_this_test_reads() -> None:
 def test_the_dashboard_queries_only_metrics_the_api_exports() -> None:
     docs = render("default", *MONITORING)
     used = {name for expression in dashboard_expressions(docs) for name in metric_names(expression)}
-    assert used - exported_metrics() == set()
-    # what the issue asks to see: rate, errors, latency percentiles, recorder batches and failures, Redis
+    assert used - exported_metrics() - recorded(docs) == set()
+    # the SLOs beside the rest: their 30-day shares, the budget left and the burn rates
+    assert {"jotc:availability_errors:ratio_rate30d", "jotc:latency_slow:ratio_rate30d"} <= used
+    assert {"jotc:availability_errors:ratio_rate1h", "jotc:latency_slow:ratio_rate1h"} <= used
+    # rate, errors, latency percentiles, recorder batches and failures, Redis
     assert {
         "jotc_http_requests_total",
         "jotc_http_request_duration_seconds_bucket",
@@ -100,25 +114,43 @@ def test_the_dashboard_queries_only_metrics_the_api_exports() -> None:
     } <= used
 
 
-def test_the_alerts_query_only_metrics_the_api_exports_or_kubernetes_has() -> None:
-    docs = render("default", *MONITORING)
-    used = {name for expression in rule_expressions(docs) for name in metric_names(expression)}
-    assert used - exported_metrics() - NOT_FROM_THE_API == set()
-    alerts = {rule["alert"] for group in one(docs, "PrometheusRule")["spec"]["groups"] for rule in group["rules"]}
-    assert alerts == {
-        "JotcApiServerErrors",
-        "JotcApiSlowJumps",
-        "JotcRecorderFailing",
-        "JotcApiNotReady",
+def test_the_rules_query_only_metrics_the_api_exports_they_record_or_kubernetes_has() -> None:
+    for values in ("default", "production-values"):
+        docs = render(values, *MONITORING)
+        used = {name for expression in rule_expressions(docs) for name in metric_names(expression)}
+        assert used - exported_metrics() - recorded(docs) - NOT_FROM_THE_API == set()
+    assert set(alerts(render("default", *MONITORING))) == {
+        "JotcApiAvailabilityBudgetBurnFast",
+        "JotcApiAvailabilityBudgetBurnSlow",
+        "JotcApiLatencyBudgetBurnFast",
+        "JotcApiLatencyBudgetBurnSlow",
+        "JotcApiUnavailable",
         "JotcApiDown",
+        "JotcApiNotReady",
+        "JotcRecorderFailing",
     }
 
 
+def test_the_slos_are_measured_at_the_ingress_when_it_is_on() -> None:
+    at_the_api = rule_expressions(render("default", *MONITORING))
+    at_the_ingress = rule_expressions(render("default", *MONITORING, "--set", "api.ingress.enabled=true"))
+    assert not [e for e in at_the_api if "nginx_ingress_controller" in e]
+    slo = [e for e in at_the_ingress if "jotc_http_request" in e]
+    assert slo == [], slo
+    chosen = ("--set", "api.ingress.enabled=true,api.prometheusRule.slo.source=api")
+    assert [e for e in rule_expressions(render("default", *MONITORING, *chosen)) if "jotc_http_request" in e]
+    honoured = ("--set", "api.ingress.enabled=true,api.prometheusRule.ingress.namespaceLabel=namespace")
+    ingress = "\n".join(rule_expressions(render("default", *MONITORING, *honoured)))
+    assert 'namespace="jotc", ingress="rel-jotc-api"' in ingress
+    assert "exported_namespace" not in ingress
+
+
 def test_dashboard_and_rules_select_this_release_and_are_off_by_default() -> None:
+    for docs in (render("default", *MONITORING), render("production-values")):
+        for expression in dashboard_expressions(docs) + rule_expressions(docs):
+            assert 'namespace="jotc"' in expression, expression
+            assert re.search(r'\b(job|deployment|ingress)="rel-jotc-api"', expression), expression
     docs = render("default", *MONITORING)
-    for expression in dashboard_expressions(docs) + rule_expressions(docs):
-        assert 'namespace="jotc"' in expression, expression
-        assert 'job="rel-jotc-api"' in expression or 'deployment="rel-jotc-api"' in expression, expression
     config = one(docs, "ConfigMap", "-dashboard")
     assert config["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert dashboard(docs)["uid"] != dashboard(render("default", *MONITORING, "--namespace", "other"))["uid"]
@@ -128,122 +160,36 @@ def test_dashboard_and_rules_select_this_release_and_are_off_by_default() -> Non
     assert one(production, "PrometheusRule")["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
+def test_the_dashboard_shows_the_objectives_of_the_values() -> None:
+    objectives = "api.prometheusRule.slo.availability.objective=0.995,api.prometheusRule.slo.latency.seconds=0.1"
+    docs = render("default", *MONITORING, "--set-json", objectives)
+    panels = {panel["title"]: panel for panel in dashboard(docs)["panels"]}
+    availability = panels["Availability, 30 days (objective 0.995)"]
+    assert availability["fieldConfig"]["defaults"]["thresholds"]["steps"][-1]["value"] == 0.995
+    assert "Answered within 0.1 s, 30 days (objective 0.99)" in panels
+    assert panels["Availability error budget left"]["targets"][0]["expr"].endswith("/ (1 - 0.995)")
+
+
 # --- promtool -----------------------------------------------------------------------------------
 
 
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found:
-        return found
-    if can_install():
-        apt_install("prometheus")  # the scripts' one way to install Debian packages
-        found = shutil.which("promtool")
-        if found:
-            return found
-    reason = "promtool not found, and installing Debian's prometheus package needs root and apt-get"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: the rules must be checked)", pytrace=False)
-    pytest.skip(reason)
-
-
-def write_rules(docs: list[dict[str, Any]], into: Path) -> Path:
-    rules = into / "rules.yaml"
-    rules.write_text(yaml.safe_dump({"groups": one(docs, "PrometheusRule")["spec"]["groups"]}, sort_keys=False))
-    return rules
-
-
-def run_promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([promtool(), *args], capture_output=True, text=True, check=False, timeout=120, cwd=cwd)
-
-
-@pytest.mark.parametrize("values", ["default", "production-values"])
-def test_the_rules_pass_promtool_check_rules(values: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("values", "count"), [("default", 24), ("production-values", 25)])
+def test_the_rules_pass_promtool_check_rules(values: str, count: int, tmp_path: Path) -> None:
     docs = render(values, *MONITORING)
     write_rules(docs, tmp_path)
     result = run_promtool("check", "rules", "rules.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 rules found" in result.stdout
+    assert f"{count} rules found" in result.stdout
 
 
-SELECTOR = 'namespace="jotc", job="rel-jotc-api"'
-
-
-def requests(status: str, per_minute: int) -> dict[str, str]:
-    labels = f'{SELECTOR}, method="POST", route="/jumps", status="{status}"'
-    return {"series": f"jotc_http_requests_total{{{labels}}}", "values": f"0+{per_minute}x30"}
-
-
-def test_the_alerts_fire_on_the_failures_they_name_and_stay_quiet_otherwise(tmp_path: Path) -> None:
-    docs = render("default", *MONITORING)
-    write_rules(docs, tmp_path)
-    healthy = [requests("201", 600), {"series": f"up{{{SELECTOR}}}", "values": "1x30"}]
-    failing = [
-        requests("201", 600),
-        requests("503", 60),  # 60 of 660 answers: 9 %, above the 1 % threshold
-        {"series": f"jotc_recorder_failed_rows_total{{{SELECTOR}}}", "values": "0+60x30"},
+def test_the_dashboards_queries_pass_promtool(tmp_path: Path) -> None:
+    """Each query as a recording rule (Grafana's $__rate_interval as 5m), for promtool to parse."""
+    expressions = dashboard_expressions(render("production-values"))
+    queries = [
+        {"record": f"dashboard:query{index}", "expr": expression.replace("$__rate_interval", "5m")}
+        for index, expression in enumerate(expressions)
     ]
-    tests = {
-        "rule_files": ["rules.yaml"],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": healthy,
-                "alert_rule_test": [
-                    {"eval_time": "20m", "alertname": name, "exp_alerts": []}
-                    for name in ("JotcApiServerErrors", "JotcRecorderFailing", "JotcApiDown")
-                ],
-            },
-            {
-                "interval": "1m",
-                "input_series": failing,
-                "alert_rule_test": [
-                    {
-                        "eval_time": "20m",
-                        "alertname": "JotcApiServerErrors",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": {"severity": "warning"},
-                                "exp_annotations": {
-                                    "summary": "More than 1% of JOTC API answers are 5xx",
-                                    "description": "9.091% of answers in jotc/rel-jotc-api were server errors over 5"
-                                    " minutes (503: PostgreSQL down, overloaded, or the recorder failing).",
-                                },
-                            }
-                        ],
-                    },
-                    {
-                        "eval_time": "20m",
-                        "alertname": "JotcRecorderFailing",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": {"severity": "warning"},
-                                "exp_annotations": {
-                                    "summary": "The JOTC recorder cannot write to PostgreSQL",
-                                    "description": "300 requests in jotc/rel-jotc-api were not recorded in 5 minutes"
-                                    " (each answered 503).",
-                                },
-                            }
-                        ],
-                    },
-                    {
-                        "eval_time": "20m",
-                        "alertname": "JotcApiDown",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": {"severity": "critical"},
-                                "exp_annotations": {
-                                    "summary": "No JOTC API target is up",
-                                    "description": "Prometheus scrapes no healthy jotc/rel-jotc-api target: every API"
-                                    " pod is down, or the ServiceMonitor does not select it.",
-                                },
-                            }
-                        ],
-                    },
-                ],
-            },
-        ],
-    }
-    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests, sort_keys=False))
-    result = run_promtool("test", "rules", "tests.yaml", cwd=tmp_path)
+    (tmp_path / "dashboard.yaml").write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": queries}]}))
+    result = run_promtool("check", "rules", "dashboard.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(queries)} rules found" in result.stdout
