@@ -468,3 +468,43 @@ one unit: s, m or h), and two minutes to spawn and write the reports. Nothing ou
 {{- define "jotc.apiURL" -}}
 http://{{ include "jotc.fullname" . }}-api:{{ .Values.api.service.port }}
 {{- end }}
+
+{{/* OpenTelemetry for the API container (api.otel): the standard OTEL_* variables, nothing when off.
+The pod's name and namespace go into the traces' resource. */}}
+{{- define "jotc.otelEnv" -}}
+{{- with .Values.api.otel }}{{ if .enabled }}
+- {name: OTEL_TRACES_EXPORTER, value: otlp}
+{{- with .endpoint }}
+- {name: OTEL_EXPORTER_OTLP_ENDPOINT, value: {{ . | quote }}}
+{{- end }}
+- {name: OTEL_EXPORTER_OTLP_PROTOCOL, value: {{ .protocol | quote }}}
+- {name: OTEL_SERVICE_NAME, value: {{ .serviceName | quote }}}
+- {name: OTEL_TRACES_SAMPLER, value: {{ .sampler | quote }}}
+{{- with .samplerArg }}
+- {name: OTEL_TRACES_SAMPLER_ARG, value: {{ . | quote }}}
+{{- end }}
+- name: K8S_POD_NAME
+  valueFrom: {fieldRef: {fieldPath: metadata.name}}
+- name: K8S_NAMESPACE
+  valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "k8s.namespace.name=$(K8S_NAMESPACE),k8s.pod.name=$(K8S_POD_NAME),k8s.deployment.name=%s-api" (include "jotc.fullname" $) | quote }}
+{{- range $name, $value := .env }}
+- {name: {{ $name }}, value: {{ $value | toString | quote }}}
+{{- end }}
+{{- end }}{{ end }}
+{{- end }}
+
+{{/* The port the API's traces leave by (api.otel): egress.port, else the endpoint's own, else its
+scheme's (443 for https, 80 for http); 0 when there is no endpoint (the SDK's default,
+localhost, stays in the pod). */}}
+{{- define "jotc.otlpPort" -}}
+{{- $otel := .Values.api.otel -}}
+{{- $port := int $otel.egress.port -}}
+{{- if and (not $port) $otel.endpoint -}}
+{{- $url := urlParse $otel.endpoint -}}
+{{- $explicit := regexFind ":[0-9]+$" $url.host | trimPrefix ":" -}}
+{{- $port = $explicit | default (ternary "443" "80" (eq $url.scheme "https")) | int -}}
+{{- end -}}
+{{- $port -}}
+{{- end }}
