@@ -88,7 +88,7 @@ def test_the_otlp_egress_may_be_limited_to_peers_and_needs_an_endpoint() -> None
     [
         'api.otel.env={"JOTC_RATE_LIMIT": "0"}',  # not an OTEL_ variable
         'api.otel.env={"OTEL_SERVICE_NAME": "x"}',  # set by a field
-        'api.otel.protocol="thrift"',
+        'api.otel.protocol="grpc"',  # the API carries OTLP/HTTP only
         'api.otel.endpoint="otel-collector:4318"',  # no scheme
     ],
 )
