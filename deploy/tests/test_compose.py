@@ -209,6 +209,18 @@ def test_env_example_settings_reach_the_services() -> None:
     assert api["DATABASE_URL"] == "postgresql://jotc:jotc-local-only@postgres:5432/jotc"
 
 
+def test_opentelemetry_is_off_by_default_and_reaches_every_jotc_command_when_asked() -> None:
+    quiet = compose_config_with({"COMPOSE_PROFILES": "retention"})["services"]
+    for service in ("api", "migrate", "retention"):
+        environment = quiet[service]["environment"]
+        assert not environment["OTEL_TRACES_EXPORTER"], f"{service}: traces on without being asked"
+        assert not environment["OTEL_EXPORTER_OTLP_ENDPOINT"], f"{service}: traces on without being asked"
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
+    asked = compose_config_with({"COMPOSE_PROFILES": "retention", **endpoint})["services"]
+    for service in ("api", "migrate", "retention"):
+        assert asked[service]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318", service
+
+
 def test_no_env_file_or_secret_is_committed() -> None:
     tracked = set(committed_files())
     assert ".env" not in tracked
