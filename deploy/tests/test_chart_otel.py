@@ -96,3 +96,28 @@ def test_wrong_otel_values_are_refused(bad: str) -> None:
     result = run_helm("template", "rel", str(CHART), "--set-json", bad)
     assert result.returncode != 0
     assert "schema" in result.stderr.lower(), result.stderr
+
+
+def test_the_migration_and_the_retention_run_trace_under_their_own_names() -> None:
+    docs = render("default", "--set", ON + ",retention.days=30")
+
+    def env_of(kind: str, suffix: str) -> dict[str, Any]:
+        spec = one(docs, kind, suffix)["spec"]
+        pod = spec["jobTemplate"]["spec"]["template"]["spec"] if kind == "CronJob" else spec["template"]["spec"]
+        return {item["name"]: item.get("value", item.get("valueFrom")) for item in pod["containers"][0]["env"]}
+
+    migration, retention = env_of("Job", "-migrate-"), env_of("CronJob", "-retention")
+    assert migration["OTEL_SERVICE_NAME"] == "jotc-migrate"
+    assert migration["OTEL_RESOURCE_ATTRIBUTES"].endswith(",k8s.job.name=rel-jotc-migrate-1")
+    assert retention["OTEL_SERVICE_NAME"] == "jotc-retention"
+    assert retention["OTEL_RESOURCE_ATTRIBUTES"].endswith(",k8s.cronjob.name=rel-jotc-retention")
+    for env in (migration, retention):
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.monitoring:4318"
+    for policy in ("rel-jotc-migrations", "rel-jotc-retention"):
+        egress = one(docs, "NetworkPolicy", policy)["spec"]["egress"]
+        assert any(port["port"] == 4318 for rule in egress for port in rule["ports"]), f"{policy}: spans stay in"
+    quiet = render("default", "--set", "retention.days=30")
+    for kind, suffix in (("Job", "-migrate-"), ("CronJob", "-retention")):
+        spec = one(quiet, kind, suffix)["spec"]
+        pod = spec["jobTemplate"]["spec"]["template"]["spec"] if kind == "CronJob" else spec["template"]["spec"]
+        assert not [e for e in pod["containers"][0]["env"] if e["name"].startswith("OTEL_")], kind

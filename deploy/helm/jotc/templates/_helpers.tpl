@@ -469,16 +469,21 @@ one unit: s, m or h), and two minutes to spawn and write the reports. Nothing ou
 http://{{ include "jotc.fullname" . }}-api:{{ .Values.api.service.port }}
 {{- end }}
 
-{{/* OpenTelemetry for the API container (api.otel): the standard OTEL_* variables, nothing when off.
-The pod's name and namespace go into the traces' resource. */}}
+{{/* OpenTelemetry (api.otel) for a container of the chart: the standard OTEL_* variables, nothing
+when off. Called with (dict "ctx" . "service" NAME "workload" "k8s.<kind>.name=<name>"): the API's
+service name is api.otel.serviceName, the migration's jotc-migrate, the retention run's
+jotc-retention; the pod's name and namespace and its workload go into the traces' resource. */}}
 {{- define "jotc.otelEnv" -}}
-{{- with .Values.api.otel }}{{ if .enabled }}
+{{- $ := .ctx -}}
+{{- $service := .service -}}
+{{- $workload := .workload -}}
+{{- with $.Values.api.otel }}{{ if .enabled }}
 - {name: OTEL_TRACES_EXPORTER, value: otlp}
 {{- with .endpoint }}
 - {name: OTEL_EXPORTER_OTLP_ENDPOINT, value: {{ . | quote }}}
 {{- end }}
 - {name: OTEL_EXPORTER_OTLP_PROTOCOL, value: {{ .protocol | quote }}}
-- {name: OTEL_SERVICE_NAME, value: {{ .serviceName | quote }}}
+- {name: OTEL_SERVICE_NAME, value: {{ $service | default .serviceName | quote }}}
 - {name: OTEL_TRACES_SAMPLER, value: {{ .sampler | quote }}}
 {{- with .samplerArg }}
 - {name: OTEL_TRACES_SAMPLER_ARG, value: {{ . | quote }}}
@@ -488,7 +493,7 @@ The pod's name and namespace go into the traces' resource. */}}
 - name: K8S_NAMESPACE
   valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
 - name: OTEL_RESOURCE_ATTRIBUTES
-  value: {{ printf "k8s.namespace.name=$(K8S_NAMESPACE),k8s.pod.name=$(K8S_POD_NAME),k8s.deployment.name=%s-api" (include "jotc.fullname" $) | quote }}
+  value: {{ printf "k8s.namespace.name=$(K8S_NAMESPACE),k8s.pod.name=$(K8S_POD_NAME),%s" $workload | quote }}
 {{- range $name, $value := .env }}
 - {name: {{ $name }}, value: {{ $value | toString | quote }}}
 {{- end }}
