@@ -18,13 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
 
 from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
-from opentelemetry import propagate
-from opentelemetry.instrumentation.asgi import asgi_getter
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from jotc_api import tracing
@@ -132,7 +129,7 @@ def fast_path(app: Litestar, inner: ASGIApp) -> ASGIApp:
     async def traced(tracer: Tracer, route: ServedRoute, scope: Scope, receive: Receive, send: Send) -> None:
         """The served request as the server span of its trace, continuing the caller's traceparent."""
         attributes = {"http.request.method": "POST", "http.route": route.path, "url.path": scope["path"]}
-        caller = propagate.extract(cast("dict[str, Any]", scope), getter=asgi_getter)
+        caller = tracing.incoming(scope["headers"])
         with tracer.start_as_current_span(f"POST {route.path}", caller, SpanKind.SERVER, attributes) as server:
             tracing.note_server_span(server)
             try:

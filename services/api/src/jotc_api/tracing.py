@@ -24,12 +24,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -43,6 +43,7 @@ from jotc_api import __version__
 # The tracer of this process, or None: tracing is off. Read at every span site.
 tracer: Tracer | None = None
 provider: TracerProvider | None = None
+propagation_fields: frozenset[bytes] = frozenset()  # the header names the propagators read
 
 NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext()
 # The server span of the request being answered, as (trace_id, span_id) in hex, for the access line
@@ -126,7 +127,7 @@ def configure(
 ) -> Tracer | None:
     """Turn tracing on in this process when ``env`` asks for it (``processor``: tests' own, which
     turns it on regardless), else off. Returns the tracer, or None."""
-    global tracer, provider
+    global tracer, provider, propagation_fields
     shutdown()
     if processor is None and not wanted(env):
         return None
@@ -142,6 +143,7 @@ def configure(
     for each in processors:
         provider.add_span_processor(each)
     tracer = provider.get_tracer("jotc_api", __version__)
+    propagation_fields = frozenset(field.lower().encode("latin-1") for field in propagate.get_global_textmap().fields)
     return tracer
 
 
@@ -154,12 +156,27 @@ def shutdown() -> None:
 
 
 def span(name: str, attributes: Attributes = None) -> AbstractContextManager[Any]:
-    """A child span of the current one, or a no-op when tracing is off."""
+    """A child span of the current one (a root when there is none), or a no-op: when tracing is
+    off, or when the current span was not sampled, since its children would not be either and
+    making them cost more than the request's own work (docs/performance.md#tracing)."""
     if tracer is None:
+        return NO_SPAN
+    current = trace.get_current_span()
+    if current is not trace.INVALID_SPAN and not current.is_recording():
         return NO_SPAN
     # A refusal raised through a span (a Problem: 4xx, or 503) is an answer, not the span's failure;
     # the server span's status says whether the request failed.
     return tracer.start_as_current_span(name, attributes=attributes, set_status_on_exception=False)
+
+
+def incoming(headers: Iterable[tuple[bytes, bytes]]) -> Context | None:
+    """The caller's context from the propagators' headers (traceparent, tracestate, baggage by
+    default), read in one pass over the request's headers; None without any."""
+    carrier: dict[str, str] = {}
+    for name, value in headers:
+        if name in propagation_fields:
+            carrier[name.decode("latin-1")] = value.decode("latin-1")
+    return propagate.extract(carrier) if carrier else None
 
 
 def sampled_context() -> SpanContext | None:

@@ -104,3 +104,23 @@ def test_jotc_api_refuses_an_unusable_exporter_before_binding(
     assert capsys.readouterr().err.strip() == (
         "jotc-api: OTEL_TRACES_EXPORTER must be otlp, console or none, got 'jaeger'"
     )
+
+
+def test_an_unsampled_request_gets_no_child_spans_and_its_context_comes_from_its_headers() -> None:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    tracer = tracing.configure("jotc-api", {}, processor=SimpleSpanProcessor(exporter))
+    assert tracer is not None
+    try:
+        traceparent = b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-00"  # flags 00: not sampled
+        unsampled = tracing.incoming([(b"host", b"x"), (b"traceparent", traceparent)])
+        assert tracing.incoming([(b"host", b"x")]) is None
+        with tracer.start_as_current_span("POST /jumps", unsampled):
+            assert tracing.span("parse") is tracing.NO_SPAN
+        with tracing.span("a root"):  # no current span: a root, sampled as the sampler says
+            pass
+        assert [span.name for span in exporter.get_finished_spans()] == ["a root"]
+    finally:
+        tracing.shutdown()
