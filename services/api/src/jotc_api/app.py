@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -62,6 +63,10 @@ STATUS_KINDS = {
 }
 DB_WRITE_TIMEOUT_SECONDS = 10.0
 REDACTED = "(see http.route)"
+# The attributes that carry a request's path or query, in the old and the stable HTTP conventions.
+URL_ATTRIBUTES = ("http.target", "http.url", "url.path", "url.query", "url.full")
+UNTRACED_PATHS = ["^/healthz$", "^/readyz$", "^/metrics$"]
+FLUSH_MILLISECONDS = 5000
 
 
 def problem_response(problem: Problem) -> Response[bytes]:
@@ -233,7 +238,9 @@ def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Li
             await link.close()
             log.info("stopped")
             if tracing.provider is not None:
-                tracing.provider.force_flush()  # the worker's last spans, before it exits
+                # The worker's last spans, before it exits; off the event loop, and not for longer
+                # than a collector that is down deserves out of the pod's grace period.
+                await asyncio.to_thread(tracing.provider.force_flush, FLUSH_MILLISECONDS)
 
     plugins, before_send = litestar_tracing()
 
@@ -290,7 +297,8 @@ def litestar_tracing() -> tuple[list[PluginProtocol], list[BeforeMessageSendHook
     def started(span: trace.Span, scope: dict[str, Any]) -> None:
         # Paths and queries name users (/admin/users/{user}/requests, ?user=): traces, kept by other
         # systems, get the route template (http.route) instead; an erased user stays out of them.
-        span.set_attributes({"http.target": REDACTED, "http.url": REDACTED})
+        # Both conventions' names: OTEL_SEMCONV_STABILITY_OPT_IN=http (or http/dup) records url.*.
+        span.set_attributes({name: REDACTED for name in URL_ATTRIBUTES})
         tracing.note_server_span(span)
 
     def named_by_route(message: Message, scope: Scope) -> None:
@@ -306,5 +314,7 @@ def litestar_tracing() -> tuple[list[PluginProtocol], list[BeforeMessageSendHook
         server_request_hook_handler=started,
         scope_span_details_extractor=server_span,
         exclude_spans=["receive", "send"],
+        # Probes and scrapes, every few seconds from every prober: traces of nothing but noise.
+        exclude=UNTRACED_PATHS,
     )
     return [OpenTelemetryPlugin(config)], [named_by_route]

@@ -166,7 +166,10 @@ def span(name: str, attributes: Attributes = None) -> AbstractContextManager[Any
         return NO_SPAN
     # A refusal raised through a span (a Problem: 4xx, or 503) is an answer, not the span's failure;
     # the server span's status says whether the request failed.
-    return tracer.start_as_current_span(name, attributes=attributes, set_status_on_exception=False)
+    # Nor is it recorded: a refusal's message may quote the request's body.
+    return tracer.start_as_current_span(
+        name, attributes=attributes, record_exception=False, set_status_on_exception=False
+    )
 
 
 def incoming(headers: Iterable[tuple[bytes, bytes]]) -> Context | None:

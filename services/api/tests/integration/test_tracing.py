@@ -155,6 +155,26 @@ def test_admin_routes_and_the_erasure_chunks_are_traced(database_url: str, spans
     assert not any(user in json.dumps(dict(span.attributes or {})) for span in spans.get_finished_spans())
 
 
+def test_probes_and_scrapes_make_no_trace(database_url: str, spans: InMemorySpanExporter) -> None:
+    with in_process(database_url, **TEST_SETTINGS) as http:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert http.get(path, headers=TRACEPARENT).status_code == 200, path
+        assert http.get("/admin/stats", headers=AUTH).status_code == 200  # the integration is on
+    names = [span.name for span in spans.get_finished_spans()]
+    assert "GET /admin/stats" in names
+    assert not [name for name in names if any(probe in name for probe in ("healthz", "readyz", "metrics"))], names
+
+
+def test_a_refused_body_is_not_quoted_in_any_span(database_url: str, spans: InMemorySpanExporter) -> None:
+    secret = "top-secret-user@example.com"
+    with in_process(database_url, **TEST_SETTINGS) as http:
+        refused = http.post("/jumps", json={"clouds": [0, 7, 0], "user": secret}, headers=TRACEPARENT)
+    assert refused.status_code == 422
+    exported = json.dumps([span.to_json() for span in spans.get_finished_spans()])
+    assert "exception" not in exported, "a refusal is an answer, not an exception event"
+    assert secret not in exported
+
+
 def test_the_rate_limits_redis_sync_is_a_span_of_its_own(database_url: str, spans: InMemorySpanExporter) -> None:
     with in_process(database_url, JOTC_RATE_LIMIT="100/minute") as http:
         assert http.post("/jumps", json={"clouds": [0, 0]}).status_code == 201
