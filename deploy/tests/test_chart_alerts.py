@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chart import CHART, run_helm
 from prometheus_rules import JOB, NAMESPACE, RELEASE_LABELS, alerts, promtool_test, rendered_rules, rules, write_rules
 from support import ROOT
 
@@ -196,14 +197,29 @@ def test_every_target_gone_pages_and_a_scaled_to_zero_api_does_not(tmp_path: Pat
                     jumps("201", "0+600x30"),
                     *durations("0+600x30", "0+600x30"),
                     up("1x30 stale"),
-                    # scaled to zero on purpose: nothing desired, nothing available, no page for it
-                    *replicas("2x30 0x10", "2x30 0x10"),
+                    # every pod gone while two are wanted
+                    *replicas("2x40", "2x30 0x10"),
                 ],
                 "alert_rule_test": lambda rules: [
                     *expect(rules, "31m", {}),
-                    *expect(rules, "33m", {"JotcApiDown": ({}, None)}),
+                    *expect(
+                        rules,
+                        "33m",
+                        {"JotcApiDown": ({}, None), "JotcApiUnavailable": ({"deployment": JOB}, None)},
+                    ),
                 ],
-            }
+            },
+            {
+                "interval": "1m",
+                "input_series": [
+                    jumps("201", "0+600x30"),
+                    *durations("0+600x30", "0+600x30"),
+                    up("1x30 stale"),
+                    # scaled to zero on purpose: nothing desired, nothing available, no page for it
+                    *replicas("2x30 0x10", "2x30 0x10"),
+                ],
+                "alert_rule_test": lambda rules: [*expect(rules, "33m", {}), *expect(rules, "40m", {})],
+            },
         ],
         tmp_path,
     )
@@ -416,3 +432,11 @@ def test_the_runbook_url_and_severities_are_values() -> None:
     unavailable = alerts(docs)["JotcApiUnavailable"]
     assert unavailable["annotations"]["runbook_url"] == "https://example.com/jotc/runbook.md#jotcapiunavailable"
     assert unavailable["labels"]["severity"] == "critical"
+
+
+def test_slos_measured_at_an_ingress_the_chart_does_not_have_are_refused() -> None:
+    result = run_helm(
+        "template", "rel", str(CHART), "--set", "api.prometheusRule.enabled=true,api.prometheusRule.slo.source=ingress"
+    )
+    assert result.returncode != 0
+    assert "slo.source is ingress but api.ingress.enabled is false" in result.stderr
