@@ -4,6 +4,7 @@ fresh databases) is scripts/lib/jotc_provision.py, shared by every suite."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -80,3 +81,13 @@ class Migrate:
             stderr=subprocess.PIPE,
             text=True,
         )
+
+
+def spans_in(stderr: str) -> list[dict[str, object]]:
+    """The console exporter's spans (indented JSON objects) among the command's lines."""
+    spans, lines = [], stderr.splitlines()
+    for start, line in enumerate(lines):
+        if line == "{":
+            end = lines.index("}", start)
+            spans.append(json.loads("\n".join(lines[start : end + 1])))
+    return spans

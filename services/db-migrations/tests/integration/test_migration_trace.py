@@ -4,21 +4,9 @@ test exercises OTLP/HTTP end to end)."""
 
 from __future__ import annotations
 
-import json
-
-from support import Migrate
+from support import Migrate, spans_in
 
 from jotc_migrations.cli import head_revision
-
-
-def spans_in(stderr: str) -> list[dict[str, object]]:
-    """The console exporter's spans (indented JSON objects) among the command's lines."""
-    spans, lines = [], stderr.splitlines()
-    for start, line in enumerate(lines):
-        if line == "{":
-            end = lines.index("}", start)
-            spans.append(json.loads("\n".join(lines[start : end + 1])))
-    return spans
 
 
 def test_an_upgrade_is_a_span_naming_the_revisions(migrate: Migrate) -> None:

@@ -4,22 +4,11 @@ the revisions before and after (tests/integration/test_migration_trace.py)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
+from support import spans_in
 
 from jotc_migrations.cli import main, tracing_wanted
 from jotc_migrations.errors import EXIT_OK, EXIT_UNAVAILABLE
-
-
-def spans_in(stderr: str) -> list[dict[str, object]]:
-    """The console exporter's spans (indented JSON objects) among the command's lines."""
-    spans, lines = [], stderr.splitlines()
-    for start, line in enumerate(lines):
-        if line == "{":
-            end = lines.index("}", start)
-            spans.append(json.loads("\n".join(lines[start : end + 1])))
-    return spans
 
 
 @pytest.mark.parametrize(
