@@ -58,6 +58,11 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+# Not beside the suite's other processes: its rate-limit check needs each instance's syncs to reach
+# Redis within their 0.25 s timeout, past which an instance counts alone (by design, as when Redis is
+# down) and the shared limit is not what is measured; beside three test processes on two cores,
+# twice in a row, they did not.
+@pytest.mark.fleet
 def test_the_fleet_goes_through_every_phase_and_every_check_passes(tmp_path: Path) -> None:
     missing = fleet.missing_servers()
     if missing and not common.can_install():  # scripts/fleet installs them as root with apt-get

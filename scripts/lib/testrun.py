@@ -305,8 +305,11 @@ def main(argv: list[str]) -> int:
                 ["uv", "run", "--no-sync", "mypy", "--strict", "container_tests", "../scripts/lib"],
                 deploy,
             )
-            deploy_options = args.pytest_args or ["--numprocesses", workers(WORKERS["deploy"])]
+            deploy_options = args.pytest_args or ["--numprocesses", workers(WORKERS["deploy"]), "-m", "not fleet"]
             suites.append(("deploy: pytest", ["uv", "run", "--no-sync", "pytest", *deploy_options], deploy))
+            if not args.pytest_args:  # the fleet alone, after the rest (tests/test_fleet.py says why)
+                fleet = ["uv", "run", "--no-sync", "pytest", "-m", "fleet"]
+                suites.append(("deploy: pytest, the fleet", fleet, deploy))
         # One suite after another: run side by side on two cores, Locust's runs in the load test's
         # tier ended before they began (its run-time timer reads gevent's clock, which a starved
         # process has not updated), and latency-bounded tests lost their meaning.
