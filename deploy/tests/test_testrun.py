@@ -10,7 +10,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from testrun import scratch
+from testrun import failures, scratch
 
 LEAVE_A_FILE = "import tempfile; tempfile.mkstemp(prefix='left-by-the-run-')"
 TIDY_UP = "import tempfile\nwith tempfile.TemporaryDirectory(prefix='tidy-'): pass"
@@ -36,3 +36,21 @@ def test_a_file_a_process_of_the_run_leaves_counts_and_the_directory_goes_at_the
         assert left.startswith("left-by-the-run-")
     assert not run.root.exists()
     assert os.environ.get("TMPDIR") == before
+
+
+def test_the_summary_names_each_failed_test_and_its_messages_first_line(tmp_path: Path) -> None:
+    (tmp_path / "test_made_up.py").write_text(
+        "def test_passes():\n    pass\n\n"
+        "def test_fails():\n    assert 1 == 2, 'scripts/fleet exited 1: rate limit held\\nlong log'\n"
+    )
+    report = tmp_path / "report.xml"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stdout
+    assert failures(report) == ["test_made_up.test_fails: AssertionError: scripts/fleet exited 1: rate limit held"]
+    assert failures(tmp_path / "absent.xml") == ["(pytest wrote no report: see its output above)"]

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ TMP_KEPT = ("pytest-of-", "uv-", ".lark_cache_")
 class Run:
     results: list[str] = field(default_factory=list)
     failed: bool = False
+    reports: Path | None = None  # where pytest's JUnit XML reports go, so the summary can say why
 
     def step(self, name: str, action: Callable[[], bool]) -> bool:
         say(name)
@@ -86,6 +88,17 @@ class Run:
 
     def command(self, name: str, command: Sequence[str], cwd: Path = ROOT) -> bool:
         return self.step(name, lambda: subprocess.run(list(command), cwd=cwd, check=False).returncode == 0)
+
+    def suite(self, name: str, command: Sequence[str], cwd: Path) -> bool:
+        """A pytest run; when it fails, the summary names each failed test and its message's first
+        line (a long log's middle may be all a reader of CI's output gets to see)."""
+        if self.reports is None:
+            return self.command(name, command, cwd)
+        report = self.reports / f"junit-{len(self.results)}.xml"
+        ok = self.command(name, [*command, f"--junitxml={report}"], cwd)
+        if not ok:
+            self.results.extend(f"        {line}" for line in failures(report))
+        return ok
 
     def together(self, jobs: list[tuple[str, list[str], Path]], logs: Path) -> None:
         """Run jobs (name, command, directory) at the same time, each one's output printed whole when
@@ -109,6 +122,22 @@ class Run:
     def record(self, ok: bool, line: str) -> None:
         self.results.append(f"{'PASS' if ok else 'FAIL'}  {line}")
         self.failed = self.failed or not ok
+
+
+def failures(report: Path, most: int = 5, width: int = 240) -> list[str]:
+    """'test: first line of its message' for each failed or erroring test in a JUnit XML report."""
+    try:
+        cases = ElementTree.parse(report).getroot().iter("testcase")  # noqa: S314 - pytest's own report
+    except (OSError, ElementTree.ParseError):
+        return ["(pytest wrote no report: see its output above)"]
+    lines = []
+    for case in cases:
+        for outcome in ("failure", "error"):
+            found = case.find(outcome)
+            if found is not None:
+                message = (found.get("message") or found.text or "").strip().splitlines() or ["?"]
+                lines.append(f"{case.get('classname', '')}.{case.get('name', '')}: {message[0]}"[:width])
+    return lines[:most] + ([f"... and {len(lines) - most} more"] if len(lines) > most else [])
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -223,6 +252,8 @@ def main(argv: list[str]) -> int:
     run = Run()
     with ExitStack() as stack:
         own = stack.enter_context(scratch())
+        run.reports = own.root / "reports"
+        run.reports.mkdir()
         if args.keep_engine:
             os.environ["JOTC_KEEP_ENGINE"] = "1"
 
@@ -317,9 +348,9 @@ def main(argv: list[str]) -> int:
             run.together(suites, own.root / "logs")
         else:
             for suite in suites:
-                run.command(*suite)
+                run.suite(*suite)
         if deploy_synced and compose_wanted:
-            run.command(
+            run.suite(
                 "compose: containers in a real Docker engine",
                 ["uv", "run", "--no-sync", "pytest", "container_tests", *args.pytest_args],
                 deploy,
