@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 import urllib.parse
+import urllib.request
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +49,9 @@ LOCUST_WORKERS = 2
 # lateness allowed to a sync on a busy machine (see probe()).
 SYNC_SECONDS = 0.1
 PROBE_RATE = 40.0  # the probe's requests a second
-PROBE_SHARE = 1.6  # it sends this many times the limit
+PROBE_SHARE = 2.5  # it sends this many times the limit (below the instances' count: see probe())
+PROBE_TRIES = 3  # probes sent, each from a new address, while Redis fails a sync during one
+SYNC_FAILURES = 'jotc_redis_failures_total{operation="rate-limit sync"}'
 BODY = json.dumps({"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "fleet-probe"}).encode()
 
 
@@ -467,16 +470,54 @@ def keyed_post_until_201(instance: Instance, timeout: float) -> str:
         time.sleep(0.2)  # the pace of the attempts
 
 
-def probe(port: int, limit: int, instances: int, late_syncs: float = LATE_SYNC_SECONDS) -> ProbeResult:
+def sync_failures(instances: list[Instance]) -> int:
+    """Rate-limit syncs that Redis failed or timed out, summed over the instances' /metrics."""
+    failed = 0.0
+    for instance in instances:
+        with urllib.request.urlopen(f"{instance.url}/metrics", timeout=10) as answer:  # noqa: S310 - 127.0.0.1
+            for line in answer.read().decode().splitlines():
+                if line.startswith(SYNC_FAILURES):
+                    failed += float(line.rsplit(" ", 1)[1])
+    return int(failed)
+
+
+def probe(port: int, limit: int, instances: list[Instance], late_syncs: float = LATE_SYNC_SECONDS) -> ProbeResult:
     """One client address (203.0.113.x: TEST-NET-3) sending PROBE_SHARE times the limit POST /jumps
     through HAProxy at PROBE_RATE a second, within one minute's window (if the current window has
     too little left, it starts at the next one).
 
     Alone, each instance would admit the whole limit: round robin, up to ``instances`` times the limit
-    in all, so every request sent here. Sharing their counts through Redis, they admit the limit
-    and an overshoot that ratelimit.py documents: what the client sends to the other instances
-    within one sync interval (SYNC_SECONDS), PROBE_RATE x 0.1 s. The tolerance allows that plus
-    syncs late by ``late_syncs`` on a busy machine (LATE_SYNC_SECONDS: PROBE_RATE x 0.5 s in all)."""
+    in all, which for three instances or more is every request sent here. Sharing their counts
+    through Redis, they admit the limit and an overshoot that ratelimit.py documents: what the client
+    sends to the other instances within one sync interval (SYNC_SECONDS), PROBE_RATE x 0.1 s. The
+    tolerance allows that plus syncs late by ``late_syncs`` on a busy machine (LATE_SYNC_SECONDS:
+    PROBE_RATE x 0.5 s in all).
+
+    A sync that Redis fails or times out leaves an instance counting alone until the next one (the
+    design for a Redis outage), so a probe during which one failed measures that, not sharing: it is
+    sent again from a new address, up to PROBE_TRIES times, and the result says how many failed."""
+    tries = 0
+    failed = 1
+    while failed and tries < PROBE_TRIES:
+        tries += 1
+        before = sync_failures(instances)
+        answers = probe_once(port, limit)
+        failed = sync_failures(instances) - before
+    return ProbeResult(
+        limit=limit,
+        instances=len(instances),
+        period="minute",
+        rate=PROBE_RATE,
+        answers=Counter(answer.answer for answer in answers),
+        tolerance=PROBE_RATE * (SYNC_SECONDS + late_syncs) / limit,
+        record_ids=tuple(answer.record_id for answer in answers if answer.record_id),
+        tries=tries,
+        failed_syncs=failed,
+    )
+
+
+def probe_once(port: int, limit: int) -> list[Request]:
+    """One probe's answers (see probe())."""
     count = math.ceil(limit * PROBE_SHARE)
     duration = count / PROBE_RATE
     left = 60 - time.time() % 60
@@ -496,13 +537,4 @@ def probe(port: int, limit: int, instances: int, late_syncs: float = LATE_SYNC_S
     windows = {int(answer.start // 60) for answer in answers}
     if len(windows) != 1:
         raise FleetError(f"the probe straddled two rate-limit windows ({sorted(windows)}); run it again")
-    tolerance = PROBE_RATE * (SYNC_SECONDS + late_syncs) / limit
-    return ProbeResult(
-        limit=limit,
-        instances=instances,
-        period="minute",
-        rate=PROBE_RATE,
-        answers=Counter(answer.answer for answer in answers),
-        tolerance=tolerance,
-        record_ids=tuple(answer.record_id for answer in answers if answer.record_id),
-    )
+    return answers

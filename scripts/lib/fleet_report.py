@@ -186,6 +186,8 @@ class ProbeResult:
     answers: Counter[str]  # as Request.answer counts them
     tolerance: float  # the admitted count may reach limit * (1 + tolerance)
     record_ids: tuple[str, ...] = ()  # of its 201s
+    tries: int = 1  # probes sent: another follows one during which Redis failed a sync
+    failed_syncs: int = 0  # rate-limit syncs Redis failed or timed out during the last one
 
     @property
     def sent(self) -> int:
@@ -202,13 +204,20 @@ class ProbeResult:
 
 def probe_check(probe: ProbeResult) -> Check:
     other = Counter({answer: count for answer, count in probe.answers.items() if answer not in {"201", "429"}})
-    held = probe.limit <= probe.admitted <= probe.bound and not other
+    held = probe.limit <= probe.admitted <= probe.bound and not other and not probe.failed_syncs
     detail = (
         f"one client address, {probe.sent} requests at {probe.rate:.0f}/s through HAProxy within one "
         f"{probe.period}'s window: {probe.admitted} admitted (201), {probe.answers['429']} refused (429)"
         + (f", other answers {answers_text(other)}" if other else "")
         + f"; limit {probe.limit}, admitted must be {probe.limit} to {probe.bound} (tolerance {probe.tolerance:.1%}); "
         f"each of the {probe.instances} instances alone would have admitted up to {probe.limit}"
+        + (f"; probe {probe.tries} (Redis failed a rate-limit sync during each before it)" if probe.tries > 1 else "")
+        + (
+            f"; Redis failed {probe.failed_syncs} rate-limit syncs during it too, so each instance "
+            "counted alone for a while and sharing was not measured (jotc_redis_failures_total)"
+            if probe.failed_syncs
+            else ""
+        )
     )
     return Check("rate limit held across the instances", held, detail)
 

@@ -220,7 +220,7 @@ def main(argv: list[str]) -> int:
         with run.phase("5 additive migration") as phase:
             additive_migration(direct_url, balancer, phase.did)
         with run.phase("6 rate-limit probe") as phase:
-            probe = fleet_parts.probe(balancer.port, args.rate_limit, len(instances), args.late_syncs)
+            probe = fleet_parts.probe(balancer.port, args.rate_limit, instances, args.late_syncs)
             phase.did.append(f"one client address past its limit: {fleet_report.answers_text(probe.answers)}")
         swarm.stop()
 
