@@ -178,6 +178,13 @@ def in_process(
     return TestClient(app=with_peer(app, peer) if peer else app)
 
 
+def mid_window(period: int = 3600) -> Callable[[], float]:
+    """A clock stopped in the middle of the current fixed window: a counting test never straddles
+    a window's edge (tests/unit/test_ratelimit.py covers the edges)."""
+    now = (time.time() // period) * period + period / 2
+    return lambda: now
+
+
 def fake_client() -> str:
     """A client no other test (or run) uses, passed through the trusted proxy header: an address
     in a /64 of its own, since IPv6 clients are counted by their /64."""

@@ -180,14 +180,17 @@ def create_app(
     litestar = create_litestar(settings, link, drain)
     app: ASGIApp = served.fast_path(litestar, litestar) if fast_path else litestar
     if settings.rate_limit is not None:
-        app = rate_limit_middleware(RateLimiter(settings.rate_limit, link, settings.trusted_proxies, clock=clock), app)
+        limiter = RateLimiter(
+            settings.rate_limit, link, settings.trusted_proxies, loadtest_token=settings.loadtest_token, clock=clock
+        )
+        app = rate_limit_middleware(limiter, app)
     return response_pipeline(
         app, cors=cors_config(settings.cors_origins), access=settings.access_log, fmt=settings.log_format, drain=drain
     )
 
 
 def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Litestar:
-    clients = Clients(settings.trusted_proxies)
+    clients = Clients(settings.trusted_proxies, settings.loadtest_token)
     small = small_allowance(settings.backpressure, settings.max_clouds)  # not charged one by one
     memory = MemoryBudget(
         (settings.request_memory or DEFAULT_REQUEST_MEMORY) - small, clients, settings.upload_share_percent / 100

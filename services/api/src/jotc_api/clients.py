@@ -1,5 +1,7 @@
 """Who a request comes from, as every per-client bound counts it: the client's address, an IPv6
-client's /64, and X-Forwarded-For believed only from trusted proxies (JOTC_TRUSTED_PROXIES).
+client's /64, and X-Forwarded-For believed only from trusted proxies (JOTC_TRUSTED_PROXIES); or,
+for a request of the in-cluster load test that carries its token (JOTC_LOADTEST_TOKEN), the
+simulated client it names, so that each Locust user is one client, as each real user is.
 
 Rate limiting (ratelimit.py) and the per-client share of upload slots (transport.py) both key
 their counts with ``Clients.of``, so one client is one client for every bound.
@@ -8,12 +10,17 @@ their counts with ``Clients.of``, so one client is one client for every bound.
 from __future__ import annotations
 
 import functools
+import hmac
 import ipaddress
+import re
 from collections.abc import Iterable
 
 from litestar.types import Scope
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+LOADTEST_TOKEN_HEADER = b"jotc-loadtest-token"
+LOADTEST_CLIENT_HEADER = b"jotc-loadtest-client"
+SIMULATED_CLIENT = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
 
 def parse_address(text: str) -> IPAddress | None:
@@ -49,19 +56,44 @@ def peer_key(peer: str) -> str:
 
 
 class Clients:
-    """The key of a request's client, given the proxies whose X-Forwarded-For is believed."""
+    """The key of a request's client, given the proxies whose X-Forwarded-For is believed and the
+    load test's token (None: no request is the load test's)."""
 
-    def __init__(self, trusted_proxies: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+    def __init__(
+        self,
+        trusted_proxies: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+        loadtest_token: str | None = None,
+    ) -> None:
         self.trusted = tuple(trusted_proxies)
+        self.loadtest_token = loadtest_token.encode("ascii") if loadtest_token else None
 
     def of(self, scope: Scope) -> str:
         """The key of the client that sent this request."""
         client = scope.get("client")
         peer = client[0] if client else ""
+        if self.loadtest_token is not None and (simulated := self.simulated(scope["headers"])) is not None:
+            return simulated
         if not self.trusted:
             return peer_key(peer)
         forwarded = [value.decode("latin-1") for name, value in scope["headers"] if name == b"x-forwarded-for"]
         return self.key(peer, forwarded)
+
+    def simulated(self, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+        """The load test's simulated client, ``loadtest:<name>``, when the request carries the
+        load test's token (compared in constant time) and a valid client name; else None, and the
+        request is counted by its address: a forged or missing token gains nothing."""
+        expected = self.loadtest_token
+        token = name = None
+        for header, value in headers:
+            if header == LOADTEST_TOKEN_HEADER:
+                token = value
+            elif header == LOADTEST_CLIENT_HEADER:
+                name = value
+        if expected is None or token is None or not hmac.compare_digest(token, expected):
+            return None
+        if name is None or not SIMULATED_CLIENT.fullmatch(name):
+            return None
+        return "loadtest:" + name.decode("ascii")
 
     def key(self, peer: str, forwarded_for: list[str]) -> str:
         """The bucket a request counts against: its client's address, an IPv6 client's /64

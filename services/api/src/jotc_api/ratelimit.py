@@ -8,7 +8,8 @@ total last seen + this worker's unsynced count) is below the limit. The price
 of batching is overshoot: between two syncs every other worker may admit
 requests this one has not heard of yet, so one client can exceed the limit by
 at most what it manages to send to the other workers in one sync interval.
-Without Redis each worker enforces the limit alone.
+Without Redis each worker enforces the limit alone. A client is what clients.py says: an address,
+or, for the load test's requests carrying its token (JOTC_LOADTEST_TOKEN), one simulated user.
 """
 
 from __future__ import annotations
@@ -55,12 +56,13 @@ class RateLimiter:
         link: RedisLink,
         trusted_proxies: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
         *,
+        loadtest_token: str | None = None,
         max_clients: int = MAX_CLIENTS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.limit = limit
         self.link = link
-        self.clients = Clients(trusted_proxies)
+        self.clients = Clients(trusted_proxies, loadtest_token)
         self.max_clients = max_clients
         self.clock = clock
         self.windows: dict[str, Window] = {}

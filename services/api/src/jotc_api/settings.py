@@ -155,7 +155,7 @@ class Settings:
         "bearer token of the admin API; surrounding white space (a file-mounted secret's newline) is dropped",
         f"at least {ADMIN_TOKEN_MIN_LENGTH} visible ASCII characters (`openssl rand -hex 24`); "
         "blank turns the admin API off",
-        lambda _, raw: admin_token_of(raw),
+        lambda name, raw: token_of(name, raw),
         shown="unset (admin API off)",
     )
     max_clouds: int = setting(
@@ -185,6 +185,17 @@ class Settings:
         "IPv4/IPv6 addresses or CIDRs",
         lambda _, raw: trusted_proxies_of(raw),
         shown="none",
+    )
+    loadtest_token: str | None = setting(
+        None,
+        "JOTC_LOADTEST_TOKEN",
+        "token of the in-cluster load test (the Helm chart's Locust swarm): a request whose `JOTC-Loadtest-Token` "
+        "header carries it is counted by the rate limit and the per-client upload share as the simulated client "
+        "its `JOTC-Loadtest-Client` header names (1 – 64 letters, digits, `.`, `_`, `-`), not by its address; "
+        "a request with a wrong token, or without a name, is counted by its address like any other",
+        f"at least {ADMIN_TOKEN_MIN_LENGTH} visible ASCII characters (`openssl rand -hex 24`), not the admin token",
+        lambda name, raw: token_of(name, raw),
+        shown="unset (every request counted by its address)",
     )
     cors_origins: tuple[str, ...] = setting(
         (),
@@ -499,15 +510,15 @@ def cors_origins_of(raw: str) -> tuple[str, ...]:
     return origins
 
 
-def admin_token_of(raw: str) -> str:
-    """The admin API's bearer token. Surrounding white space is dropped (as every setting's), as a
-    file-mounted secret usually ends in a newline; what is left must be long enough not to be
-    guessed and sendable in an Authorization header."""
+def token_of(name: str, raw: str) -> str:
+    """A token: the admin API's bearer token, or the load test's. Surrounding white space is dropped
+    (as every setting's), as a file-mounted secret usually ends in a newline; what is left must be
+    long enough not to be guessed and sendable in a header."""
     if not all("!" <= character <= "~" for character in raw):
-        raise SettingsError("JOTC_ADMIN_TOKEN must be visible ASCII characters without spaces")
+        raise SettingsError(f"{name} must be visible ASCII characters without spaces")
     if len(raw) < ADMIN_TOKEN_MIN_LENGTH:
         raise SettingsError(
-            f"JOTC_ADMIN_TOKEN must be at least {ADMIN_TOKEN_MIN_LENGTH} characters, got {len(raw)}; "
+            f"{name} must be at least {ADMIN_TOKEN_MIN_LENGTH} characters, got {len(raw)}; "
             "make one with: openssl rand -hex 24"
         )
     return raw
@@ -528,6 +539,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(
             "REDIS_URL is a unix:// socket, but REDIS_SENTINELS finds the master over TCP: give REDIS_URL as "
             "redis:// (only its user, password, database and TLS are used) or leave it unset"
+        )
+    if values.get("loadtest_token") and values.get("loadtest_token") == values.get("admin_token"):
+        raise SettingsError(
+            "JOTC_LOADTEST_TOKEN is the admin token: every load-test pod would hold the admin API's key; "
+            "give it a token of its own, e.g. openssl rand -hex 24"
         )
     if "max_body_bytes" not in values:
         values["max_body_bytes"] = longest_body(values.get("max_clouds", DEFAULT_MAX_CLOUDS))

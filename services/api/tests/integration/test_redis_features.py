@@ -19,7 +19,7 @@ import pytest
 import redis
 from jotc_provision import free_port, wait_until
 from sqlalchemy.ext.asyncio import create_async_engine
-from support import fake_client, in_process, plant, redis_url
+from support import fake_client, in_process, mid_window, plant, redis_url
 
 from jotc_api import settings
 from jotc_api.erasure import recorded_ids
@@ -28,13 +28,6 @@ from jotc_api.redis_link import RedisLink
 
 Connection = psycopg.Connection[tuple[object, ...]]
 BODY = {"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "idem@example.com"}
-
-
-def mid_window(period: int = 3600) -> Callable[[], float]:
-    """A clock stopped in the middle of the current fixed window: a counting test never straddles
-    a window's edge (tests/unit/test_ratelimit.py covers the edges)."""
-    now = (time.time() // period) * period + period / 2
-    return lambda: now
 
 
 def test_rate_limit_answers_429_with_headers_after_the_budget(database_url: str) -> None:
