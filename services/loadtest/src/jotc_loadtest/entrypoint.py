@@ -11,13 +11,21 @@ The target is LOCUST_HOST (or JOTC_TARGET), default http://api:4000. LOCUST_LOCU
 the built-in scenarios with another file. Any other LOCUST_* variable
 is read by Locust itself. Reports go to JOTC_REPORT_DIR (default ./reports): report_stats.csv and
 friends, and report.html.
+
+The web UI (ui, master) asks for a login when JOTC_LT_WEB_USERNAME and JOTC_LT_WEB_PASSWORD are
+set: Locust's --web-login, checked by webauth.py, loaded beside any locustfile. How users connect
+(JOTC_LT_CONNECT_TO, JOTC_LT_TLS_*, JOTC_LT_CONNECTION_*: connections.py) is checked here, so a
+wrong value stops the command with one line before Locust starts.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+
+from jotc_loadtest.connections import DEFAULT_TARGET, ConnectionSettings
 
 ROLES = {"ui", "master", "worker", "headless", "headless-master"}
 
@@ -26,13 +34,20 @@ def locust_arguments(env: dict[str, str]) -> list[str]:
     role = env.get("LOCUST_ROLE", "ui").strip() or "ui"
     if role not in ROLES:
         raise SystemExit(f"jotc-loadtest: LOCUST_ROLE must be one of {', '.join(sorted(ROLES))}, got {role!r}")
+    try:
+        ConnectionSettings.from_env(env)
+    except ValueError as error:
+        raise SystemExit(f"jotc-loadtest: {error}") from None
     # LOCUST_LOCUSTFILE (e.g. a ConfigMap mounted by the Helm chart) wins over the built-in scenarios.
     locustfile = env.get("LOCUST_LOCUSTFILE") or str(Path(__file__).with_name("locustfile.py"))
     arguments = ["-f", locustfile]
     if "LOCUST_HOST" not in env:
-        arguments += ["--host", env.get("JOTC_TARGET", "http://api:4000")]
+        arguments += ["--host", env.get("JOTC_TARGET", DEFAULT_TARGET)]
     if role == "worker":
         return [*arguments, "--worker"]
+    if role in {"ui", "master"} and web_login(env):
+        arguments[1] += "," + str(Path(__file__).with_name("webauth.py"))
+        arguments.append("--web-login")
     if role in {"master", "headless-master"}:
         arguments.append("--master")
     if role.startswith("headless"):
@@ -55,6 +70,23 @@ def locust_arguments(env: dict[str, str]) -> list[str]:
                 }[variable]
                 arguments += [flag, default]
     return arguments
+
+
+def credentials(env: Mapping[str, str]) -> tuple[str, str]:
+    """The web UI's (username, password), surrounding white space dropped (a Secret's value may end
+    in a newline); webauth.py checks the login form against them."""
+    return env.get("JOTC_LT_WEB_USERNAME", "").strip(), env.get("JOTC_LT_WEB_PASSWORD", "").strip()
+
+
+def web_login(env: Mapping[str, str]) -> bool:
+    """Whether the web UI asks for a login: both credentials set, or neither (then it does not)."""
+    username, password = credentials(env)
+    if bool(username) != bool(password):
+        raise SystemExit(
+            "jotc-loadtest: the web UI's login needs both JOTC_LT_WEB_USERNAME and JOTC_LT_WEB_PASSWORD; "
+            "set the missing one (or neither, for a UI without a login)"
+        )
+    return bool(username)
 
 
 def main() -> None:

@@ -1,7 +1,10 @@
 """What JOTC users do, for Locust: solve puzzles in every accepted form, read answers back, make
 mistakes, retry with Idempotency-Key, and (with a token) look at the admin pages. Every answer
 is checked: a 201 with the wrong number of jumps is a failure, and so is a refusal with the wrong
-status. Task weights come from the environment (JOTC_LT_WEIGHT_<TASK>, 0 turns a task off)."""
+status. Task weights come from the environment (JOTC_LT_WEIGHT_<TASK>, 0 turns a task off).
+
+Each user connects as connections.py says (bounded reuse, connect-to, TLS) and, with
+JOTC_LOADTEST_TOKEN, names itself to the API as one client of the rate limit."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Any
 from locust import FastHttpUser, between, events
 from locust.runners import WorkerRunner
 
+from jotc_loadtest.connections import user_connections
 from jotc_loadtest.gates import apply_gates
 from jotc_loadtest.reference import min_jumps
 from jotc_loadtest.scenarios import INVALID, clouds, json_body
@@ -32,6 +36,13 @@ DEFAULT_WEIGHTS = {
 }
 
 
+def loadtest_headers(env: Mapping[str, str], name: str) -> dict[str, str]:
+    """What makes the API count this user as one client of its own, as it counts each real user
+    (the API's JOTC_LOADTEST_TOKEN, services/api clients.py); nothing without the token."""
+    token = env.get("JOTC_LOADTEST_TOKEN", "").strip()
+    return {"jotc-loadtest-token": token, "jotc-loadtest-client": name} if token else {}
+
+
 def weight(task: str, env: Mapping[str, str]) -> int:
     raw = env.get(f"JOTC_LT_WEIGHT_{task.upper()}", "").strip()
     value = int(raw) if raw else DEFAULT_WEIGHTS[task]
@@ -47,6 +58,12 @@ class JotcScenarios(FastHttpUser):
     wait_time = between(
         float(os.environ.get("JOTC_LT_WAIT_MIN", "0.05")), float(os.environ.get("JOTC_LT_WAIT_MAX", "0.5"))
     )
+
+    def __init__(self, environment: Any) -> None:
+        # FastHttpUser builds the user's session from these two: its own connections and its name.
+        self.client_pool = user_connections(os.environ)
+        self.default_headers = loadtest_headers(os.environ, f"locust-{uuid.uuid4().hex}")
+        super().__init__(environment)
 
     def on_start(self) -> None:
         self.rng = random.Random()

@@ -92,3 +92,44 @@ def test_main_replaces_itself_with_locust(monkeypatch: pytest.MonkeyPatch) -> No
     assert path == sys.executable, f"exec'd {path}, not this interpreter"
     assert argv[:3] == [sys.executable, "-m", "locust"], f"argv {argv}"
     assert argv[3:] == locust_arguments({"LOCUST_ROLE": "worker", "JOTC_TARGET": "http://127.0.0.1:4000"}), argv
+
+
+PASSWORD = "a-password-of-the-operator"  # pragma: allowlist secret
+LOGIN = {"JOTC_LT_WEB_USERNAME": "operator", "JOTC_LT_WEB_PASSWORD": PASSWORD}
+
+
+@pytest.mark.parametrize("role", ["ui", "master"])
+def test_with_credentials_the_web_ui_asks_for_a_login(role: str) -> None:
+    arguments = locust_arguments({"LOCUST_ROLE": role, "LOCUST_LOCUSTFILE": "/locustfile/locustfile.py", **LOGIN})
+    assert "--web-login" in arguments, f"arguments {arguments}"
+    # The login's check is loaded beside whichever locustfile runs, the mounted one included.
+    locustfile, webauth = arguments[1].split(",")
+    assert locustfile == "/locustfile/locustfile.py", f"arguments {arguments}"
+    assert webauth.endswith("jotc_loadtest/webauth.py"), f"arguments {arguments}"
+    assert Path(webauth).is_file(), webauth
+
+
+@pytest.mark.parametrize("role", ["worker", "headless", "headless-master"])
+def test_roles_without_a_web_ui_get_no_login(role: str, tmp_path: Path) -> None:
+    arguments = locust_arguments({"LOCUST_ROLE": role, "JOTC_REPORT_DIR": str(tmp_path), **LOGIN})
+    assert "--web-login" not in arguments, f"arguments {arguments}"
+    assert "," not in arguments[1], f"arguments {arguments}"
+
+
+def test_without_credentials_the_ui_has_no_login() -> None:
+    arguments = locust_arguments({"LOCUST_ROLE": "ui", "JOTC_LT_WEB_USERNAME": " ", "JOTC_LT_WEB_PASSWORD": ""})
+    assert "--web-login" not in arguments, f"arguments {arguments}"
+
+
+@pytest.mark.parametrize("missing", ["JOTC_LT_WEB_USERNAME", "JOTC_LT_WEB_PASSWORD"])
+def test_half_a_login_is_refused(missing: str) -> None:
+    env = {"LOCUST_ROLE": "master", **LOGIN, missing: "  "}
+    with pytest.raises(SystemExit, match="needs both JOTC_LT_WEB_USERNAME and JOTC_LT_WEB_PASSWORD") as refused:
+        locust_arguments(env)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_wrong_connection_setting_stops_the_command_with_one_line() -> None:
+    with pytest.raises(SystemExit, match=r"^jotc-loadtest: JOTC_LT_CONNECTION_REQUESTS must be") as refused:
+        locust_arguments({"LOCUST_ROLE": "worker", "JOTC_LT_CONNECTION_REQUESTS": "0"})
+    assert "\n" not in str(refused.value)

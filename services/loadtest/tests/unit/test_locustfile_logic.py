@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from support import ADMIN_TOKEN, SKIP_MONKEY_PATCH, assert_mix
 
+from jotc_loadtest.connections import Connections
 from jotc_loadtest.reference import min_jumps
 from jotc_loadtest.scenarios import INVALID
 
@@ -80,6 +81,21 @@ def test_weights() -> None:
     assert weight("large", {"JOTC_LT_WEIGHT_LARGE": "-3"}) == 0, "a negative weight turns the task off"
     assert weight("admin", {}) == 0, "no admin token: no admin task"
     assert weight("admin", {"JOTC_ADMIN_TOKEN": "t"}) == 2, "with a token, the admin task's default"
+
+
+def test_with_the_load_test_token_each_user_names_itself() -> None:
+    assert locustfile.loadtest_headers({}, "locust-a") == {}, "no token: the API counts the user by its address"
+    token = {"JOTC_LOADTEST_TOKEN": " the-swarms-token-of-32-characters-or-more \n"}  # pragma: allowlist secret
+    assert locustfile.loadtest_headers(token, "locust-a") == {
+        "jotc-loadtest-token": "the-swarms-token-of-32-characters-or-more",  # pragma: allowlist secret
+        "jotc-loadtest-client": "locust-a",
+    }
+
+
+def test_each_user_has_connections_of_its_own() -> None:
+    first, second = user_of({}), user_of({})
+    assert isinstance(first.client.client.clientpool, Connections)
+    assert first.client.client.clientpool is not second.client.client.clientpool
 
 
 class Response:
