@@ -1,0 +1,121 @@
+"""Every value of the chart is documented: in values.yaml by a `# --` comment, in values.schema.json
+by a "description".
+
+In values.yaml every leaf (a value that is not a mapping with keys: a string, a number, a list, `{}`)
+has a description: a `# --` comment block directly above its own key, or, when it has none, the
+one of its nearest commented section, provided nothing else inside that section has a `# --`
+comment of its own. So `resources:` with one comment documents its requests and limits, while a
+section whose keys are commented one by one (`pgbouncer:`) documents none of them: each needs its
+own. Sections need no comment of their own."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import yaml
+from chart import CHART
+
+KEY = re.compile(r"^(?P<indent> *)(?P<key>[^\s#:-][^:]*?):(?: |$)")
+
+
+def described_keys(text: str) -> dict[tuple[str, ...], bool]:
+    """Each key written on a line of its own (its path from the top), and whether a `# --` comment
+    block sits directly above it. Keys inside lists and flow mappings are not written on a line of
+    their own; their list or mapping is the value documented."""
+    described: dict[tuple[str, ...], bool] = {}
+    stack: list[tuple[int, str]] = []
+    block: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            block.append(stripped)
+            continue
+        match = KEY.match(line)
+        if match:
+            indent = len(match["indent"])
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            stack.append((indent, match["key"].strip("\"'")))
+            described[tuple(key for _, key in stack)] = bool(block) and block[0].startswith("# --")
+        block = []  # a blank line, or any other line, ends a comment block
+    return described
+
+
+def leaves(node: dict[str, Any], path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            yield from leaves(value, (*path, key))
+        else:
+            yield (*path, key)
+
+
+def undocumented_values(text: str) -> list[str]:
+    described = described_keys(text)
+    commented = {path for path, has in described.items() if has}
+    missing = []
+    for leaf in leaves(yaml.safe_load(text)):
+        documented = False
+        for depth in range(len(leaf), 0, -1):
+            section = leaf[:depth]
+            if section in commented:
+                inside = {path for path in commented if len(path) > depth and path[:depth] == section}
+                documented = depth == len(leaf) or not inside
+                break
+        if not documented:
+            missing.append(".".join(leaf))
+    return missing
+
+
+def properties(node: dict[str, Any], path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
+    for key, schema in node.get("properties", {}).items():
+        yield (*path, key), schema
+        yield from properties(schema, (*path, key))
+
+
+def test_every_value_has_a_description_comment() -> None:
+    missing = undocumented_values((CHART / "values.yaml").read_text())
+    assert not missing, f"values.yaml: add a `# --` comment above each of {missing}"
+
+
+def test_every_schema_property_has_a_description() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    missing = [".".join(path) for path, node in properties(schema) if not node.get("description")]
+    assert not missing, f'values.schema.json: add a "description" to each of {missing}'
+
+
+def test_what_counts_as_documented() -> None:
+    sample = """\
+# -- Documented by its own comment.
+alone: 1
+# -- A section documented as one value: its keys need nothing more.
+resources:
+  requests: {cpu: 1}
+  limits:
+    cpu: 2
+group:
+  # -- This key has its own.
+  first: true
+  second: false
+  # Not a description: no `--`.
+  third: ""
+# -- A section whose keys are commented one by one documents none of them.
+pgbouncer:
+  # -- Its own.
+  image: x
+  nodeSelector: {}
+
+  # -- A blank line between a comment and its key ends the comment.
+
+  tolerations: []
+empty: {}
+"""
+    assert undocumented_values(sample) == [
+        "group.second",
+        "group.third",
+        "pgbouncer.nodeSelector",
+        "pgbouncer.tolerations",
+        "empty",
+    ]
