@@ -5,11 +5,15 @@ are in support.py; provisioning is jotc_provision (scripts/lib)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
+from alembic.script import ScriptDirectory
 from jotc_provision import fresh_database
-from support import JOTC_MIGRATE, Connection, Migrate, server_url
+from support import JOTC_MIGRATE, Connection, Migrate, extra, server_url
+
+from jotc_migrations.cli import alembic_config
 
 
 @pytest.fixture
@@ -43,3 +47,12 @@ def migrate(database_url: str) -> Migrate:
 def db(database_url: str) -> Iterator[Connection]:
     with psycopg.connect(database_url, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture
+def three_releases(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The revision map of a build whose head is t_note_required: the test-only chain of three
+    releases, the product head, t_expand and t_note_required (tests/revisions/README.md)."""
+    for name, value in extra("expand", "contract_after_expand").items():
+        monkeypatch.setenv(name, value)
+    return ScriptDirectory.from_config(alembic_config()).revision_map

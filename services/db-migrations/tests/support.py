@@ -34,9 +34,11 @@ def unreachable_url() -> str:
     return url.render_as_string(hide_password=False)
 
 
-def extra(scenario: str, **env: str) -> dict[str, str]:
-    """The environment of a build with one test-only revision past head (tests/revisions/)."""
-    return {"JOTC_MIGRATE_EXTRA_VERSIONS": str(REVISIONS / scenario), **env}
+def extra(*scenarios: str, **env: str) -> dict[str, str]:
+    """The environment of a build with test-only revisions past head (tests/revisions/): one
+    scenario, or several that chain (expand, then contract_after_expand)."""
+    paths = os.pathsep.join(str(REVISIONS / scenario) for scenario in scenarios)
+    return {"JOTC_MIGRATE_EXTRA_VERSIONS": paths, **env}
 
 
 def revision(db: Connection) -> list[str]:

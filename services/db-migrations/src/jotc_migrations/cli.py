@@ -1,12 +1,17 @@
 """The jotc-migrate command: bring the database to the schema this build expects, or check it.
 
-    jotc-migrate upgrade [--wait SECONDS]   wait for PostgreSQL, then upgrade to head (default)
+    jotc-migrate upgrade [--wait SECONDS] [--serving REV] [--allow-breaking]
+                                            wait for PostgreSQL, then upgrade to head (default)
     jotc-migrate check   [--wait SECONDS]   exit 0 when this build may serve the database
-    jotc-migrate downgrade REVISION         e.g. ``base`` to remove every table
+    jotc-migrate downgrade REVISION [--serving REV] [--allow-breaking]
+                                            e.g. ``base`` to remove every table
+    jotc-migrate record-serving [--wait SECONDS]
+                                            record this build's head as the serving revision
 
 Exit codes are in ``errors.py`` (and the README); every failure is one line on
 stderr saying what to do. How long it may wait and run, and how it stops, is
-``bounds.py``; which databases a build may serve, ``compat.py``.
+``bounds.py``; which databases a build may serve, ``compat.py``; which
+revisions a migration may pass through while a release serves, ``serving.py``.
 
 Several pods may run ``upgrade`` at once: each takes a PostgreSQL advisory lock
 before looking at the schema, so they run one after another and the later ones
@@ -21,6 +26,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import TypeVar
 
@@ -28,13 +34,14 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 from opentelemetry import trace
 from sqlalchemy import Connection, create_engine, pool, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
-from jotc_migrations import compat
+from jotc_migrations import compat, serving
 from jotc_migrations.bounds import (
     KEEPALIVES,
     Bounds,
@@ -58,6 +65,9 @@ CONNECT_TIMEOUT_SECONDS = 5
 # Extra Alembic version directories (os.pathsep-separated), searched after the product's own:
 # for tests and for rehearsing a migration against a copy; never set in production.
 EXTRA_VERSIONS = "JOTC_MIGRATE_EXTRA_VERSIONS"
+# The defaults of --serving and --allow-breaking (the chart's migration Job sets them).
+SERVING_REVISION = "JOTC_MIGRATE_SERVING_REVISION"
+ALLOW_BREAKING = "JOTC_MIGRATE_ALLOW_BREAKING"
 
 T = TypeVar("T")
 
@@ -137,31 +147,155 @@ def current_revision(connection: Connection) -> str | None:
     return heads[0] if heads else None
 
 
-def migrate(
-    connection: Connection, stopper: Stopper, run: Callable[[Config], None]
-) -> tuple[str | None, str | None]:
-    """Run an Alembic command under the lock and the session's bounds; return the revisions
-    before and after."""
+@dataclass(frozen=True)
+class Move:
+    """What one run of upgrade or downgrade is asked to do: where to take the schema, and whom it
+    must not strand on the way (``serving.py``)."""
+
+    upgrade: bool
+    target: str  # an Alembic destination: "head", "base", a revision or a relative step
+    serving: str | None = None  # --serving; None: the database's record, else its own revision
+    allow_breaking: bool = False
+
+    @property
+    def verb(self) -> str:
+        return "upgrade" if self.upgrade else "downgrade"
+
+    def span(self, before: str | None) -> tuple[str | None, str | None]:
+        """The upper and lower ends of what the move passes through, for iterate_revisions."""
+        return (self.target, before) if self.upgrade else (before, self.target)
+
+    def run(self, config: Config) -> None:
+        if self.upgrade:
+            command.upgrade(config, self.target)
+        else:
+            command.downgrade(config, self.target)
+
+
+@contextlib.contextmanager
+def migration_session(connection: Connection, stopper: Stopper) -> Iterator[Bounds]:
+    """What every command that writes runs in: a direct connection (no pooler), the session's
+    bounds, and the migration lock."""
     bounds = Bounds.from_env()
     refuse_a_pooler(connection)
     configure_session(connection, bounds)
     with migration_lock(connection, bounds, stopper, log):
+        yield bounds
+
+
+def migrate(connection: Connection, stopper: Stopper, move: Move) -> tuple[str | None, str | None]:
+    """Run an Alembic command under the lock and the session's bounds, if the guard allows it;
+    return the revisions before and after. An upgrade then records this build's head as the
+    serving revision: its pods are about to replace the running ones."""
+    with migration_session(connection, stopper) as bounds:
         before = current_revision(connection)
         trace.get_current_span().set_attribute("db.migration.from", before or "empty")
         if before is not None and before not in known_revisions():
             newer_database(connection, before)
-            return before, before
-        config = alembic_config()
-        config.attributes["connection"] = connection
+            after: str | None = before
+        else:
+            config = alembic_config()
+            guard(connection, ScriptDirectory.from_config(config), before, move)
+            config.attributes["connection"] = connection
 
-        def attempt() -> None:
-            run(config)
-            connection.commit()
+            def attempt() -> None:
+                move.run(config)
+                connection.commit()
 
-        with_lock_retries(connection, bounds, stopper, log, attempt)
-        after = current_revision(connection)
-        trace.get_current_span().set_attribute("db.migration.to", after or "empty")
+            with_lock_retries(connection, bounds, stopper, log, attempt)
+            after = current_revision(connection)
+            trace.get_current_span().set_attribute("db.migration.to", after or "empty")
+        if move.upgrade:
+            record_head(connection, bounds, stopper)
         return before, after
+
+
+def record_head(connection: Connection, bounds: Bounds, stopper: Stopper) -> None:
+    """Record this build's head as the serving revision, under the session's bounds like a
+    migration: a lock waited for too long is retried, a failure ends the command in one line."""
+
+    def attempt() -> None:
+        serving.record(connection, head_revision())
+        connection.commit()
+
+    with_lock_retries(connection, bounds, stopper, log, attempt)
+
+
+def guard(connection: Connection, scripts: ScriptDirectory, before: str | None, move: Move) -> None:
+    """Refuse a move that takes the database where the serving release cannot follow: an upgrade
+    through a revision compatible back only to something newer than the serving revision, or a
+    downgrade below it (``serving.py``). With allow_breaking, say what it strands and go on."""
+    recorded = serving.recorded(connection)
+    connection.commit()
+    if move.serving:
+        serving_revision, source = move.serving, f"--serving or {SERVING_REVISION}"
+    elif recorded is not None:
+        serving_revision, source = recorded, f"recorded in {serving.TABLE}"
+    elif before is not None:
+        serving_revision, source = before, "the database's revision"
+    else:
+        return  # no schema and no record: no release serves this database yet
+    revisions = scripts.revision_map
+    try:
+        moved = [script.revision for script in scripts.iterate_revisions(*move.span(before))]
+    except RevisionError as exc:
+        raise MigrateError(
+            f"cannot {move.verb} to {move.target}: {first_line(exc)}", EXIT_UNAVAILABLE
+        ) from None
+    if not moved:
+        return
+    if move.upgrade:
+        passed, lowest = moved[::-1], before
+    else:
+        # What a downgrade lands on, newest first: the revisions below each one it removes.
+        below = compat.chain(revisions, revisions.get_revision(before))[1:]
+        passed = below[: len(moved)]
+        lowest = below[len(moved) - 1] if len(moved) <= len(below) else None
+    target = head_revision() if move.upgrade else lowest or "base"
+    trace.get_current_span().set_attribute("jotc.migrate.serving", serving_revision)
+    runs = f"the running release serves {serving_revision} ({source})"
+    if serving_revision not in known_revisions():
+        breach(
+            move,
+            target,
+            f"the serving revision {serving_revision} ({source}) is not one of this build's "
+            f"migrations ({head_revision()} and its ancestors)",
+            "pass --serving with the running release's head (`jotc-migrate head` in its image)",
+        )
+        return
+    if not move.upgrade and serving.position(revisions, lowest) < serving.position(
+        revisions, serving_revision
+    ):
+        breach(
+            move,
+            target,
+            f"{runs} and cannot serve a database at {target}, which is older",
+            f"roll the release back to one built for {target} first "
+            "(its pre-rollback hook runs jotc-migrate record-serving)",
+        )
+        return
+    stranding = serving.first_stranding(revisions, serving_revision, passed)
+    if stranding is not None:
+        breach(
+            move,
+            target,
+            f"{runs}, and {stranding.revision} is compatible back to {stranding.back_to} only, "
+            "so its pods would turn unready",
+            f"deploy a release built for {stranding.back_to} first and let it replace "
+            f"{serving_revision}'s pods",
+        )
+
+
+def breach(move: Move, target: str, problem: str, advice: str) -> None:
+    """Refuse the move in one line, or, when breaking is intended, warn in one line."""
+    if move.allow_breaking:
+        log(f"warning: {move.verb} to {target} goes ahead (--allow-breaking) although {problem}")
+        return
+    raise MigrateError(
+        f"refusing to {move.verb} to {target}: {problem}; {advice}, or pass --allow-breaking "
+        f"({ALLOW_BREAKING}=true) if stopping it is intended",
+        EXIT_NOT_AT_HEAD,
+    )
 
 
 def refuse_a_pooler(connection: Connection) -> None:
@@ -195,25 +329,44 @@ def newer_database(connection: Connection, revision: str) -> None:
     )
 
 
-def run_migration(
-    url: URL, wait_seconds: float, run: Callable[[Config], None]
-) -> tuple[str | None, str | None]:
+def run_migration(url: URL, wait_seconds: float, work: Callable[[Connection, Stopper], T]) -> T:
+    """Run work on a connection that SIGTERM/SIGINT cancel on the server."""
     stopper = Stopper()
     with stop_on_signals(stopper):
-        return with_connection(url, wait_seconds, lambda c: migrate(c, stopper, run), stopper)
+        return with_connection(url, wait_seconds, lambda c: work(c, stopper), stopper)
 
 
-def upgrade(url: URL, wait_seconds: float) -> None:
-    before, after = run_migration(url, wait_seconds, lambda cfg: command.upgrade(cfg, "head"))
+def upgrade(url: URL, wait_seconds: float, move: Move) -> None:
+    before, after = run_migration(url, wait_seconds, lambda c, s: migrate(c, s, move))
     if before == after:
         log(f"database {describe(url)} already at revision {after}; nothing to do")
     else:
         log(f"database {describe(url)} upgraded from {before or 'empty'} to {after}")
 
 
-def downgrade(url: URL, revision: str) -> None:
-    before, after = run_migration(url, 0, lambda cfg: command.downgrade(cfg, revision))
+def downgrade(url: URL, move: Move) -> None:
+    before, after = run_migration(url, 0, lambda c, s: migrate(c, s, move))
     log(f"database {describe(url)} downgraded from {before or 'empty'} to {after or 'empty'}")
+
+
+def record_serving(url: URL, wait_seconds: float) -> None:
+    """Record this build's head as the serving revision, migrating nothing: the chart's
+    pre-rollback hook, with the restored release's image. Refused when this build cannot serve
+    the database, since the rollback then cannot serve either."""
+    head = head_revision()
+
+    def work(connection: Connection, stopper: Stopper) -> None:
+        with migration_session(connection, stopper) as bounds:
+            problem = compat.problem(read(connection, head))
+            if problem is not None:
+                raise MigrateError(
+                    f"not recording {head} as the serving revision: database {problem}",
+                    EXIT_NOT_AT_HEAD,
+                )
+            record_head(connection, bounds, stopper)
+
+    run_migration(url, wait_seconds, work)
+    log(f"database {describe(url)}: {head} recorded as the serving revision")
 
 
 def schema_problem(url: URL, wait_seconds: float) -> str | None:
@@ -262,24 +415,43 @@ def seconds(value: str) -> float:
     return parsed
 
 
+def flag(env: Mapping[str, str], name: str) -> bool:
+    """A yes/no setting: true for 1, true, yes; false when empty or 0, false, no; any other value
+    is refused rather than guessed."""
+    value = env.get(name, "").strip().lower()
+    if value in {"1", "true", "yes"}:
+        return True
+    if value in {"", "0", "false", "no"}:
+        return False
+    raise MigrateError(
+        f"{name} is {env[name]!r}; set it to true or false (or 1/0, yes/no)", EXIT_UNAVAILABLE
+    )
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     env_wait = os.environ.get("JOTC_MIGRATE_WAIT_SECONDS")
     try:
         default_wait = seconds(env_wait) if env_wait else DEFAULT_WAIT_SECONDS
     except argparse.ArgumentTypeError as exc:
         raise MigrateError(f"JOTC_MIGRATE_WAIT_SECONDS {exc}", EXIT_UNAVAILABLE) from None
+    default_serving = os.environ.get(SERVING_REVISION, "").strip() or None
+    default_allow_breaking = flag(os.environ, ALLOW_BREAKING)
     parser = argparse.ArgumentParser(
         prog="jotc-migrate", description="Apply or check the JOTC database schema."
     )
     commands = parser.add_subparsers(dest="command")
     up = commands.add_parser("upgrade", help="wait for PostgreSQL, then upgrade to head")
-    up.add_argument(
-        "--wait",
-        type=seconds,
-        default=default_wait,
-        metavar="SECONDS",
-        help=f"how long to retry an unreachable database (default {default_wait:g})",
+    record = commands.add_parser(
+        "record-serving", help="record this build's head as the serving revision; migrate nothing"
     )
+    for waiting in (up, record):
+        waiting.add_argument(
+            "--wait",
+            type=seconds,
+            default=default_wait,
+            metavar="SECONDS",
+            help=f"how long to retry an unreachable database (default {default_wait:g})",
+        )
     check = commands.add_parser("check", help="exit 0 when the schema is at head, 1 otherwise")
     check.add_argument(
         "--wait",
@@ -290,6 +462,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     down = commands.add_parser("downgrade", help="downgrade to REVISION (e.g. base)")
     down.add_argument("revision")
+    for moving in (up, down):
+        moving.add_argument(
+            "--serving",
+            default=default_serving,
+            metavar="REVISION",
+            help=f"the revision the running release serves (default {SERVING_REVISION}, else "
+            f"the one recorded in {serving.TABLE}, else the database's)",
+        )
+        moving.add_argument(
+            "--allow-breaking",
+            action="store_true",
+            default=default_allow_breaking,
+            help=f"go ahead even if the running release cannot serve the result ({ALLOW_BREAKING})",
+        )
     commands.add_parser("head", help="print the revision this build expects")
     words = list(sys.argv[1:] if argv is None else argv)
     if not words or (words[0].startswith("-") and words[0] not in {"-h", "--help"}):
@@ -357,9 +543,11 @@ def run_command(argv: Sequence[str] | None, span: trace.Span) -> int:
             return EXIT_OK
         url = sqlalchemy_url(os.environ.get("DATABASE_URL"))
         if args.command == "upgrade":
-            upgrade(url, args.wait)
+            upgrade(url, args.wait, Move(True, "head", args.serving or None, args.allow_breaking))
         elif args.command == "downgrade":
-            downgrade(url, args.revision)
+            downgrade(url, Move(False, args.revision, args.serving or None, args.allow_breaking))
+        elif args.command == "record-serving":
+            record_serving(url, args.wait)
         else:
             problem = schema_problem(url, args.wait)
             if problem is not None:

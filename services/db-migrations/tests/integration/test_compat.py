@@ -27,7 +27,7 @@ def test_upgrade_records_each_revision_with_the_version(migrate: Migrate, db: Co
     migrate.ok("upgrade", env=extra("expand"))
     found = records(db)
     assert found[-1] == ("t_expand", len(found), head), f"t_expand's record: {found}"
-    migrate.ok("downgrade", head, env=extra("expand"))
+    migrate.ok("downgrade", head, "--serving", head, env=extra("expand"))
     found = records(db)
     assert found[-1][0] == head, f"after downgrading to {head}, the newest record: {found}"
 

@@ -10,7 +10,7 @@ import os
 import pytest
 from support import REVISIONS
 
-from jotc_migrations.cli import head_revision, main, parse_args, product_head, seconds
+from jotc_migrations.cli import flag, head_revision, main, parse_args, product_head, seconds
 from jotc_migrations.database import DatabaseURLError, describe, sqlalchemy_url
 from jotc_migrations.errors import EXIT_OK, EXIT_UNAVAILABLE, MigrateError
 
@@ -18,7 +18,13 @@ from jotc_migrations.errors import EXIT_OK, EXIT_UNAVAILABLE, MigrateError
 @pytest.fixture(autouse=True)
 def no_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever the runner's environment holds, each test sets what it needs."""
-    for variable in ("DATABASE_URL", "JOTC_MIGRATE_WAIT_SECONDS", "JOTC_MIGRATE_EXTRA_VERSIONS"):
+    for variable in (
+        "DATABASE_URL",
+        "JOTC_MIGRATE_WAIT_SECONDS",
+        "JOTC_MIGRATE_EXTRA_VERSIONS",
+        "JOTC_MIGRATE_SERVING_REVISION",
+        "JOTC_MIGRATE_ALLOW_BREAKING",
+    ):
         monkeypatch.delenv(variable, raising=False)
 
 
@@ -126,3 +132,51 @@ def test_urls_pin_psycopg_and_are_described_without_the_password() -> None:
 def test_bad_urls_are_refused_with_a_reason(raw: str | None, complaint: str) -> None:
     with pytest.raises(DatabaseURLError, match=complaint):
         sqlalchemy_url(raw)
+
+
+def test_the_guards_options_and_their_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = parse_args(["upgrade"])
+    assert (plain.serving, plain.allow_breaking) == (None, False), f"parsed {plain}"
+    told = parse_args(["--serving", "0002", "--allow-breaking"])
+    assert (told.command, told.serving, told.allow_breaking) == ("upgrade", "0002", True), told
+    down = parse_args(["downgrade", "0001", "--serving", "0001"])
+    assert (down.serving, down.allow_breaking) == ("0001", False), f"parsed {down}"
+    monkeypatch.setenv("JOTC_MIGRATE_SERVING_REVISION", " 0002 ")
+    monkeypatch.setenv("JOTC_MIGRATE_ALLOW_BREAKING", "true")
+    settings = parse_args(["upgrade"])
+    assert (settings.serving, settings.allow_breaking) == ("0002", True), f"parsed {settings}"
+    monkeypatch.setenv("JOTC_MIGRATE_SERVING_REVISION", "")
+    assert parse_args(["upgrade"]).serving is None, "an empty setting names no revision"
+
+
+def test_record_serving_waits_like_upgrade(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_args(["record-serving"]).wait == 60.0, "record-serving's default wait"
+    monkeypatch.setenv("JOTC_MIGRATE_WAIT_SECONDS", "7")
+    assert parse_args(["record-serving"]).wait == 7.0, "JOTC_MIGRATE_WAIT_SECONDS was ignored"
+
+
+@pytest.mark.parametrize(
+    ("value", "on"),
+    [
+        ("1", True),
+        ("true", True),
+        ("yes", True),
+        (" TRUE ", True),
+        ("", False),
+        ("0", False),
+        ("false", False),
+        ("no", False),
+    ],
+)
+def test_allow_breaking_reads_yes_and_no(value: str, on: bool) -> None:
+    assert flag({"JOTC_MIGRATE_ALLOW_BREAKING": value}, "JOTC_MIGRATE_ALLOW_BREAKING") is on
+    assert flag({}, "JOTC_MIGRATE_ALLOW_BREAKING") is False, "unset is false"
+
+
+def test_a_bad_allow_breaking_setting_is_named() -> None:
+    with pytest.raises(MigrateError) as raised:
+        flag({"JOTC_MIGRATE_ALLOW_BREAKING": "maybe"}, "JOTC_MIGRATE_ALLOW_BREAKING")
+    assert raised.value.exit_code == EXIT_UNAVAILABLE, f"exit code {raised.value.exit_code}"
+    assert str(raised.value) == (
+        "JOTC_MIGRATE_ALLOW_BREAKING is 'maybe'; set it to true or false (or 1/0, yes/no)"
+    ), str(raised.value)
