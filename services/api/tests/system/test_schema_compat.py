@@ -144,17 +144,31 @@ def test_a_rolled_back_build_comes_up_ready_on_a_newer_compatible_schema(tmp_roo
             assert read.status_code == 200
 
 
-def test_an_incompatible_newer_schema_is_refused_with_both_revisions_named(tmp_root: Path) -> None:
-    with fresh_database() as url:
-        assert jotc_migrate(url, "upgrade", scenario="contract").returncode == 0
+def test_the_release_guard_keeps_the_api_ready_and_a_breaking_step_forced_past_it_is_refused_by_readyz(
+    tmp_root: Path,
+) -> None:
+    """jotc-migrate refuses a contract step the serving build cannot serve, and the running API stays
+    ready; forced (JOTC_MIGRATE_ALLOW_BREAKING), the step commits and the API's /readyz names both
+    revisions."""
+    with fresh_database() as url, api_on(url, tmp_root) as api:
+        assert wait_ready(api).status_code == 200
+        refused = jotc_migrate(url, "upgrade", scenario="contract")
+        assert refused.returncode == 1, refused.stderr
+        said = refused.stderr.strip().splitlines()[-1]
+        assert "t_contract" in said, refused.stderr
+        assert SCHEMA_REVISION in said, refused.stderr
+        assert httpx.get(f"{api.base_url}/readyz").status_code == 200
+        assert jotc_migrate(url, "check").returncode == 0
+
+        forced = jotc_migrate(url, "upgrade", scenario="contract", JOTC_MIGRATE_ALLOW_BREAKING="1")
+        assert forced.returncode == 0, forced.stderr
         assert jotc_migrate(url, "check").returncode == 1
-        with api_on(url, tmp_root) as api:
-            response = httpx.get(f"{api.base_url}/readyz")
-            assert response.status_code == 503
-            schema = response.json()["checks"]["schema"]
-            assert schema["status"] == "failing"
-            assert "t_contract" in schema["detail"]
-            assert SCHEMA_REVISION in schema["detail"]
+        response = httpx.get(f"{api.base_url}/readyz")
+        assert response.status_code == 503
+        schema = response.json()["checks"]["schema"]
+        assert schema["status"] == "failing"
+        assert "t_contract" in schema["detail"]
+        assert SCHEMA_REVISION in schema["detail"]
 
 
 def test_posts_keep_answering_201_while_a_migration_waits_behind_a_long_reader(tmp_root: Path) -> None:
