@@ -1,6 +1,8 @@
-"""The Helm chart, rendered: helm itself, `helm template` with each ci/ values file (cached, renders
-are pure), picking objects out of the manifests, and strict schema validation on a Kubernetes minor.
-Shared by test_helm.py, test_chart_monitoring.py, test_security.py and test_workflow.py."""
+"""The Helm chart, rendered: helm itself, `helm template` with each values file of ci/ (installed by
+chart-testing in CI) and of examples/ (what a real cluster needs: a registry, CloudNativePG, real
+hosts), by its name (cached, renders are pure), picking objects out of the manifests, and strict
+schema validation on a Kubernetes minor. Shared by test_helm.py, test_chart_monitoring.py,
+test_security.py and test_workflow.py."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import yaml
 from support import ROOT
 
 CHART = ROOT / "deploy/helm/jotc"
-VALUES = {"default": None, **{path.stem: path for path in sorted((CHART / "ci").glob("*.yaml"))}}
+VALUES_FILES = sorted([*(CHART / "ci").glob("*.yaml"), *(CHART / "examples").glob("*.yaml")])
+VALUES = {"default": None, **{path.stem: path for path in VALUES_FILES}}
 
 
 def helm() -> str:

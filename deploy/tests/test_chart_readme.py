@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from chart import CHART, helm
+from chart import CHART, VALUES_FILES, helm
 from support import ROOT
 
 README = CHART / "README.md"
 # The README's "your values file": it says to start from this one.
-STAND_INS = {"my-values.yaml": str(CHART / "ci/production-values.yaml")}
+STAND_INS = {"my-values.yaml": str(CHART / "examples/production-values.yaml")}
 KINDS = {
     "deploy": "Deployment",
     "svc": "Service",
@@ -122,9 +122,9 @@ def images(doc: dict[str, Any]) -> list[str]:
 
 def objects() -> set[tuple[str, str]]:
     """(kind, name) of everything the README's commands render for release jotc, and every values
-    file of ci/ (its load test sections), with the claims of each StatefulSet's first pod."""
+    file of ci/ and examples/ (its load test sections), with the claims of each StatefulSet's first pod."""
     renders = [tuple(template_args(command)) for command in installs()]
-    renders += [("template", "jotc", str(CHART), "-f", str(path)) for path in sorted((CHART / "ci").glob("*.yaml"))]
+    renders += [("template", "jotc", str(CHART), "-f", str(path)) for path in VALUES_FILES]
     made = set()
     for args in renders:
         for doc in rendered(args):
