@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chart import CHART, invalid_on, one, render
+from chart import CHART, find, invalid_on, one, render
 from common import CommandError, apt_install, can_install
 from support import ROOT, committed_files, venv_tool
 
@@ -88,7 +88,7 @@ def test_images_for_two_architectures_only_on_tags_and_after_every_check() -> No
     jobs = workflow()["jobs"]
     assert workflow()[True]["push"]["tags"] == ["v*"]
     assert jobs["images"]["if"] == "startsWith(github.ref, 'refs/tags/v')"
-    assert set(jobs["images"]["needs"]) == {"test", "kind", "audit"}
+    assert set(jobs["images"]["needs"]) == {"test", "kind", "production", "audit"}
     assert {row["arch"] for row in jobs["images"]["strategy"]["matrix"]["include"]} == {"amd64", "arm64"}
     build = scripts("images")
     assert "--push" in build
@@ -99,8 +99,8 @@ def test_images_for_two_architectures_only_on_tags_and_after_every_check() -> No
     assert jobs["images"]["permissions"]["packages"] == "write"
 
 
-def kind_minors() -> list[int]:
-    rows = workflow()["jobs"]["kind"]["strategy"]["matrix"]["include"]
+def kind_minors(job: str = "kind") -> list[int]:
+    rows = workflow()["jobs"][job]["strategy"]["matrix"]["include"]
     minors = []
     for row in rows:
         version = re.search(r"kindest/node:v1\.(\d+)\.\d+@sha256:[0-9a-f]{64}$", row["node"])
@@ -114,6 +114,8 @@ def test_kind_covers_the_oldest_claimed_minor_and_1_35() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     oldest = int(re.fullmatch(r">=1\.(\d+)\.0-0", chart["kubeVersion"]).group(1))  # type: ignore[union-attr]
     assert set(kind_minors()) == {oldest, 35}
+    assert kind_minors("production") == kind_minors()
+    assert workflow()["jobs"]["production"]["strategy"] == workflow()["jobs"]["kind"]["strategy"]
 
 
 def test_kind_installs_waits_tests_and_runs_a_headless_swarm_through_the_ingress() -> None:
@@ -141,6 +143,150 @@ def test_what_kind_installs_is_valid_on_its_kubernetes_versions() -> None:
     ingress = one(docs, "Ingress")
     assert ingress["spec"]["ingressClassName"] == "nginx"
     assert {d["kind"] for d in docs if "locust" in d["metadata"]["name"]} >= {"Job", "Service"}
+
+
+# --- the production path: job production, chart-testing, the upgrade and rollback under the prober ---
+
+GITHUB = ROOT / ".github"
+EXTERNAL_DATA = CHART / "ci/external-data-values.yaml"
+
+
+def yaml_file(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def production_env() -> dict[str, str]:
+    env: dict[str, str] = workflow()["jobs"]["production"]["env"]
+    return env
+
+
+def test_ct_installs_every_ci_file_in_a_namespace_the_job_prepares() -> None:
+    run = scripts("production")
+    config = yaml_file(GITHUB / "ct.yaml")
+    assert config["charts"] == ["deploy/helm/jotc"]
+    assert "ct lint --config .github/ct.yaml" in run
+    assert "ct install --config .github/ct.yaml" in run
+    assert "--set=imageTag=ci" in config["helm-extra-set-args"], "ct must install the images the job builds"
+    assert "for namespace in jotc " + config["namespace"] + "; do" in run
+    # ci/evaluation-values.yaml's Secret and ci/locust-ui-values.yaml's, in ct's namespace
+    evaluation = yaml_file(CHART / "ci/evaluation-values.yaml")["evaluation"]["existingSecret"]
+    locust_web = yaml_file(CHART / "ci/locust-ui-values.yaml")["locust"]["web"]["existingSecret"]
+    for secret in (evaluation, locust_web):
+        assert f"create secret generic {secret} --namespace {config['namespace']}" in run
+
+
+def test_the_job_creates_every_secret_the_production_values_name_and_the_baseline_first() -> None:
+    run = scripts("production")
+    values = yaml_file(EXTERNAL_DATA)
+    for secret in (values["database"], values["redis"], values["adminToken"]):
+        assert f'create secret generic {secret["existingSecret"]} --namespace "$namespace"' in run
+    baseline = yaml_file(GITHUB / "kind-default-deny.yaml")
+    assert baseline["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    assert 'apply --namespace "$namespace" -f .github/kind-default-deny.yaml' in run
+    assert run.index("kind-default-deny.yaml") < run.index("ct install --config") < run.index("helm install jotc")
+
+
+# Files of deploy/helm/jotc/ci/ install on the job's cluster: no image registry, pull secret or
+# placeholder host, and no object of a CRD it lacks (the Prometheus Operator's).
+NOT_ON_KIND = re.compile(r"example\.(com|internal|org)|registry\.|imagePullSecrets: \[\{")
+
+
+@pytest.mark.parametrize("path", sorted((CHART / "ci").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_ci_file_can_be_installed_on_the_jobs_cluster(path: Path) -> None:
+    assert path.name.endswith("-values.yaml"), "ct installs ci/*-values.yaml only"
+    text = "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())  # comments aside
+    assert not NOT_ON_KIND.search(text), f"{path.name} needs what kind lacks: move it to examples/"
+    docs = render(path.stem, "--set", "imageTag=ci")
+    assert not [d["kind"] for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
+    errors = [error for minor in kind_minors("production") for error in invalid_on(minor, docs)]
+    assert not errors, "\n".join(errors)
+
+
+def test_the_examples_are_what_kind_cannot_install() -> None:
+    examples = sorted((CHART / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        assert NOT_ON_KIND.search(path.read_text()) or "CloudNativePG" in path.read_text(), path.name
+
+
+def test_the_production_values_are_production_like() -> None:
+    docs = render("external-data-values", "--set", "imageTag=ci")
+    hook = one(docs, "Job", "migrate")
+    assert "pre-upgrade" in hook["metadata"]["annotations"]["helm.sh/hook"]
+    assert not find(docs, "StatefulSet"), "the data services are outside the release"
+    assert not [d for d in docs if d["kind"] == "Secret" and "helm.sh/hook" not in d["metadata"].get("annotations", {})]
+    deployment = one(docs, "Deployment", "api")
+    assert len(deployment["spec"]["template"]["spec"]["containers"]) == 2, "the API and its metrics sidecar"
+    assert one(docs, "HorizontalPodAutoscaler")["spec"]["minReplicas"] >= 2
+    assert one(docs, "PodDisruptionBudget")
+    api_policy = one(docs, "NetworkPolicy", "api")
+    sources = [peer for rule in api_policy["spec"]["ingress"] for peer in rule.get("from", [])]
+    ingress_namespace = {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}
+    assert {"namespaceSelector": ingress_namespace} in sources
+    assert "--namespace ingress-nginx" in scripts("production")
+
+
+def test_the_data_peers_select_the_data_services_the_job_runs() -> None:
+    peers = yaml_file(EXTERNAL_DATA)["api"]["networkPolicy"]["dataPeers"]
+    manifests = list(yaml.safe_load_all((GITHUB / "kind-data.yaml").read_text()))
+    pods = {d["metadata"]["name"]: d for d in manifests if d["kind"] == "Deployment"}
+    for service, name in (("database", "postgres"), ("redis", "redis")):
+        (peer,) = peers[service]
+        deployment = pods[name]
+        namespace = deployment["metadata"]["namespace"]
+        assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+        assert (
+            peer["podSelector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        )
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert re.fullmatch(r"[\w.-]+:[\w.-]+@sha256:[0-9a-f]{64}", container["image"]), container["image"]
+        assert f"{name}.{namespace}.svc" in scripts("production")
+    services = {d["metadata"]["name"]: d for d in manifests if d["kind"] == "Service"}
+    assert set(services) == set(pods)
+    for name, service in services.items():
+        assert service["spec"]["selector"] == pods[name]["spec"]["selector"]["matchLabels"]
+
+
+def test_the_trusted_proxies_are_the_clusters_pod_subnet() -> None:
+    cluster = yaml_file(GITHUB / "kind-cluster.yaml")
+    settings = yaml_file(EXTERNAL_DATA)["api"]["settings"]
+    assert settings["JOTC_TRUSTED_PROXIES"] == cluster["networking"]["podSubnet"]
+    (mapping,) = cluster["nodes"][0]["extraPortMappings"]
+    assert f"controller.service.nodePorts.http={mapping['containerPort']}" in scripts("production")
+    assert f"http://127.0.0.1:{mapping['hostPort']}" in scripts("production")
+    assert mapping["listenAddress"] == "127.0.0.1"
+
+
+def test_the_upgrade_adds_the_expand_revision_and_the_rollback_returns_under_the_prober() -> None:
+    run = scripts("production")
+    dockerfile = (GITHUB / "expand-migration.Dockerfile").read_text()
+    copied = re.search(r"^COPY (\S+) (\S+)/$", dockerfile, re.MULTILINE)
+    extra = re.search(r"^ENV JOTC_MIGRATE_EXTRA_VERSIONS=(\S+)$", dockerfile, re.MULTILINE)
+    assert copied, dockerfile
+    assert extra, dockerfile
+    assert copied[2] == extra[1], "the revision is copied where JOTC_MIGRATE_EXTRA_VERSIONS points"
+    context = "services/db-migrations/tests/revisions/expand"
+    assert f"--tag jotc-db-migrations:expand \\\n  {context}" in run
+    revision = re.search(r'^revision: str = "(\w+)"$', (ROOT / context / copied[1]).read_text(), re.MULTILINE)
+    assert revision
+    assert revision[1] == "t_expand"
+    assert 'if [ "$revision" != t_expand ]' in run
+    prober = run.index("scripts/prober http://127.0.0.1:8080")
+    upgrade = run.index('helm upgrade jotc "$CHART" $VALUES --set imageTag=expand')
+    rollback = run.index("helm rollback jotc 1 --namespace jotc --wait")
+    stopped = run.index('kill -TERM "$prober"')
+    assert prober < upgrade < rollback < stopped
+    assert 'wait "$prober" || status=$?' in run
+    assert '--host "$INGRESS_HOST"' in run
+    assert production_env()["INGRESS_HOST"] == yaml_file(EXTERNAL_DATA)["api"]["ingress"]["host"]
+    for image in ("jotc-api:expand", "jotc-db-migrations:expand"):
+        assert image in run
+
+
+def test_no_expression_is_expanded_inside_a_script() -> None:
+    for name, job in workflow()["jobs"].items():
+        for step in job.get("steps", []):
+            assert "${{" not in step.get("run", ""), f"{name}: {step.get('name')}: pass it through env"
 
 
 def test_the_audit_covers_every_lock_file() -> None:
