@@ -152,7 +152,6 @@ def test_an_incomplete_pooler_is_refused_saying_what_is_missing(values: tuple[st
         "database.pooler.replicas=1",
         "pgbouncer.settings.pool_mode=session",
         "pgbouncer.settings.auth_type=trust",
-        "api.settings.JOTC_DB_POOLER=transaction",
     ],
 )
 def test_a_pooler_that_would_not_be_what_the_api_expects_is_refused_by_the_schema(bad: str) -> None:
@@ -242,13 +241,16 @@ def test_the_pgbouncer_image_is_the_one_compose_and_the_stand_ins_know() -> None
 
 
 def test_the_twenty_pod_fleet_fits_postgresqls_default_budget_only_through_the_pooler() -> None:
-    """fleet-values: (20 + 1) pods x 2 workers x (4 + 1) = 210 client connections + 1 retention
-    against 2 x 1000; PostgreSQL sees (2 + 1) x 20 + 1 = 61 of 90. Without the pooler the same
-    fleet needs 212 direct connections."""
+    """fleet-values: (20 + 5 surge + 5 terminating) pods x 2 workers x (4 + 1) = 300 client
+    connections + 1 retention against 2 x 1000; PostgreSQL sees (2 + 1) x 20 + 1 = 61 of 90. Without
+    the pooler the same fleet needs 302 direct connections."""
     render(FLEET)
     message = refusal("-f", str(VALUES[FLEET]), "--set", "database.pooler.type=none")
-    assert "the API may open 212 PostgreSQL connections" in message
-    assert "(max replicas + surge) 21 x workers 2 x (JOTC_DB_POOL_SIZE 4 + 1 for /readyz)" in message
+    assert "the API may open 302 PostgreSQL connections" in message
+    assert (
+        "(30 pods (max replicas 20 + surge 5 + 5 terminating) x workers 2 x (JOTC_DB_POOL_SIZE 4 + 1 for /readyz)"
+        in message
+    )
     assert "+ 1 migration, + 1 retention" in message
     assert "database.connectionBudget is 90" in message
 
@@ -269,16 +271,17 @@ def test_the_poolers_server_connections_beyond_the_budget_are_refused() -> None:
 
 
 def test_the_apis_connections_beyond_what_the_pooler_accepts_are_refused() -> None:
-    # One of the two instances may be away (its disruption budget allows it): the other takes all 211.
-    render(FLEET, "--set", "database.pooler.maxClientConn=211")
-    message = refusal("-f", str(VALUES[FLEET]), "--set", "database.pooler.maxClientConn=210")
-    assert "the API may open 211 connections to the pooler" in message
-    assert "but with one instance away it accepts 210 (database.pooler.maxClientConn 210 x (replicas 2 - 1))" in message
+    # One of the two instances may be away (its disruption budget allows it): the other takes all 301.
+    render(FLEET, "--set", "database.pooler.maxClientConn=301")
+    message = refusal("-f", str(VALUES[FLEET]), "--set", "database.pooler.maxClientConn=300")
+    assert "the API may open 301 connections to the pooler" in message
+    assert "but with one instance away it accepts 300 (database.pooler.maxClientConn 300 x (replicas 2 - 1))" in message
 
 
 def test_the_direct_budget_counts_the_retention_run() -> None:
-    # 8 pods x 2 workers x 5 = 80, + 1 migration = 81, + 1 retention = 82.
-    fits = ["--set", "api.replicaCount=7", "--set-string", "api.resources.limits.cpu=2,api.resources.limits.memory=1Gi"]
+    # 8 pods (6 + 1 surge + 1 terminating) x 2 workers x 5 = 80, + 1 migration = 81, + 1 retention = 82.
+    fits = ["--set", "api.replicaCount=6,api.rollout.maxSurge=1"]
+    fits += ["--set-string", "api.resources.limits.cpu=2,api.resources.limits.memory=1Gi"]
     render("default", *fits, "--set", "database.connectionBudget=81")
     message = refusal(*fits, "--set", "database.connectionBudget=81", "--set", "retention.days=30")
     assert "the API may open 82 PostgreSQL connections" in message
@@ -371,7 +374,7 @@ def test_the_api_reaches_pgbouncer_pods_and_the_sentinels_but_not_postgresql() -
 
 
 def test_only_the_api_and_the_retention_job_reach_pgbouncer_which_reaches_only_postgresql() -> None:
-    docs = render(FLEET, "--set", "locust.enabled=true")
+    docs = render(FLEET, "--set", "locust.enabled=true,locust.web.open=true")
     policy = one(docs, "NetworkPolicy", "-pgbouncer")["spec"]
     assert selects(policy["podSelector"], pod_labels(docs, "Deployment", "-pgbouncer"))
     assert policy["policyTypes"] == ["Ingress", "Egress"]

@@ -1,5 +1,5 @@
-"""The Helm chart, offline: lint, render every ci/ values file, validate every manifest against the
-Kubernetes schemas, and assert what the chart promises on the rendered objects."""
+"""The Helm chart, offline: lint, render every ci/ and examples/ values file, validate every manifest
+against the Kubernetes schemas, and assert what the chart promises on the rendered objects."""
 
 from __future__ import annotations
 
@@ -54,13 +54,16 @@ def test_helm_refuses_a_cluster_older_than_kube_version() -> None:
     assert oldest.returncode == 0, oldest.stderr
 
 
-# The ci/ files and the switches they leave off: the dashboard, alerts and a UI swarm with workers
-# autoscaled are in production-values / locust-ui-values, headless Locust in loadtest-values.
+# The ci/ and examples/ files and the switches they leave off: the dashboard, alerts and a UI swarm
+# with workers autoscaled are in production-values / locust-ui-values, headless Locust in
+# loadtest-values.
 MATRIX = {
     **{name: () for name in VALUES},
     "everything-on": (
         "--set",
-        "locust.enabled=true,api.ingress.enabled=true,api.metrics.port=9464,api.serviceMonitor.enabled=true",
+        "locust.enabled=true,locust.web.existingSecret=jotc-locust-web,api.ingress.enabled=true,api.metrics.port=9464",
+        "--set",
+        "api.serviceMonitor.enabled=true",
         "--set",
         "api.grafanaDashboard.enabled=true,api.prometheusRule.enabled=true,locust.workers.autoscaling.enabled=true",
         "--set",
@@ -307,9 +310,14 @@ def test_locust_ui_targets_the_api_service_and_mounts_a_locustfile() -> None:
 
 
 def test_helm_test_hook_posts_to_jumps() -> None:
+    """Through the API's Service, expecting the refusal that records nothing (test_chart_rollout.py
+    checks the input is one the API refuses)."""
     test_pod = one(render("default"), "Pod", "test-jumps")
     assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
-    assert "/jumps" in test_pod["spec"]["containers"][0]["command"][-1]
+    script = test_pod["spec"]["containers"][0]["command"][-1]
+    assert 'api + "/jumps"' in script
+    assert "refusal.code == 422" in script
+    assert "/problems/unreachable" in script
 
 
 @pytest.mark.parametrize(
@@ -348,88 +356,6 @@ def pods(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
         if d["kind"] in {"Deployment", "StatefulSet", "Job"}:
             found.append((d["metadata"]["name"], d["spec"]["template"]["spec"]))
     return found
-
-
-def admits(rule: dict[str, Any], labels: dict[str, str], port: int) -> bool:
-    """Does this ingress rule admit a pod of this namespace with these labels on this port?"""
-    if port not in [p["port"] for p in rule.get("ports", [])]:
-        return False
-    peers = rule.get("from")
-    if not peers:
-        return True
-    for peer in peers:
-        selector = peer.get("podSelector")
-        if selector is None or "namespaceSelector" in peer:
-            continue
-        wanted = selector.get("matchLabels", {})
-        expressions = selector.get("matchExpressions", [])
-        if all(labels.get(k) == v for k, v in wanted.items()) and all(
-            labels.get(e["key"]) in e["values"] for e in expressions
-        ):
-            return True
-    return False
-
-
-def pod_labels(docs: list[dict[str, Any]], kind: str, name_part: str) -> dict[str, str]:
-    obj = one(docs, kind, name_part)
-    labels: dict[str, str] = (
-        obj["metadata"]["labels"] if kind == "Pod" else obj["spec"]["template"]["metadata"]["labels"]
-    )
-    return labels
-
-
-# --- NetworkPolicy ------------------------------------------------------------------------------
-
-
-def test_restricting_api_ingress_keeps_the_releases_own_pods_and_prometheus() -> None:
-    docs = render("production-values", "--set", "locust.enabled=true")
-    policy = one(docs, "NetworkPolicy", "-api")["spec"]
-    rules = policy["ingress"]
-    for kind, name in [("Pod", "test-jumps"), ("Deployment", "locust-worker"), ("Deployment", "locust-master")]:
-        assert any(admits(rule, pod_labels(docs, kind, name), 4000) for rule in rules), name
-    assert not any(admits(rule, {"app": "stranger"}, 4000) for rule in rules)
-    metrics_rule = next(rule for rule in rules if rule["ports"][0]["port"] == 9464)
-    assert metrics_rule["from"] == [
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
-    ]
-
-
-def test_metrics_from_without_a_metrics_port_admits_prometheus_to_4000() -> None:
-    docs = render("default", "--set", "api.networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=monitoring")
-    rules = one(docs, "NetworkPolicy", "-api")["spec"]["ingress"]
-    assert rules[1]["ports"] == [{"port": 4000, "protocol": "TCP"}]
-    assert rules[1]["from"][0]["namespaceSelector"]["matchLabels"] == {"team": "monitoring"}
-
-
-def test_every_pod_of_the_chart_has_a_network_policy() -> None:
-    docs = render("evaluation-values", "--set", "locust.enabled=true")
-    policies = find(docs, "NetworkPolicy")
-    for kind, name in [
-        ("Deployment", "-api"),
-        ("Job", "-migrate-"),
-        ("Deployment", "locust-master"),
-        ("Deployment", "locust-worker"),
-        ("StatefulSet", "-postgresql"),
-        ("StatefulSet", "-redis"),
-    ]:
-        labels = pod_labels(docs, kind, name)
-        selecting = [
-            p
-            for p in policies
-            if all(labels.get(k) == v for k, v in p["spec"]["podSelector"].get("matchLabels", {}).items())
-            and all(labels.get(e["key"]) in e["values"] for e in p["spec"]["podSelector"].get("matchExpressions", []))
-        ]
-        assert selecting, f"no NetworkPolicy selects {name}"
-    migrations = one(docs, "NetworkPolicy", "-migrations")["spec"]
-    assert migrations["ingress"] == []
-    postgres = one(docs, "NetworkPolicy", "-postgresql")["spec"]
-    assert postgres["egress"] == []
-    api, job = pod_labels(docs, "Deployment", "-api"), pod_labels(docs, "Job", "-migrate-")
-    assert admits(postgres["ingress"][0], api, 5432)
-    assert admits(postgres["ingress"][0], job, 5432)
-    assert not admits(postgres["ingress"][0], pod_labels(docs, "Deployment", "locust-worker"), 5432)
-    redis = one(docs, "NetworkPolicy", "-redis")["spec"]
-    assert not admits(redis["ingress"][0], job, 6379)
 
 
 def test_evaluation_redis_has_a_password_memory_cap_and_probes() -> None:
@@ -481,9 +407,10 @@ def test_explicit_workers_win() -> None:
 
 
 def test_connections_beyond_the_databases_budget_are_refused() -> None:
-    # 8 pods (7 + surge) x 2 workers x (4 + 1 for /readyz) = 80, + 1 migration: fits 90; a pool of 5
-    # does not.
-    ok = ["--set", "api.replicaCount=7", "--set-string", "api.resources.limits.cpu=2,api.resources.limits.memory=1Gi"]
+    # 8 pods (6 + 1 surge + 1 terminating) x 2 workers x (4 + 1 for /readyz) = 80, + 1 migration:
+    # fits 90; a pool of 5 does not.
+    ok = ["--set", "api.replicaCount=6,api.rollout.maxSurge=1"]
+    ok += ["--set-string", "api.resources.limits.cpu=2,api.resources.limits.memory=1Gi"]
     render("default", *ok)
     message = fails(*ok, "--set-string", "api.settings.JOTC_DB_POOL_SIZE=5")
     assert "database.connectionBudget is 90" in message
@@ -491,7 +418,8 @@ def test_connections_beyond_the_databases_budget_are_refused() -> None:
 
 
 def test_redis_connections_beyond_its_budget_are_refused() -> None:
-    ok = ["--set", "api.replicaCount=7", "--set-string", "api.resources.limits.cpu=2,api.resources.limits.memory=1Gi"]
+    ok = ["--set", "api.replicaCount=6,api.rollout.maxSurge=1"]
+    ok += ["--set-string", "api.resources.limits.cpu=2,api.resources.limits.memory=1Gi"]
     render("default", *ok)  # 8 pods x 2 workers x 16 = 256 of 1000
     message = fails(*ok, "--set-string", "api.settings.JOTC_REDIS_MAX_CONNECTIONS=64")
     assert "1024 Redis connections" in message
@@ -588,7 +516,8 @@ def test_digests_are_set_together() -> None:
 
 
 def test_every_pod_gets_the_image_pull_secrets() -> None:
-    docs = render("evaluation-values", "--set", "locust.enabled=true", "--set", "imagePullSecrets[0].name=regcred")
+    swarm = "locust.enabled=true,locust.web.existingSecret=jotc-locust-web"
+    docs = render("evaluation-values", "--set", swarm, "--set", "imagePullSecrets[0].name=regcred")
     for name, pod in pods(docs):
         assert pod.get("imagePullSecrets") == [{"name": "regcred"}], name
 
@@ -657,7 +586,7 @@ def test_two_renders_are_identical(case: str) -> None:
             "--set",
             f"adminToken.value={ADMIN_TOKEN}",
             "--set",
-            "locust.enabled=true",
+            "locust.enabled=true,locust.web.existingSecret=jotc-locust-web",
         ],
     }
     extra = cases[case] if case in cases else values_args(case)

@@ -91,10 +91,11 @@ neither a CPU limit nor a CPU request is set: 1 Granian worker per pod. Set api.
 {{- end -}}
 {{- end }}
 
-{{/* The most API pods that can run at once: max replicas plus the rolling update's surge. */}}
+{{/* The most API pods that may hold connections at once: max replicas, the rolling update's
+surge, and the old pods still terminating (jotc.apiRollout). */}}
 {{- define "jotc.apiMaxPods" -}}
-{{- $max := ternary .Values.api.autoscaling.maxReplicas .Values.api.replicaCount .Values.api.autoscaling.enabled -}}
-{{- add (int $max) 1 -}}
+{{- $plan := include "jotc.apiRollout" . | fromJson -}}
+{{- add $plan.replicas $plan.surge $plan.terminating -}}
 {{- end }}
 
 {{/* Values that the schema cannot compare, checked at render time with a message saying what to do. */}}
@@ -103,6 +104,8 @@ neither a CPU limit nor a CPU request is set: 1 Granian worker per pod. Set api.
 {{- if and $auto.enabled (gt (int $auto.minReplicas) (int $auto.maxReplicas)) -}}
 {{- fail (printf "api.autoscaling.minReplicas (%d) exceeds maxReplicas (%d)" (int $auto.minReplicas) (int $auto.maxReplicas)) -}}
 {{- end -}}
+{{- include "jotc.validateRollout" . -}}
+{{- include "jotc.validateSettings" . -}}
 {{- $lauto := .Values.locust.workers.autoscaling -}}
 {{- if and $lauto.enabled (gt (int $lauto.minReplicas) (int $lauto.maxReplicas)) -}}
 {{- fail (printf "locust.workers.autoscaling.minReplicas (%d) exceeds maxReplicas (%d)" (int $lauto.minReplicas) (int $lauto.maxReplicas)) -}}
@@ -124,6 +127,7 @@ neither a CPU limit nor a CPU request is set: 1 Granian worker per pod. Set api.
 {{- $pool := int (default 4 $settings.JOTC_DB_POOL_SIZE) -}}
 {{- $workers := include "jotc.apiWorkers" . | int -}}
 {{- $pods := include "jotc.apiMaxPods" . | int -}}
+{{- $podsSaid := include "jotc.apiMaxPodsSaid" . -}}
 {{- $budget := int .Values.database.connectionBudget -}}
 {{- $retention := ternary 1 0 (gt (int .Values.retention.days) 0) -}}
 {{- $apiConnections := mul $pods $workers (add $pool 1) -}}
@@ -138,7 +142,7 @@ others take its clients. */ -}}
 {{- $serving := max 1 (sub (int $pooler.replicas) 1) -}}
 {{- $accepted := mul (int $pooler.maxClientConn) $serving -}}
 {{- if gt $clients $accepted -}}
-{{- fail (printf "the API may open %d connections to the pooler ((max replicas + surge) %d x workers %d x (JOTC_DB_POOL_SIZE %d + 1 for /readyz), + %d retention) but with one instance away it accepts %d (database.pooler.maxClientConn %d x (replicas %d - 1)): raise maxClientConn or the pooler's replicas, or lower the API's replicas, workers or pool size" $clients $pods $workers $pool $retention $accepted (int $pooler.maxClientConn) (int $pooler.replicas)) -}}
+{{- fail (printf "the API may open %d connections to the pooler (%s x workers %d x (JOTC_DB_POOL_SIZE %d + 1 for /readyz), + %d retention) but with one instance away it accepts %d (database.pooler.maxClientConn %d x (replicas %d - 1)): raise maxClientConn or the pooler's replicas, or lower the API's replicas, workers, pool size or api.rollout.maxSurge" $clients $podsSaid $workers $pool $retention $accepted (int $pooler.maxClientConn) (int $pooler.replicas)) -}}
 {{- end -}}
 {{- $readiness := ternary 1 0 (or (eq $pooler.type "pgbouncer") (ne $pooler.readinessDatabase "")) -}}
 {{- $perInstance := add (int $pooler.defaultPoolSize) (int $pooler.reservePoolSize) $readiness -}}
@@ -149,7 +153,7 @@ others take its clients. */ -}}
 {{- else -}}
 {{- $needed := add $apiConnections 1 $retention -}}
 {{- if gt $needed $budget -}}
-{{- fail (printf "the API may open %d PostgreSQL connections ((max replicas + surge) %d x workers %d x (JOTC_DB_POOL_SIZE %d + 1 for /readyz), + 1 migration, + %d retention) but database.connectionBudget is %d: lower replicas, workers or the pool size, put a pooler before PostgreSQL (database.pooler), or raise the budget (and the server's max_connections)" $needed $pods $workers $pool $retention $budget) -}}
+{{- fail (printf "the API may open %d PostgreSQL connections (%s x workers %d x (JOTC_DB_POOL_SIZE %d + 1 for /readyz), + 1 migration, + %d retention) but database.connectionBudget is %d: lower replicas, workers, the pool size or api.rollout.maxSurge, put a pooler before PostgreSQL (database.pooler), or raise the budget (and the server's max_connections)" $needed $podsSaid $workers $pool $retention $budget) -}}
 {{- end -}}
 {{- end -}}
 {{- if and (include "jotc.pooled" .) (not $pooler.existingSecret) (not .Values.evaluation.postgresql.enabled) -}}
@@ -170,7 +174,7 @@ others take its clients. */ -}}
 {{- $redisPool := int (default 16 $settings.JOTC_REDIS_MAX_CONNECTIONS) -}}
 {{- $redisNeeded := mul $pods $workers $redisPool -}}
 {{- if gt $redisNeeded (int .Values.redis.connectionBudget) -}}
-{{- fail (printf "the API may open %d Redis connections ((max replicas + surge) %d x workers %d x JOTC_REDIS_MAX_CONNECTIONS %d) but redis.connectionBudget is %d: lower replicas, workers or JOTC_REDIS_MAX_CONNECTIONS, or raise the budget (and Redis's maxclients)" $redisNeeded $pods $workers $redisPool (int .Values.redis.connectionBudget)) -}}
+{{- fail (printf "the API may open %d Redis connections (%s x workers %d x JOTC_REDIS_MAX_CONNECTIONS %d) but redis.connectionBudget is %d: lower replicas, workers, JOTC_REDIS_MAX_CONNECTIONS or api.rollout.maxSurge, or raise the budget (and Redis's maxclients)" $redisNeeded $podsSaid $workers $redisPool (int .Values.redis.connectionBudget)) -}}
 {{- end -}}
 {{- /* The memory budget (services/api/src/jotc_api/memory.py): 64Mi of the limit for Granian's
 main process and socket buffers; each worker needs its own 160Mi plus JOTC_REQUEST_MEMORY (default
@@ -314,45 +318,6 @@ else the direct URL. The migration Job always takes jotc.databaseEnv, the direct
 {{- end }}
 {{- end }}
 
-{{/* Where the NetworkPolicies let data traffic go: api.networkPolicy.externalDataCIDRs and the
-release's own pods, or (no CIDRs) anywhere on the port. */}}
-{{- define "jotc.dataTo" -}}
-{{- $dataTo := list -}}
-{{- range .Values.api.networkPolicy.externalDataCIDRs }}{{ $dataTo = append $dataTo (dict "ipBlock" (dict "cidr" .)) }}{{ end -}}
-{{- if $dataTo }}{{ $dataTo = append $dataTo (dict "podSelector" (dict "matchLabels" (dict "app.kubernetes.io/instance" .Release.Name))) }}{{ end -}}
-{{- toJson $dataTo -}}
-{{- end }}
-
-{{/* The egress rule of the API and the retention job towards the database: the chart's PgBouncer
-pods on the pooler's port, an external pooler's port, or PostgreSQL's port. */}}
-{{- define "jotc.databaseEgress" -}}
-{{- $dataTo := include "jotc.dataTo" . | fromJsonArray -}}
-{{- if eq .Values.database.pooler.type "pgbouncer" }}
-- ports:
-    - {port: {{ .Values.database.pooler.port }}, protocol: TCP}
-  to:
-    - podSelector:
-        matchLabels:
-          {{- include "jotc.selectorLabels" (dict "ctx" . "component" "pgbouncer") | nindent 10 }}
-{{- else }}
-- ports:
-    - {port: {{ ternary .Values.database.pooler.port .Values.database.port (eq .Values.database.pooler.type "external") }}, protocol: TCP}
-  {{- with $dataTo }}
-  to:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-{{- end }}
-{{- end }}
-
-{{/* The sentinels' ports (from redis.sentinel.addresses), for the NetworkPolicies. */}}
-{{- define "jotc.sentinelPorts" -}}
-{{- $ports := list -}}
-{{- if .Values.redis.sentinel.enabled -}}
-{{- range .Values.redis.sentinel.addresses }}{{ $ports = append $ports (splitList ":" . | last | int) }}{{ end -}}
-{{- end -}}
-{{- toJson ($ports | uniq) -}}
-{{- end }}
-
 {{/* pgbouncer.ini of the chart's PgBouncer: one database, transaction pooling, the sizes the
 budget check counted, SCRAM logins from the file the container writes from its Secret. */}}
 {{/* The pooler's database entry for /readyz: the chart's PgBouncer always has one; an external
@@ -447,12 +412,7 @@ seccompProfile:
 {{- end }}
 
 {{- define "jotc.podSecurity" -}}
-runAsNonRoot: true
-runAsUser: 10001
-runAsGroup: 10001
-fsGroup: 10001
-seccompProfile:
-  type: RuntimeDefault
+{{- include "jotc.podSecurityFor" (dict "ctx" . "uid" 10001) -}}
 {{- end }}
 
 {{/* Seconds a headless run's Jobs may live: the wait for workers, the run (locust.headless.runTime,
@@ -512,4 +472,166 @@ localhost, stays in the pod). */}}
 {{- $port = $explicit | default (ternary "443" "80" (eq $url.scheme "https")) | int -}}
 {{- end -}}
 {{- $port -}}
+{{- end }}
+
+{{/* A rolling-update bound (api.rollout.maxSurge or maxUnavailable) in pods, of (dict "value" V
+"replicas" N "up" BOOL): a number as it is, a percent of the replicas rounded up (maxSurge) or down
+(maxUnavailable), as Kubernetes resolves it. */}}
+{{- define "jotc.rolloutPods" -}}
+{{- $value := toString .value -}}
+{{- if hasSuffix "%" $value -}}
+{{- $share := mul .replicas (trimSuffix "%" $value | int) -}}
+{{- ternary (div (add $share 99) 100) (div $share 100) .up -}}
+{{- else -}}
+{{- int .value -}}
+{{- end -}}
+{{- end }}
+
+{{/* The API's rolling update at the most replicas it may run (api.autoscaling.maxReplicas with
+autoscaling, else api.replicaCount), as JSON: replicas, surge, unavailable, rounds, roundSeconds,
+seconds, terminating.
+- surge and unavailable: api.rollout's bounds in pods; when both come to 0 Kubernetes takes 1
+  unavailable, and so does this.
+- rounds = ceil(replicas / (surge + unavailable)): each round starts surge new pods (and stops
+  unavailable old ones) and waits for them; 25% surge at 20 pods is 5 a round, 4 rounds.
+- roundSeconds = api.rollout.podStartSeconds (scheduling, image pull, the init container's schema
+  check, start-up, the first readiness probe) + api.minReadySeconds; seconds = rounds x that.
+- terminating: the old pods a round stops (surge + unavailable) keep their connections until they
+  exit, up to terminationGracePeriodSeconds, and the Deployment does not count them against the
+  surge; the pods stopped by every round that ended within one grace period, at most replicas. */}}
+{{- define "jotc.apiRollout" -}}
+{{- $api := .Values.api -}}
+{{- $replicas := int (ternary $api.autoscaling.maxReplicas $api.replicaCount $api.autoscaling.enabled) -}}
+{{- $surge := include "jotc.rolloutPods" (dict "value" $api.rollout.maxSurge "replicas" $replicas "up" true) | int -}}
+{{- $unavailable := include "jotc.rolloutPods" (dict "value" $api.rollout.maxUnavailable "replicas" $replicas "up" false) | int -}}
+{{- if and (eq $surge 0) (eq $unavailable 0) }}{{ $unavailable = 1 }}{{ end -}}
+{{- $perRound := add $surge $unavailable -}}
+{{- $rounds := div (sub (add $replicas $perRound) 1) $perRound -}}
+{{- $round := add $api.rollout.podStartSeconds $api.minReadySeconds | int -}}
+{{- $batches := div (sub (add $api.terminationGracePeriodSeconds $round) 1) $round -}}
+{{- $terminating := min $replicas (mul $batches $perRound) -}}
+{{- toJson (dict "replicas" $replicas "surge" $surge "unavailable" $unavailable "rounds" $rounds "roundSeconds" $round "seconds" (mul $rounds $round) "terminating" $terminating) -}}
+{{- end }}
+
+{{/* The API's pods in the budget messages: "N pods (max replicas R + surge S + T terminating)". */}}
+{{- define "jotc.apiMaxPodsSaid" -}}
+{{- $plan := include "jotc.apiRollout" . | fromJson -}}
+{{- printf "%s pods (max replicas %d + surge %d + %d terminating)" (include "jotc.apiMaxPods" .) (int $plan.replicas) (int $plan.surge) (int $plan.terminating) -}}
+{{- end }}
+
+{{/* A rollout that cannot replace a pod, is marked failed while it progresses, or outlasts the
+--timeout helm upgrade waits (migrations.helmTimeoutSeconds) is refused. */}}
+{{- define "jotc.validateRollout" -}}
+{{- $rollout := .Values.api.rollout -}}
+{{- $zero := list "0" "0%" -}}
+{{- if and (has (toString $rollout.maxSurge) $zero) (has (toString $rollout.maxUnavailable) $zero) -}}
+{{- fail "api.rollout.maxSurge and api.rollout.maxUnavailable are both 0, so a rollout could replace no pod: set maxSurge (e.g. 25%)" -}}
+{{- end -}}
+{{- $plan := include "jotc.apiRollout" . | fromJson -}}
+{{- $progress := int $rollout.progressDeadlineSeconds -}}
+{{- $minReady := int .Values.api.minReadySeconds -}}
+{{- if le $progress $minReady -}}
+{{- fail (printf "api.rollout.progressDeadlineSeconds (%d) must exceed api.minReadySeconds (%d): Kubernetes refuses the Deployment otherwise" $progress $minReady) -}}
+{{- end -}}
+{{- if lt $progress (int $plan.roundSeconds) -}}
+{{- fail (printf "api.rollout.progressDeadlineSeconds (%d) is shorter than one round of the rollout (%d s: podStartSeconds %d + minReadySeconds %d), so Kubernetes would mark every rollout failed: raise it" $progress (int $plan.roundSeconds) (int $rollout.podStartSeconds) $minReady) -}}
+{{- end -}}
+{{- $timeout := int .Values.migrations.helmTimeoutSeconds -}}
+{{- if gt (int $plan.seconds) $timeout -}}
+{{- fail (printf "rolling %d API pods takes about %d s (%d rounds of %d surge + %d unavailable, each api.rollout.podStartSeconds %d + api.minReadySeconds %d), more than migrations.helmTimeoutSeconds (%d), the --timeout helm upgrade waits: raise api.rollout.maxSurge (e.g. 25%%) or the timeout" (int $plan.replicas) (int $plan.seconds) (int $plan.rounds) (int $plan.surge) (int $plan.unavailable) (int $rollout.podStartSeconds) $minReady $timeout) -}}
+{{- end -}}
+{{- end }}
+
+{{/* api.settings keys the chart sets itself, each with the value to set instead: one set here too
+would be ignored (the container's env wins over the ConfigMap, and the ConfigMap's own key is
+rendered after the settings). The schema refuses names other than JOTC_*, LOG_LEVEL, LOG_FORMAT
+(DATABASE_URL, REDIS_URL, PORT, REDIS_SENTINELS, OTEL_* …) and a plaintext JOTC_ADMIN_TOKEN. */}}
+{{- define "jotc.validateSettings" -}}
+{{- $instead := dict
+  "JOTC_WORKERS" "api.workers"
+  "JOTC_DRAIN_SECONDS" "api.drainSeconds"
+  "JOTC_SHUTDOWN_TIMEOUT" "api.shutdownTimeoutSeconds"
+  "JOTC_DB_POOLER" "database.pooler.type"
+  "JOTC_READINESS_DATABASE_URL" "database.pooler.readinessDatabase"
+  "JOTC_POOLER_USERNAME" "database.pooler.existingSecret"
+  "JOTC_POOLER_PASSWORD" "database.pooler.existingSecret"
+  "JOTC_EVALUATION_POSTGRES_PASSWORD" "evaluation.existingSecret or evaluation.postgresql.password"
+  "JOTC_EVALUATION_REDIS_PASSWORD" "evaluation.existingSecret or evaluation.redis.password"
+-}}
+{{- range $key, $_ := .Values.api.settings | default dict -}}
+{{- with get $instead $key -}}
+{{- fail (printf "api.settings.%s is set by the chart itself, which would ignore this one: set %s instead" $key .) -}}
+{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/* The pod securityContext of the restricted profile, of (dict "ctx" . "uid" N): with
+podSecurity.fixedUIDs, user, group and fsGroup N (the image's user); without, none of the three,
+so that a platform assigning UIDs (OpenShift's restricted SCC) picks them. Non-root either way. */}}
+{{- define "jotc.podSecurityFor" -}}
+runAsNonRoot: true
+{{- if .ctx.Values.podSecurity.fixedUIDs }}
+runAsUser: {{ .uid }}
+runAsGroup: {{ .uid }}
+fsGroup: {{ .uid }}
+{{- end }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* The ServiceAccount of the chart's pods: serviceAccount.name, else <fullname> when the chart
+creates it, else the namespace's default. Its token is mounted in no pod. */}}
+{{- define "jotc.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "jotc.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end }}
+
+{{/* The ServiceAccount of the hook Jobs (migration, pre-rollback): hooks run before the release's
+own resources exist, so when the chart creates its ServiceAccount it creates the hooks' too, as a
+hook, <name>-hooks; otherwise the one named above. */}}
+{{- define "jotc.hookServiceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- printf "%s-hooks" (include "jotc.serviceAccountName" .) | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- include "jotc.serviceAccountName" . -}}
+{{- end -}}
+{{- end }}
+
+{{/* The URL the Locust swarm sends to (JOTC_TARGET): locust.target; else, with api.ingress on,
+api.ingress.host as clients outside write it (https with api.ingress.tlsSecretName), reached through
+the ingress controller's Service (jotc.locustConnectTo); else the API Service, which skips TLS and
+the ingress, and whose kept-alive connections kube-proxy pins to the pods that existed then. */}}
+{{- define "jotc.locustTarget" -}}
+{{- if .Values.locust.target -}}{{ .Values.locust.target }}
+{{- else if .Values.api.ingress.enabled -}}
+{{ ternary "https" "http" (not (empty .Values.api.ingress.tlsSecretName)) }}://{{ .Values.api.ingress.host }}
+{{- else -}}{{ include "jotc.apiURL" . }}
+{{- end -}}
+{{- end }}
+
+{{/* host:port the Locust workers connect to in place of jotc.locustTarget's host, keeping its
+Host header, TLS SNI and certificate check (JOTC_LT_CONNECT_TO): locust.ingressService, with 443
+or 80 by the target's scheme when it names no port; empty when locust.target is set or api.ingress
+is off (the workers connect to the target itself). */}}
+{{- define "jotc.locustConnectTo" -}}
+{{- if and (not .Values.locust.target) .Values.api.ingress.enabled -}}
+{{- $service := .Values.locust.ingressService -}}
+{{- if regexMatch ":[0-9]+$" $service -}}{{ $service }}
+{{- else -}}{{ $service }}:{{ ternary "443" "80" (not (empty .Values.api.ingress.tlsSecretName)) }}
+{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{/* JOTC_LOADTEST_TOKEN from locust.loadTestToken.existingSecret, for the API and the Locust
+workers, only while the swarm is enabled: the API then counts each Locust user presenting it as
+one client of its rate limit, as it counts each real user. */}}
+{{- define "jotc.loadTestTokenEnv" -}}
+{{- if and .Values.locust.enabled .Values.locust.loadTestToken.existingSecret }}
+- name: JOTC_LOADTEST_TOKEN
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.locust.loadTestToken.existingSecret }}, key: token}
+{{- end }}
 {{- end }}
