@@ -5,6 +5,12 @@ simulated client it names, so that each Locust user is one client, as each real 
 
 Rate limiting (ratelimit.py) and the per-client share of upload slots (transport.py) both key
 their counts with ``Clients.of``, so one client is one client for every bound.
+
+The token lets its holder name clients, so the names are bounded too: a worker tracks at most
+MAX_SIMULATED_CLIENTS of them, and a new name past that bound, while every tracked one was used in
+the last SIMULATED_IDLE_SECONDS, is counted by its address instead. A swarm's users each keep
+their name for the whole run and send every few seconds; a leaked token cannot make up clients
+without bound, in memory or in the rate limiter's table.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import functools
 import hmac
 import ipaddress
 import re
-from collections.abc import Iterable
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 
 from litestar.types import Scope
 
@@ -21,6 +29,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 LOADTEST_TOKEN_HEADER = b"jotc-loadtest-token"
 LOADTEST_CLIENT_HEADER = b"jotc-loadtest-client"
 SIMULATED_CLIENT = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+MAX_SIMULATED_CLIENTS = 10_000  # per worker: a swarm's users sending to it at once
+SIMULATED_IDLE_SECONDS = 120.0  # past this without a request, a simulated client's place is free
 
 
 def parse_address(text: str) -> IPAddress | None:
@@ -63,9 +73,15 @@ class Clients:
         self,
         trusted_proxies: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
         loadtest_token: str | None = None,
+        *,
+        max_simulated: int = MAX_SIMULATED_CLIENTS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.trusted = tuple(trusted_proxies)
         self.loadtest_token = loadtest_token.encode("ascii") if loadtest_token else None
+        self.max_simulated = max_simulated
+        self.clock = clock
+        self.simulated_seen: OrderedDict[str, float] = OrderedDict()  # name → last request, oldest first
 
     def of(self, scope: Scope) -> str:
         """The key of the client that sent this request."""
@@ -93,7 +109,22 @@ class Clients:
             return None
         if name is None or not SIMULATED_CLIENT.fullmatch(name):
             return None
-        return "loadtest:" + name.decode("ascii")
+        return self.track("loadtest:" + name.decode("ascii"))
+
+    def track(self, key: str) -> str | None:
+        """``key`` while it has a place among the tracked simulated clients; None (counted by its
+        address) when every place is taken by a client active within SIMULATED_IDLE_SECONDS."""
+        now = self.clock()
+        seen = self.simulated_seen
+        if key in seen:
+            seen.move_to_end(key)
+        elif len(seen) >= self.max_simulated:
+            oldest, last = next(iter(seen.items()))
+            if now - last < SIMULATED_IDLE_SECONDS:
+                return None
+            del seen[oldest]
+        seen[key] = now
+        return key
 
     def key(self, peer: str, forwarded_for: list[str]) -> str:
         """The bucket a request counts against: its client's address, an IPv6 client's /64

@@ -98,3 +98,24 @@ def test_the_admin_token_is_refused_as_the_load_tests() -> None:
         load_settings({**GOOD, "JOTC_LOADTEST_TOKEN": TOKEN, "JOTC_ADMIN_TOKEN": TOKEN})
     both = load_settings({**GOOD, "JOTC_LOADTEST_TOKEN": TOKEN, "JOTC_ADMIN_TOKEN": OTHER_TOKEN})
     assert (both.loadtest_token, both.admin_token) == (TOKEN, OTHER_TOKEN)
+
+
+def test_names_past_the_bound_are_counted_by_address_until_a_place_falls_idle() -> None:
+    now = [1000.0]
+    bounded = Clients((), TOKEN, max_simulated=3, clock=lambda: now[0])
+    for name in ("user-1", "user-2", "user-3"):
+        assert bounded.of(scope(*swarm(name))) == f"loadtest:{name}"
+    # Every place taken by a client active just now: a made-up fourth name gains nothing.
+    assert bounded.of(scope(*swarm("user-4"), peer="203.0.113.9")) == "203.0.113.9"
+    assert bounded.of(scope(*swarm("user-2"))) == "loadtest:user-2"  # the tracked keep theirs
+    now[0] += clients.SIMULATED_IDLE_SECONDS  # user-1 and user-3 idle since; user-2 too, but later
+    assert bounded.of(scope(*swarm("user-4"))) == "loadtest:user-4"  # user-1's place, the oldest
+    assert list(bounded.simulated_seen) == ["loadtest:user-3", "loadtest:user-2", "loadtest:user-4"]
+
+
+def test_a_flood_of_made_up_names_cannot_fill_the_rate_limiters_table() -> None:
+    limiter = RateLimiter(RateLimit(10, 60), None, (), loadtest_token=TOKEN)  # type: ignore[arg-type]
+    names = (f"user-{number}" for number in range(clients.MAX_SIMULATED_CLIENTS + 500))
+    keys = {limiter.clients.of(scope(*swarm(name))) for name in names}
+    assert len(keys) == clients.MAX_SIMULATED_CLIENTS + 1  # the tracked names and the sender's address
+    assert "203.0.113.9" in keys
