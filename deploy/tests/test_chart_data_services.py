@@ -242,8 +242,8 @@ def test_the_pgbouncer_image_is_the_one_compose_and_the_stand_ins_know() -> None
 
 def test_the_twenty_pod_fleet_fits_postgresqls_default_budget_only_through_the_pooler() -> None:
     """fleet-values: (20 + 5 surge + 5 terminating) pods x 2 workers x (4 + 1) = 300 client
-    connections + 1 retention against 2 x 1000; PostgreSQL sees (2 + 1) x 20 + 1 = 61 of 90. Without
-    the pooler the same fleet needs 302 direct connections."""
+    connections + 1 retention against 2 x 1000; PostgreSQL sees (2 + 1 surge + 1 terminating) x (20 + 1)
+    + 1 = 85 of 90. Without the pooler the same fleet needs 302 direct connections."""
     render(FLEET)
     message = refusal("-f", str(VALUES[FLEET]), "--set", "database.pooler.type=none")
     assert "the API may open 302 PostgreSQL connections" in message
@@ -256,18 +256,29 @@ def test_the_twenty_pod_fleet_fits_postgresqls_default_budget_only_through_the_p
 
 
 def test_the_poolers_server_connections_beyond_the_budget_are_refused() -> None:
-    render(FLEET, "--set", "database.connectionBudget=64")
-    message = refusal("-f", str(VALUES[FLEET]), "--set", "database.connectionBudget=63")
-    assert "the pooler may open 64 PostgreSQL connections" in message
+    """While the pooler rolls, the surged instance and the one it replaced, still exiting, hold a
+    pool each beside the replicas: (2 + 1 + 1) x (20 + 1) + 1 migration = 85."""
+    render(FLEET, "--set", "database.connectionBudget=85")
+    message = refusal("-f", str(VALUES[FLEET]), "--set", "database.connectionBudget=84")
+    assert "the pooler may open 85 PostgreSQL connections" in message
     assert (
-        "(database.pooler.replicas 2 + 1 surge) x (defaultPoolSize 20 + reservePoolSize 0 + 1 for /readyz's entry), "
-        "+ 1 migration" in message
+        "((database.pooler.replicas 2 + 1 surge + 1 terminating) x (defaultPoolSize 20 + reservePoolSize 0 "
+        "+ 1 for /readyz's entry), + 1 migration)" in message
     )
-    assert "database.connectionBudget is 63" in message
+    assert "database.connectionBudget is 84" in message
     reserve = refusal(
-        "-f", str(VALUES[FLEET]), "--set", "database.pooler.reservePoolSize=5,database.connectionBudget=78"
+        "-f", str(VALUES[FLEET]), "--set", "database.pooler.reservePoolSize=5,database.connectionBudget=104"
     )
-    assert "the pooler may open 79 PostgreSQL connections" in reserve
+    assert "the pooler may open 105 PostgreSQL connections" in reserve
+
+
+def test_a_pgbouncer_instance_stops_only_once_the_one_stopped_before_it_has_exited() -> None:
+    """The budget counts one terminating instance: each new one counts as available (and lets the
+    rollout stop the next old one) only after the grace period the stopped one has to exit."""
+    for extra in ((), ("--set", "pgbouncer.terminationGracePeriodSeconds=45")):
+        deployment = one(render(FLEET, *extra), "Deployment", "-pgbouncer")["spec"]
+        assert deployment["minReadySeconds"] == deployment["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert one(render(FLEET), "Deployment", "-pgbouncer")["spec"]["minReadySeconds"] == 30
 
 
 def test_the_apis_connections_beyond_what_the_pooler_accepts_are_refused() -> None:

@@ -134,8 +134,11 @@ surge, and the old pods still terminating (jotc.apiRollout). */}}
 {{- $pooler := .Values.database.pooler -}}
 {{- if include "jotc.pooled" . -}}
 {{- /* Through a pooler: the API's connections are the pooler's clients; PostgreSQL sees the
-pooler's server connections (each instance's pool, an instance more while one rolls) and the
-migration's direct one. */ -}}
+pooler's server connections and the migration's direct one. While the pooler rolls, one instance
+at a time (the chart's PgBouncer: maxSurge 1, maxUnavailable 0), its replicas, the surged instance
+and the instance it replaced each hold a pool: a stopped instance keeps its server connections
+until it exits, and the chart's PgBouncer keeps each new instance out of the count of available
+ones (minReadySeconds) until the one stopped before it has had its whole grace period to exit. */ -}}
 {{- $clients := add $apiConnections $retention -}}
 {{- /* One instance may be away (its PodDisruptionBudget allows it, or it is restarting): the
 others take its clients. */ -}}
@@ -146,9 +149,9 @@ others take its clients. */ -}}
 {{- end -}}
 {{- $readiness := ternary 1 0 (or (eq $pooler.type "pgbouncer") (ne $pooler.readinessDatabase "")) -}}
 {{- $perInstance := add (int $pooler.defaultPoolSize) (int $pooler.reservePoolSize) $readiness -}}
-{{- $server := add (mul (add (int $pooler.replicas) 1) $perInstance) 1 -}}
+{{- $server := add (mul (add (int $pooler.replicas) 2) $perInstance) 1 -}}
 {{- if gt $server $budget -}}
-{{- fail (printf "the pooler may open %d PostgreSQL connections ((database.pooler.replicas %d + 1 surge) x (defaultPoolSize %d + reservePoolSize %d + %d for /readyz's entry), + 1 migration) but database.connectionBudget is %d: lower the pool sizes or the pooler's replicas, or raise the budget (and the server's max_connections)" $server (int $pooler.replicas) (int $pooler.defaultPoolSize) (int $pooler.reservePoolSize) $readiness $budget) -}}
+{{- fail (printf "the pooler may open %d PostgreSQL connections ((database.pooler.replicas %d + 1 surge + 1 terminating) x (defaultPoolSize %d + reservePoolSize %d + %d for /readyz's entry), + 1 migration) but database.connectionBudget is %d: lower the pool sizes or the pooler's replicas, or raise the budget (and the server's max_connections)" $server (int $pooler.replicas) (int $pooler.defaultPoolSize) (int $pooler.reservePoolSize) $readiness $budget) -}}
 {{- end -}}
 {{- else -}}
 {{- $needed := add $apiConnections 1 $retention -}}
