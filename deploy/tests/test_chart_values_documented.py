@@ -15,17 +15,18 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import yaml
 from chart import CHART
 
 KEY = re.compile(r"^(?P<indent> *)(?P<key>[^\s#:-][^:]*?):(?: |$)")
 
 
-def described_keys(text: str) -> dict[tuple[str, ...], bool]:
-    """Each key written on a line of its own (its path from the top), and whether a `# --` comment
-    block sits directly above it. Keys inside lists and flow mappings are not written on a line of
-    their own; their list or mapping is the value documented."""
-    described: dict[tuple[str, ...], bool] = {}
+def comments_above(text: str) -> dict[tuple[str, ...], list[str]]:
+    """Each key written on a line of its own (its path from the top), and the comment block directly
+    above it (its lines, stripped; empty when there is none). Keys inside lists and flow mappings
+    are not written on a line of their own; their list or mapping is the value documented."""
+    comments: dict[tuple[str, ...], list[str]] = {}
     stack: list[tuple[int, str]] = []
     block: list[str] = []
     for line in text.splitlines():
@@ -39,9 +40,29 @@ def described_keys(text: str) -> dict[tuple[str, ...], bool]:
             while stack and stack[-1][0] >= indent:
                 stack.pop()
             stack.append((indent, match["key"].strip("\"'")))
-            described[tuple(key for _, key in stack)] = bool(block) and block[0].startswith("# --")
+            comments[tuple(key for _, key in stack)] = block
         block = []  # a blank line, or any other line, ends a comment block
-    return described
+    return comments
+
+
+def described_keys(text: str) -> dict[tuple[str, ...], bool]:
+    """Each key written on a line of its own, and whether a `# --` comment block sits directly above it."""
+    return {path: bool(block) and block[0].startswith("# --") for path, block in comments_above(text).items()}
+
+
+def description_in_values(path: tuple[str, ...]) -> str:
+    """The `# --` comment above the value at path in values.yaml, as one line of prose."""
+    block = comments_above((CHART / "values.yaml").read_text())[path]
+    assert block, f"values.yaml: {'.'.join(path)} has no comment"
+    assert block[0].startswith("# --"), f"values.yaml: {'.'.join(path)} has no `# --` comment"
+    return " ".join(line.removeprefix("# --").removeprefix("#").strip() for line in block)
+
+
+def description_in_schema(path: tuple[str, ...]) -> str:
+    node: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text())
+    for key in path:
+        node = node["properties"][key]
+    return str(node["description"])
 
 
 def leaves(node: dict[str, Any], path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
@@ -119,3 +140,27 @@ empty: {}
         "pgbouncer.tolerations",
         "empty",
     ]
+
+
+# The pods the render-time budget checks count (jotc.validate in templates/_helpers.tpl): the API's
+# most replicas, the pods its rolling update starts above them and the old ones still terminating;
+# the pooler's replicas, the instance its rollout starts and the one it stopped, still exiting.
+# The descriptions write multiplication and minus signs, not x and -.
+TIMES, MINUS = "\N{MULTIPLICATION SIGN}", "\N{MINUS SIGN}"
+API_PODS = f"(max replicas + surge + terminating) {TIMES} workers"
+POOLER_PODS = f"(its replicas + 1 surge + 1 terminating) {TIMES}"
+BUDGETS = {
+    ("database", "connectionBudget"): (API_PODS, POOLER_PODS),
+    ("database", "pooler", "maxClientConn"): (API_PODS, f"maxClientConn {TIMES} (replicas {MINUS} 1, at least 1"),
+    ("redis", "connectionBudget"): (API_PODS,),
+}
+
+
+@pytest.mark.parametrize("path", list(BUDGETS), ids=".".join)
+def test_each_connection_budget_is_described_with_the_pods_its_check_counts(path: tuple[str, ...]) -> None:
+    for where, description in (
+        ("values.yaml", description_in_values(path)),
+        ("values.schema.json", description_in_schema(path)),
+    ):
+        for counted in BUDGETS[path]:
+            assert counted in description, f"{where}: {'.'.join(path)} should say {counted!r}: {description}"
