@@ -5,8 +5,6 @@
     jotc-migrate check   [--wait SECONDS]   exit 0 when this build may serve the database
     jotc-migrate downgrade REVISION [--serving REV] [--allow-breaking]
                                             e.g. ``base`` to remove every table
-    jotc-migrate record-serving [--wait SECONDS]
-                                            record this build's head as the serving revision
 
 Exit codes are in ``errors.py`` (and the README); every failure is one line on
 stderr saying what to do. How long it may wait and run, and how it stops, is
@@ -154,7 +152,7 @@ class Move:
 
     upgrade: bool
     target: str  # an Alembic destination: "head", "base", a revision or a relative step
-    serving: str | None = None  # --serving; None: the database's record, else its own revision
+    serving: str | None = None  # --serving; None: what the running pods report (serving.py)
     allow_breaking: bool = False
 
     @property
@@ -185,8 +183,7 @@ def migration_session(connection: Connection, stopper: Stopper) -> Iterator[Boun
 
 def migrate(connection: Connection, stopper: Stopper, move: Move) -> tuple[str | None, str | None]:
     """Run an Alembic command under the lock and the session's bounds, if the guard allows it;
-    return the revisions before and after. An upgrade then records this build's head as the
-    serving revision: its pods are about to replace the running ones."""
+    return the revisions before and after."""
     with migration_session(connection, stopper) as bounds:
         before = current_revision(connection)
         trace.get_current_span().set_attribute("db.migration.from", before or "empty")
@@ -205,37 +202,24 @@ def migrate(connection: Connection, stopper: Stopper, move: Move) -> tuple[str |
             with_lock_retries(connection, bounds, stopper, log, attempt)
             after = current_revision(connection)
             trace.get_current_span().set_attribute("db.migration.to", after or "empty")
-        if move.upgrade:
-            record_head(connection, bounds, stopper)
         return before, after
-
-
-def record_head(connection: Connection, bounds: Bounds, stopper: Stopper) -> None:
-    """Record this build's head as the serving revision, under the session's bounds like a
-    migration: a lock waited for too long is retried, a failure ends the command in one line."""
-
-    def attempt() -> None:
-        serving.record(connection, head_revision())
-        connection.commit()
-
-    with_lock_retries(connection, bounds, stopper, log, attempt)
 
 
 def guard(connection: Connection, scripts: ScriptDirectory, before: str | None, move: Move) -> None:
     """Refuse a move that takes the database where the serving release cannot follow: an upgrade
     through a revision compatible back only to something newer than the serving revision, or a
     downgrade below it (``serving.py``). With allow_breaking, say what it strands and go on."""
-    recorded = serving.recorded(connection)
+    reported = serving.readers(connection)
     connection.commit()
-    if move.serving:
-        serving_revision, source = move.serving, f"--serving or {SERVING_REVISION}"
-    elif recorded is not None:
-        serving_revision, source = recorded, f"recorded in {serving.TABLE}"
-    elif before is not None:
-        serving_revision, source = before, "the database's revision"
-    else:
-        return  # no schema and no record: no release serves this database yet
     revisions = scripts.revision_map
+    found = serving.serving_revision(
+        revisions, move.serving, f"--serving or {SERVING_REVISION}", reported, before
+    )
+    if found is None:
+        return  # no schema and no pod reporting: nothing serves this database yet
+    if found.warning is not None:
+        log(f"warning: {found.warning}")
+    serving_revision, source = found.revision, found.source
     try:
         moved = [script.revision for script in scripts.iterate_revisions(*move.span(before))]
     except RevisionError as exc:
@@ -255,12 +239,21 @@ def guard(connection: Connection, scripts: ScriptDirectory, before: str | None, 
     trace.get_current_span().set_attribute("jotc.migrate.serving", serving_revision)
     runs = f"the running release serves {serving_revision} ({source})"
     if serving_revision not in known_revisions():
+        if found.reported:
+            advice = (
+                "a newer build's pods serve it: pass --serving with the revision this "
+                f"{move.verb} must keep serving to override"
+            )
+        else:
+            advice = (
+                "pass --serving with the running release's head (`jotc-migrate head` in its image)"
+            )
         breach(
             move,
             target,
             f"the serving revision {serving_revision} ({source}) is not one of this build's "
             f"migrations ({head_revision()} and its ancestors)",
-            "pass --serving with the running release's head (`jotc-migrate head` in its image)",
+            advice,
         )
         return
     if not move.upgrade and serving.position(revisions, lowest) < serving.position(
@@ -270,8 +263,8 @@ def guard(connection: Connection, scripts: ScriptDirectory, before: str | None, 
             move,
             target,
             f"{runs} and cannot serve a database at {target}, which is older",
-            f"roll the release back to one built for {target} first "
-            "(its pre-rollback hook runs jotc-migrate record-serving)",
+            f"roll the release back to one built for {target} first and let its pods replace "
+            f"{serving_revision}'s{aged_out(found)}",
         )
         return
     stranding = serving.first_stranding(revisions, serving_revision, passed)
@@ -282,8 +275,19 @@ def guard(connection: Connection, scripts: ScriptDirectory, before: str | None, 
             f"{runs}, and {stranding.revision} is compatible back to {stranding.back_to} only, "
             "so its pods would turn unready",
             f"deploy a release built for {stranding.back_to} first and let it replace "
-            f"{serving_revision}'s pods",
+            f"{serving_revision}'s pods{aged_out(found)}",
         )
+
+
+def aged_out(found: serving.Serving) -> str:
+    """When the pods reported the serving revision: how long after its last pod stops its report
+    still counts, so the operator knows when to retry."""
+    if not found.reported:
+        return ""
+    return (
+        f" (their report in {serving.READERS_TABLE} counts until "
+        f"{serving.READERS_TTL_SECONDS} s after the last one stops)"
+    )
 
 
 def breach(move: Move, target: str, problem: str, advice: str) -> None:
@@ -347,26 +351,6 @@ def upgrade(url: URL, wait_seconds: float, move: Move) -> None:
 def downgrade(url: URL, move: Move) -> None:
     before, after = run_migration(url, 0, lambda c, s: migrate(c, s, move))
     log(f"database {describe(url)} downgraded from {before or 'empty'} to {after or 'empty'}")
-
-
-def record_serving(url: URL, wait_seconds: float) -> None:
-    """Record this build's head as the serving revision, migrating nothing: the chart's
-    pre-rollback hook, with the restored release's image. Refused when this build cannot serve
-    the database, since the rollback then cannot serve either."""
-    head = head_revision()
-
-    def work(connection: Connection, stopper: Stopper) -> None:
-        with migration_session(connection, stopper) as bounds:
-            problem = compat.problem(read(connection, head))
-            if problem is not None:
-                raise MigrateError(
-                    f"not recording {head} as the serving revision: database {problem}",
-                    EXIT_NOT_AT_HEAD,
-                )
-            record_head(connection, bounds, stopper)
-
-    run_migration(url, wait_seconds, work)
-    log(f"database {describe(url)}: {head} recorded as the serving revision")
 
 
 def schema_problem(url: URL, wait_seconds: float) -> str | None:
@@ -441,17 +425,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     commands = parser.add_subparsers(dest="command")
     up = commands.add_parser("upgrade", help="wait for PostgreSQL, then upgrade to head")
-    record = commands.add_parser(
-        "record-serving", help="record this build's head as the serving revision; migrate nothing"
+    up.add_argument(
+        "--wait",
+        type=seconds,
+        default=default_wait,
+        metavar="SECONDS",
+        help=f"how long to retry an unreachable database (default {default_wait:g})",
     )
-    for waiting in (up, record):
-        waiting.add_argument(
-            "--wait",
-            type=seconds,
-            default=default_wait,
-            metavar="SECONDS",
-            help=f"how long to retry an unreachable database (default {default_wait:g})",
-        )
     check = commands.add_parser("check", help="exit 0 when the schema is at head, 1 otherwise")
     check.add_argument(
         "--wait",
@@ -467,8 +447,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             "--serving",
             default=default_serving,
             metavar="REVISION",
-            help=f"the revision the running release serves (default {SERVING_REVISION}, else "
-            f"the one recorded in {serving.TABLE}, else the database's)",
+            help=f"the revision the running release serves, overriding what its pods report "
+            f"(default {SERVING_REVISION}; unset: the oldest revision running pods reported in "
+            f"{serving.READERS_TABLE} in the last {serving.READERS_TTL_SECONDS} s, else the "
+            "database's)",
         )
         moving.add_argument(
             "--allow-breaking",
@@ -546,8 +528,6 @@ def run_command(argv: Sequence[str] | None, span: trace.Span) -> int:
             upgrade(url, args.wait, Move(True, "head", args.serving or None, args.allow_breaking))
         elif args.command == "downgrade":
             downgrade(url, Move(False, args.revision, args.serving or None, args.allow_breaking))
-        elif args.command == "record-serving":
-            record_serving(url, args.wait)
         else:
             problem = schema_problem(url, args.wait)
             if problem is not None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 EXIT_OK = 0
-# check and record-serving: the database is older, unknown or incompatible with this build;
-# upgrade and downgrade: the move would strand the serving release (serving.py), or the database
-# is newer than this build and incompatible with it.
+# check: the database is older, unknown or incompatible with this build; upgrade and downgrade:
+# the move would strand the serving release (serving.py), or the database is newer than this
+# build and incompatible with it.
 EXIT_NOT_AT_HEAD = 1
 EXIT_UNAVAILABLE = 2  # the database could not be reached in time, or the configuration is wrong
 EXIT_LOCK_NOT_ACQUIRED = 3  # the migration lock, or a table lock after every retry

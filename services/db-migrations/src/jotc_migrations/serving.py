@@ -1,24 +1,33 @@
-"""The serving revision, and the guard that keeps a migration from stranding the release on it.
+"""The serving revision, and the guard that keeps a migration from stranding the pods on it.
 
-The serving revision is the schema revision the running release's code was
-built for. A rolling upgrade migrates first, while that release still serves,
-so every revision ``jotc-migrate upgrade`` applies must be compatible back to
-the serving revision or earlier (``compatible_back_to``, ``compat.py``);
+The serving revision is the schema revision the running API pods' code was
+built for. A rolling upgrade migrates first, while those pods still serve, so
+every revision ``jotc-migrate upgrade`` applies must be compatible back to the
+serving revision or earlier (``compatible_back_to``, ``compat.py``);
 otherwise every running pod turns unready before its replacement exists. A
 downgrade must not take the database below the serving revision either, nor
 land on a revision that is not compatible back to it.
 
-The database records the serving revision in the one-row table
-``jotc_schema_serving``: ``upgrade`` records its target once it has reached it
-(the new release's pods are about to replace the old ones), and
-``record-serving`` records the build's own head (the chart's pre-rollback hook,
-with the restored release's image). Without a record, the serving revision is
-the database's own revision: what a release serves after a normal upgrade.
+The running pods report what they serve: each API worker whose /readyz schema
+check passes writes its build's revision and the time into the table
+``jotc_schema_readers`` (one row per revision) at most every 30 s, so a row
+seen within ``READERS_TTL_SECONDS`` (three heartbeats) belongs to a pod that
+serves now. The serving revision is, first found:
+
+1. the one the operator names (``--serving``), which overrides the pods;
+2. the oldest live reader's revision (the lowest position in the chain): the
+   pods of every release still running, however many upgrades, stalled
+   rollouts or releases sharing the database put them there;
+3. the database's own revision, when no pod reports (first install, scaled to
+   zero, or pods of a build older than this guard).
+
+``jotc-migrate`` creates the table (``ensure_readers_table``) where it creates
+``jotc_schema_compat``; an API finding no table reports nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,41 +35,98 @@ from sqlalchemy import Connection, text
 
 from jotc_migrations.compat import chain, declared_back_to
 
-TABLE = "jotc_schema_serving"
+READERS_TABLE = "jotc_schema_readers"
+# Three of the API's 30 s heartbeats: a row older than this has no running pod behind it.
+READERS_TTL_SECONDS = 90
 
-CREATE_TABLE = text(
+CREATE_READERS_TABLE = text(
     """
-    CREATE TABLE IF NOT EXISTS jotc_schema_serving (
-        one_row boolean PRIMARY KEY DEFAULT true CHECK (one_row),
-        revision text NOT NULL,
-        recorded_at timestamptz NOT NULL DEFAULT now()
+    CREATE TABLE IF NOT EXISTS jotc_schema_readers (
+        revision text PRIMARY KEY,
+        seen_at timestamptz NOT NULL
     )
     """
 )
-RECORD = text(
+READERS = text(
     """
-    INSERT INTO jotc_schema_serving (revision) VALUES (:revision)
-    ON CONFLICT (one_row) DO UPDATE SET revision = EXCLUDED.revision, recorded_at = now()
+    SELECT revision, greatest(extract(epoch FROM now() - seen_at), 0)::float8
+    FROM jotc_schema_readers ORDER BY seen_at DESC, revision
     """
 )
 
 
-def recorded(connection: Connection) -> str | None:
-    """The serving revision the database records, or None when it records none."""
+def ensure_readers_table(connection: Connection) -> None:
+    """Create the table the API pods report their revision in, if missing. The caller commits."""
+    connection.execute(CREATE_READERS_TABLE)
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A revision the API pods reported serving, ``age_seconds`` after its last report."""
+
+    revision: str
+    age_seconds: float
+
+    def __str__(self) -> str:
+        return f"{self.revision} seen {self.age_seconds:.0f} s ago"
+
+
+def readers(connection: Connection) -> list[Reader]:
+    """Every revision the API pods ever reported, most recently seen first; none when the table
+    does not exist (a database no jotc-migrate of this kind has migrated)."""
     present = connection.execute(
-        text("SELECT to_regclass(:t) IS NOT NULL"), {"t": TABLE}
+        text("SELECT to_regclass(:t) IS NOT NULL"), {"t": READERS_TABLE}
     ).scalar_one()
     if not present:
-        return None
-    found = connection.execute(text("SELECT revision FROM jotc_schema_serving")).scalar()
-    return None if found is None else str(found)
+        return []
+    return [Reader(str(row[0]), float(row[1])) for row in connection.execute(READERS)]
 
 
-def record(connection: Connection, revision: str) -> None:
-    """Record ``revision`` as the serving revision, creating the table if missing. The caller
-    commits."""
-    connection.execute(CREATE_TABLE)
-    connection.execute(RECORD, {"revision": revision})
+@dataclass(frozen=True)
+class Serving:
+    """The serving revision, where it came from (for messages), and, when the operator named it,
+    the one warning line saying it overrides what the pods report."""
+
+    revision: str
+    source: str
+    reported: bool = False  # True when the running pods reported it
+    warning: str | None = None
+
+
+def serving_revision(
+    revisions: Any,
+    named: str | None,
+    named_source: str,
+    reported: Sequence[Reader],
+    database_revision: str | None,
+) -> Serving | None:
+    """The serving revision (see the module's docstring); None when nothing serves: no revision
+    named, no live reader, no schema. A live reader's revision that ``revisions`` lacks (a newer
+    build serves) is returned as it is: the guard refuses a revision it cannot place."""
+    live = [reader for reader in reported if reader.age_seconds <= READERS_TTL_SECONDS]
+    if named:
+        seen = ", ".join(map(str, live)) or f"none in the last {READERS_TTL_SECONDS} s"
+        return Serving(
+            named,
+            named_source,
+            warning=(
+                f"serving revision {named} from {named_source} overrides what running pods "
+                f"report ({seen}); unset it once this run is done, since helm upgrade "
+                "--reuse-values keeps it (migrations.servingRevision) for every later upgrade"
+            ),
+        )
+    if live:
+        known = {script.revision for script in revisions.iterate_revisions("heads", "base")}
+        unknown = [reader for reader in live if reader.revision not in known]
+        oldest = unknown[0] if unknown else min(live, key=lambda r: position(revisions, r.revision))
+        return Serving(
+            oldest.revision,
+            f"reported by running pods, seen {oldest.age_seconds:.0f} s ago",
+            reported=True,
+        )
+    if database_revision is not None:
+        return Serving(database_revision, "the database's revision")
+    return None
 
 
 @dataclass(frozen=True)

@@ -149,12 +149,6 @@ def test_the_guards_options_and_their_settings(monkeypatch: pytest.MonkeyPatch) 
     assert parse_args(["upgrade"]).serving is None, "an empty setting names no revision"
 
 
-def test_record_serving_waits_like_upgrade(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert parse_args(["record-serving"]).wait == 60.0, "record-serving's default wait"
-    monkeypatch.setenv("JOTC_MIGRATE_WAIT_SECONDS", "7")
-    assert parse_args(["record-serving"]).wait == 7.0, "JOTC_MIGRATE_WAIT_SECONDS was ignored"
-
-
 @pytest.mark.parametrize(
     ("value", "on"),
     [

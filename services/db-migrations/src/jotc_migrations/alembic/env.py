@@ -4,7 +4,9 @@ The command owns connecting, waiting for the database, the advisory lock and the
 session's timeouts; this file runs the scripts, each in its own transaction (so
 a migration that gives up on a lock is retried alone, after the ones before it
 committed), and records each revision's compatibility window in that same
-transaction (``compat.py``). Run through plain ``alembic`` (development), it
+transaction (``compat.py``). It also creates the table the API pods report the
+revision they serve in (``serving.py``), so that the release guard of the next
+run finds the pods of this one. Run through plain ``alembic`` (development), it
 connects to DATABASE_URL itself.
 """
 
@@ -15,7 +17,7 @@ import os
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
-from jotc_migrations import compat
+from jotc_migrations import compat, serving
 from jotc_migrations.database import sqlalchemy_url
 
 
@@ -34,6 +36,7 @@ def run_on(connection: Connection) -> None:
     }
     if known:
         compat.ensure_table(connection, current, revisions)
+        serving.ensure_readers_table(connection)
     connection.commit()
     with context.begin_transaction():
         context.run_migrations()
