@@ -148,6 +148,35 @@ def test_the_swarm_goes_through_the_ingress_controller_when_there_is_one(
     assert "JOTC_LT_CONNECT_TO" not in master
 
 
+def worker_egress_ports(docs: list[dict[str, Any]]) -> set[int]:
+    """The TCP ports the workers' NetworkPolicy opens besides DNS and the master's 5557."""
+    egress = one(docs, "NetworkPolicy", "-locust-worker")["spec"]["egress"]
+    ports = {port["port"] for rule in egress for port in rule.get("ports", []) if port["protocol"] == "TCP"}
+    return ports - {53, 5557}
+
+
+@pytest.mark.parametrize(
+    ("extra", "ports"),
+    [
+        ((*INGRESS, *TLS), {443}),
+        # Traefik's pods listen on 8443 and 8000 behind its Service's 443 and 80: a policy sees those.
+        (
+            (*INGRESS, *TLS, "--set", "locust.ingressService=traefik.kube-system.svc,locust.ingressTargetPort=8443"),
+            {8443},
+        ),
+        ((*INGRESS, "--set", "locust.ingressService=traefik.kube-system.svc,locust.ingressTargetPort=8000"), {8000}),
+        (("--set", "locust.target=https://jotc.example.com,locust.ingressTargetPort=8443"), {8443}),
+        (("--set", "locust.target=https://elsewhere.example.com:9443"), {9443}),
+        # Without the ingress the workers reach the API's pods on their own port.
+        (("--set", "locust.ingressTargetPort=8443"), {4000}),
+    ],
+)
+def test_the_workers_may_reach_the_port_the_pods_behind_the_target_listen_on(
+    extra: tuple[str, ...], ports: set[int]
+) -> None:
+    assert worker_egress_ports(render("default", *SWARM, *extra)) == ports
+
+
 def test_certificates_are_checked_unless_told_otherwise() -> None:
     worker = env_of(locust_pods(render("default", *SWARM, *INGRESS, *TLS))["locust-worker"])
     assert worker["JOTC_LT_TLS_VERIFY"] == "true"
@@ -185,6 +214,8 @@ def test_connections_are_reopened_as_the_values_say() -> None:
         "locust.connections.maxSeconds=0",
         "locust.tls.verify=no",
         "locust.ingressService=https://ingress",
+        "locust.ingressTargetPort=-1",
+        "locust.ingressTargetPort=65536",
         "locust.loadTestToken.value=plain",
     ],
 )

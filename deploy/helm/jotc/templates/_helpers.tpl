@@ -638,3 +638,15 @@ one client of its rate limit, as it counts each real user. */}}
     secretKeyRef: {name: {{ .Values.locust.loadTestToken.existingSecret }}, key: token}
 {{- end }}
 {{- end }}
+
+{{/* The port the Locust workers' packets reach on the pods behind what they connect to, as a
+NetworkPolicy sees it (after the Service's translation): locust.ingressTargetPort when set and the
+workers connect through the ingress controller's Service (jotc.locustConnectTo) or to
+locust.target; else that Service's port; empty otherwise (locust.target's own port, or the API
+Service's pods, are then the policy's to take). */}}
+{{- define "jotc.locustPodPort" -}}
+{{- $connectTo := include "jotc.locustConnectTo" . -}}
+{{- if and (or $connectTo .Values.locust.target) (gt (int .Values.locust.ingressTargetPort) 0) -}}{{ int .Values.locust.ingressTargetPort }}
+{{- else if $connectTo -}}{{ splitList ":" $connectTo | last }}
+{{- end -}}
+{{- end }}
