@@ -462,6 +462,22 @@ def test_rate_limit_without_trusted_proxies_is_refused() -> None:
     assert "JOTC_TRUSTED_PROXIES" not in one(render("default"), "ConfigMap", "-api")["data"]
 
 
+# --- The API listens where its probes and Service reach it -----------------------------------------
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "10.0.0.5", "localhost", ""])
+def test_an_api_listening_on_one_address_only_is_refused(address: str) -> None:
+    message = fails("--set-string", f"api.settings.JOTC_HOST={address}")
+    assert f'api.settings.JOTC_HOST is "{address}", where neither the probes nor the Service reach the API' in message
+    assert "remove it (the API listens on 0.0.0.0), or set :: on an IPv6 cluster" in message
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::"])  # noqa: S104 - every address of the pod
+def test_every_address_of_the_pod_may_be_stated(address: str) -> None:
+    data = one(render("default", "--set-string", f"api.settings.JOTC_HOST={address}"), "ConfigMap", "-api")["data"]
+    assert data["JOTC_HOST"] == address
+
+
 # --- Ingress and /metrics --------------------------------------------------------------------------
 
 

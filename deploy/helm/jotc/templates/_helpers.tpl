@@ -566,6 +566,12 @@ rendered after the settings). The schema refuses names other than JOTC_*, LOG_LE
 {{- fail (printf "api.settings.%s is set by the chart itself, which would ignore this one: set %s instead" $key .) -}}
 {{- end -}}
 {{- end -}}
+{{- /* The kubelet's probes and the Service reach the pod's own address: the API listens on every
+address of the pod: 0.0.0.0 (its default), or :: on an IPv6 cluster. */ -}}
+{{- $host := (.Values.api.settings | default dict).JOTC_HOST -}}
+{{- if and (not (kindIs "invalid" $host)) (not (has (toString $host) (list "0.0.0.0" "::"))) -}}
+{{- fail (printf "api.settings.JOTC_HOST is %q, where neither the probes nor the Service reach the API: remove it (the API listens on 0.0.0.0), or set :: on an IPv6 cluster" (toString $host)) -}}
+{{- end -}}
 {{- end }}
 
 {{/* The pod securityContext of the restricted profile, of (dict "ctx" . "uid" N): with
