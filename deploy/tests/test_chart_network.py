@@ -443,16 +443,17 @@ def test_every_policy_exists_while_the_pods_it_selects_run(case: str) -> None:
 
 
 def test_the_migration_hooks_policy_is_made_for_exactly_their_events_and_the_evaluation_job_is_plain() -> None:
-    """The migration Job and the pre-rollback Job share their pod labels, so one hook policy serves
-    both; with the evaluation PostgreSQL the migration Job is an ordinary one, and so is its policy."""
+    """The migration Job runs at pre-install and pre-upgrade (nothing runs at pre-rollback), and its
+    hook policy is made for exactly those events; with the evaluation PostgreSQL the migration Job
+    is an ordinary one, and so is its policy."""
     production = render("default")
-    jobs = [pod for pod in pods(production) if pod.role == "migrations"]
-    assert {"pre-install", "pre-upgrade"} <= frozenset().union(*(job.hooks for job in jobs))
-    (policy,) = {p["metadata"]["name"]: p for job in jobs for p in selecting(production, job)}.values()
-    assert hook_of(policy)[0] == frozenset().union(*(job.hooks for job in jobs))
+    (job,) = [pod for pod in pods(production) if pod.role == "migrations"]
+    assert job.hooks == {"pre-install", "pre-upgrade"}
+    (policy,) = selecting(production, job)
+    assert hook_of(policy)[0] == job.hooks
     assert policy["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
     evaluation = render("default", *EVALUATION)
-    (job,) = [pod for pod in pods(evaluation) if pod.role == "migrations" and "pre-rollback" not in pod.hooks]
+    (job,) = [pod for pod in pods(evaluation) if pod.role == "migrations"]
     assert not job.hooks
     assert [hook_of(p)[0] for p in selecting(evaluation, job)] == [frozenset()]
 

@@ -2,8 +2,8 @@
 refusal of a rollout that cannot finish inside helm's --timeout, the connection budgets counting the
 surge and the pods still terminating), the ServiceAccount every pod runs as without a token,
 priority classes, UIDs left to the platform, api.settings the chart sets itself, the release
-guard's wiring into the migration Job and its pre-rollback Job, and the helm test that records
-nothing."""
+guard's wiring into the migration Job (and no Job at rollback: the running pods report what they
+serve), and the helm test that records nothing."""
 
 from __future__ import annotations
 
@@ -259,7 +259,7 @@ PRODUCTION_POOLED = (
 
 @pytest.mark.parametrize(
     ("values", "hook_jobs"),
-    [(PRODUCTION_POOLED, {"rel-jotc-migrate-1", "rel-jotc-record-serving-1"}), (EVERYTHING, set())],
+    [(PRODUCTION_POOLED, {"rel-jotc-migrate-1"}), (EVERYTHING, set())],
 )
 def test_every_pod_runs_as_the_charts_service_account_without_a_token(
     values: tuple[str, ...], hook_jobs: set[str]
@@ -290,8 +290,10 @@ def test_the_hooks_service_account_exists_before_the_hook_jobs() -> None:
         annotations = job["metadata"]["annotations"]
         assert set(annotations["helm.sh/hook"].split(",")) <= set(account["helm.sh/hook"].split(","))
         assert int(account["helm.sh/hook-weight"]) < int(annotations["helm.sh/hook-weight"])
+    # The migration URL's Secret exists for the migration Job's events, and no other.
     secret = one(docs, "Secret", "-migrations")["metadata"]["annotations"]
-    assert secret["helm.sh/hook"] == account["helm.sh/hook"] == "pre-install,pre-upgrade,pre-rollback"
+    assert secret["helm.sh/hook"] == one(docs, "Job", "-migrate-")["metadata"]["annotations"]["helm.sh/hook"]
+    assert int(secret["helm.sh/hook-weight"]) < 0
     # With the evaluation PostgreSQL the migration is an ordinary Job: no hook, no hook account.
     evaluation = render("evaluation-values")
     assert [d["metadata"]["name"] for d in find(evaluation, "ServiceAccount")] == ["rel-jotc"]
@@ -355,7 +357,7 @@ def test_the_fleet_switches_are_valid_kubernetes() -> None:
     assert not invalid_on(NEWEST_MINOR, docs)
 
 
-# --- The release guard: the migration Job and the pre-rollback Job ------------------------------------
+# --- The release guard: the migration Job, and nothing at rollback --------------------------------------
 
 
 def test_the_release_guard_settings_reach_the_migration_job_only_when_set() -> None:
@@ -370,30 +372,24 @@ def test_the_release_guard_settings_reach_the_migration_job_only_when_set() -> N
 @pytest.mark.parametrize(
     "values", [(), ("--set", "database.url=postgresql://jotc@db/jotc"), ("--set", "api.otel.enabled=true")]
 )
-def test_a_rollback_records_the_restored_release_as_serving(values: tuple[str, ...]) -> None:
+def test_the_only_job_is_the_migration_and_a_rollback_runs_none(values: tuple[str, ...]) -> None:
+    """The next upgrade's guard reads what the restored pods report (jotc_schema_readers), so a
+    rollback needs no hook: no Job, hook Secret or hook NetworkPolicy runs at pre-rollback."""
     docs = render("default", *values)
-    migrate, record = one(docs, "Job", "-migrate-"), one(docs, "Job", "-record-serving-")
-    assert record["metadata"]["annotations"] == {**migrate["metadata"]["annotations"], "helm.sh/hook": "pre-rollback"}
-    assert migrate["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
-    ours, theirs = record["spec"]["template"], migrate["spec"]["template"]
-    # The same pod labels (the hook NetworkPolicy selects them), image, env and bounds.
-    assert ours["metadata"]["labels"] == theirs["metadata"]["labels"]
-    assert ours["spec"]["containers"][0]["args"] == ["record-serving"]
-    assert theirs["spec"]["containers"][0]["args"] == ["upgrade"]
-    for key in ("image", "env", "securityContext", "resources"):
-        if key == "env":
-            mine = [e for e in ours["spec"]["containers"][0]["env"] if e["name"] != "OTEL_RESOURCE_ATTRIBUTES"]
-            assert mine == [
-                e for e in theirs["spec"]["containers"][0]["env"] if e["name"] != "OTEL_RESOURCE_ATTRIBUTES"
-            ]
-        else:
-            assert ours["spec"]["containers"][0][key] == theirs["spec"]["containers"][0][key]
-    assert {k: v for k, v in record["spec"].items() if k != "template"} == {
-        k: v for k, v in migrate["spec"].items() if k != "template"
-    }
+    (job,) = find(docs, "Job")
+    assert job["metadata"]["name"] == "rel-jotc-migrate-1"
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["upgrade"]
+    at_rollback = [
+        f"{d['kind']}/{d['metadata']['name']}"
+        for d in docs
+        if d["kind"] in {"Job", "Secret", "NetworkPolicy"}
+        and "pre-rollback" in d["metadata"].get("annotations", {}).get("helm.sh/hook", "")
+    ]
+    assert at_rollback == []
 
 
-def test_no_pre_rollback_job_where_the_migration_is_not_a_hook() -> None:
+def test_the_migration_is_an_ordinary_job_where_it_is_not_a_hook() -> None:
     docs = render("evaluation-values")
     assert [d["metadata"]["name"] for d in find(docs, "Job")] == ["rel-jotc-migrate-1"]
     assert "annotations" not in one(docs, "Job", "-migrate-")["metadata"]
