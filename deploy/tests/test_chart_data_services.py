@@ -159,6 +159,20 @@ def test_a_pooler_that_would_not_be_what_the_api_expects_is_refused_by_the_schem
     assert "schema" in message.lower(), message
 
 
+def test_the_evaluation_data_services_run_as_their_images_users_whatever_fixed_uids_says() -> None:
+    """Their images start as root, so without a user runAsNonRoot would have the kubelet refuse them
+    wherever the platform assigns none."""
+    for fixed in ("true", "false"):
+        docs = render("evaluation-values", "--set", f"podSecurity.fixedUIDs={fixed}")
+        for name, uid in (("-postgresql", 70), ("-redis", 999)):
+            security = pod_spec(docs, "StatefulSet", name)["securityContext"]
+            assert (security["runAsUser"], security["runAsGroup"], security["fsGroup"]) == (uid, uid, uid), fixed
+            assert security["runAsNonRoot"] is True
+    # JOTC's own pods leave their user to the platform.
+    api = pod_spec(render("evaluation-values", "--set", "podSecurity.fixedUIDs=false"), "Deployment", "-api")
+    assert not {"runAsUser", "runAsGroup", "fsGroup"} & set(api["securityContext"])
+
+
 # --- The chart's PgBouncer -------------------------------------------------------------------------
 
 

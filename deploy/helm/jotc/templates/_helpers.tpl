@@ -574,12 +574,13 @@ address of the pod: 0.0.0.0 (its default), or :: on an IPv6 cluster. */ -}}
 {{- end -}}
 {{- end }}
 
-{{/* The pod securityContext of the restricted profile, of (dict "ctx" . "uid" N): with
-podSecurity.fixedUIDs, user, group and fsGroup N (the image's user); without, none of the three,
-so that a platform assigning UIDs (OpenShift's restricted SCC) picks them. Non-root either way. */}}
+{{/* The pod securityContext of the restricted profile, of (dict "ctx" . "uid" N ["always" true]):
+with podSecurity.fixedUIDs, or "always" (an image whose own user is root), user, group and fsGroup
+N (the user the image's files belong to); otherwise none of the three, so that a platform assigning
+UIDs (OpenShift's restricted SCC) picks them. Non-root either way. */}}
 {{- define "jotc.podSecurityFor" -}}
 runAsNonRoot: true
-{{- if .ctx.Values.podSecurity.fixedUIDs }}
+{{- if or .always .ctx.Values.podSecurity.fixedUIDs }}
 runAsUser: {{ .uid }}
 runAsGroup: {{ .uid }}
 fsGroup: {{ .uid }}
