@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from chart import CHART
+from support import ROOT
 
 KEY = re.compile(r"^(?P<indent> *)(?P<key>[^\s#:-][^:]*?):(?: |$)")
 
@@ -55,7 +56,7 @@ def description_in_values(path: tuple[str, ...]) -> str:
     block = comments_above((CHART / "values.yaml").read_text())[path]
     assert block, f"values.yaml: {'.'.join(path)} has no comment"
     assert block[0].startswith("# --"), f"values.yaml: {'.'.join(path)} has no `# --` comment"
-    return " ".join(line.removeprefix("# --").removeprefix("#").strip() for line in block)
+    return " ".join([block[0].removeprefix("# --").strip(), *(line.removeprefix("#").strip() for line in block[1:])])
 
 
 def description_in_schema(path: tuple[str, ...]) -> str:
@@ -164,3 +165,18 @@ def test_each_connection_budget_is_described_with_the_pods_its_check_counts(path
     ):
         for counted in BUDGETS[path]:
             assert counted in description, f"{where}: {'.'.join(path)} should say {counted!r}: {description}"
+
+
+def test_the_serving_revision_is_described_as_overriding_what_the_running_pods_report() -> None:
+    """migrations.servingRevision replaces the revisions jotc-migrate's release guard reads from the
+    table the API pods report in; given once, `helm upgrade --reuse-values` keeps it."""
+    serving = (ROOT / "services/db-migrations/src/jotc_migrations/serving.py").read_text()
+    table = re.search(r'^READERS_TABLE = "(\w+)"$', serving, re.MULTILINE)
+    assert table, "serving.py: READERS_TABLE, the table the release guard reads, not found"
+    path = ("migrations", "servingRevision")
+    for where, description in (
+        ("values.yaml", description_in_values(path)),
+        ("values.schema.json", description_in_schema(path)),
+    ):
+        for said in (f"overriding the revisions the running API pods report in the table {table[1]}", "--reuse-values"):
+            assert said in description, f"{where}: migrations.servingRevision should say {said!r}: {description}"

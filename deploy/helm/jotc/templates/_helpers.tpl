@@ -599,9 +599,9 @@ creates it, else the namespace's default. Its token is mounted in no pod. */}}
 {{- end -}}
 {{- end }}
 
-{{/* The ServiceAccount of the hook Jobs (migration, pre-rollback): hooks run before the release's
-own resources exist, so when the chart creates its ServiceAccount it creates the hooks' too, as a
-hook, <name>-hooks; otherwise the one named above. */}}
+{{/* The ServiceAccount of the migration's hook Job: hooks run before the release's own resources
+exist, so when the chart creates its ServiceAccount it creates the hook's too, as a hook,
+<name>-hooks; otherwise the one named above. */}}
 {{- define "jotc.hookServiceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- printf "%s-hooks" (include "jotc.serviceAccountName" .) | trunc 63 | trimSuffix "-" -}}
