@@ -283,6 +283,26 @@ def test_the_upgrade_adds_the_expand_revision_and_the_rollback_returns_under_the
         assert image in run
 
 
+def test_after_the_upgrade_and_the_rollback_the_running_pods_report_the_revision_they_serve() -> None:
+    """The release guard reads the serving revision from jotc_schema_readers, which the ready API
+    pods refresh: after each of the upgrade and the rollback, rows written since it finished name
+    the head the (same) API image serves and nothing else, and the rollback leaves the schema at
+    t_expand. No step runs a hook or jotc-migrate to record it."""
+    run = scripts("production")
+    assert "record-serving" not in run
+    assert "head=$(docker run --rm jotc-db-migrations:ci head)" in run
+    assert "FROM jotc_schema_readers WHERE seen_at > '$1'" in run
+    assert 'if [ "$reported" = "$2" ]; then' in run
+    upgrade = run.index('helm upgrade jotc "$CHART" $VALUES --set imageTag=expand')
+    upgraded = run.index('reported_since "$upgraded_at" "$head" "after the upgrade"')
+    rollback = run.index("helm rollback jotc 1 --namespace jotc --wait")
+    settled = run.index("kubectl rollout status deployment/jotc-api --namespace jotc", rollback)
+    since = run.index("rolled_back_at=$(query 'SELECT now()')")
+    rolled_back = run.index('reported_since "$rolled_back_at" "$head" "after the rollback"')
+    schema = run.index("::error::after the rollback the database is at revision '$revision', not t_expand")
+    assert upgrade < upgraded < rollback < settled < since < rolled_back < schema
+
+
 def test_no_expression_is_expanded_inside_a_script() -> None:
     for name, job in workflow()["jobs"].items():
         for step in job.get("steps", []):
