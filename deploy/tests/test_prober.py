@@ -5,10 +5,13 @@ instance stopped, the prober counts what failed and exits 1. Judged on answers, 
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
+import ssl
 import subprocess
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -146,18 +149,122 @@ def test_with_the_only_instance_stopped_the_prober_counts_the_failures_and_exits
     assert f"prober: FAILED: {failed.total()} of " in output, output
 
 
-def test_nothing_listening_is_no_answer_and_exit_1(tmp_path: Path) -> None:
-    port = jotc_provision.free_port()
-    counts = tmp_path / "counts.json"
+def run_prober(
+    url: str, directory: Path, *options: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, int]]]:
+    """scripts/prober for one second: how it ended, and the counts it wrote."""
+    counts = directory / "counts.json"
     ran = subprocess.run(
-        [str(PROBER), f"http://127.0.0.1:{port}", "--duration", "1", "--json", str(counts)],
+        [str(PROBER), url, "--duration", "1", "--json", str(counts), *options],
         capture_output=True,
         text=True,
         check=False,
         timeout=STOP_SECONDS,
+        env=None if env is None else {**os.environ, **env},
     )
+    return ran, json.loads(counts.read_text()) if counts.exists() else {}
+
+
+class StandIn(http.server.ThreadingHTTPServer):
+    """An API stand-in on 127.0.0.1: POST /jumps answers 201, with a Location when `location` is
+    on; GET answers 200. It keeps each request's Host header and, over TLS, each server name asked."""
+
+    location = True
+    hosts: list[str]
+    server_names: list[str | None]
+
+
+class StandInHandler(http.server.BaseHTTPRequestHandler):
+    server: StandIn
+
+    def answer(self, status: int, location: str = "") -> None:
+        self.server.hosts.append(self.headers.get("Host", ""))
+        self.send_response(status)
+        if location:
+            self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.answer(201, "/jumps/0192f0c4-0000-7000-8000-000000000000" if self.server.location else "")
+
+    def do_GET(self) -> None:
+        self.answer(200)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: the counts say what happened."""
+
+
+@contextmanager
+def stand_in(*, location: bool = True, tls: ssl.SSLContext | None = None) -> Iterator[StandIn]:
+    server = StandIn(("127.0.0.1", 0), StandInHandler)
+    server.location, server.hosts, server.server_names = location, [], []
+    if tls is not None:
+        tls.sni_callback = lambda _socket, name, _context: server.server_names.append(name)
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_record_created_without_a_location_is_a_failure(tmp_path: Path) -> None:
+    """The API names every record it creates; without the name the round cannot read it back."""
+    with stand_in(location=False) as server:
+        ran, counts = run_prober(f"http://127.0.0.1:{server.server_port}", tmp_path)
     assert ran.returncode == 1, ran.stdout + ran.stderr
-    found = json.loads(counts.read_text())
+    assert set(counts) == {"POST /jumps"}, counts
+    assert set(counts["POST /jumps"]) == {"201 without Location"}, counts
+    assert "requests failed (201 without Location: " in ran.stdout, ran.stdout
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A self-signed certificate for jotc.test (no address), its key beside it as key.pem."""
+    directory = tmp_path_factory.mktemp("tls")
+    command = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    command += ["-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem"), "-days", "2"]
+    command += ["-subj", "/CN=jotc.test", "-addext", "subjectAltName=DNS:jotc.test"]
+    made = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert made.returncode == 0, f"openssl could not make the test certificate: {made.stderr}"
+    return directory / "cert.pem"
+
+
+def test_over_https_tls_names_the_host_not_the_address_connected_to(certificate: Path, tmp_path: Path) -> None:
+    """An ingress probed at its address serves the certificate of the Host it routes."""
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(certificate, certificate.with_name("key.pem"))
+    trusted = {"SSL_CERT_FILE": str(certificate)}  # the prober's default context trusts it
+    with stand_in(tls=tls) as server:
+        url = f"https://127.0.0.1:{server.server_port}"
+        ran, counts = run_prober(url, tmp_path, "--host", "jotc.test", env=trusted)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert set(counts) == {"POST /jumps", "GET /jumps/{id}"}, counts
+        assert set(server.server_names) == {"jotc.test"}
+        assert set(server.hosts) == {"jotc.test"}
+        # The certificate is still checked: it does not name the address.
+        ran, counts = run_prober(url, tmp_path, env=trusted)
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert set(counts) == {"POST /jumps"}, counts
+    assert set(counts["POST /jumps"]) == {"no answer"}, counts
+    assert "SSLCertVerificationError" in ran.stderr, ran.stderr
+
+
+def test_nothing_listening_is_no_answer_and_exit_1(tmp_path: Path) -> None:
+    port = jotc_provision.free_port()
+    ran, found = run_prober(f"http://127.0.0.1:{port}", tmp_path)
+    assert ran.returncode == 1, ran.stdout + ran.stderr
     assert set(found) == {"POST /jumps"}, found
     assert set(found["POST /jumps"]) == {"no answer"}, found
     assert found["POST /jumps"]["no answer"] >= 1

@@ -1,14 +1,16 @@
 """scripts/prober: a steady, bounded stream of requests to JOTC's API while something happens to it (a
 rolling restart, an upgrade, a rollback), then a count of the answers by status. It exits 1 when any
-request was answered other than 2xx or not answered at all, so a workflow step or a test can say
+request failed (answered other than 2xx, or not at all), so a workflow step or a test can say
 "nothing failed through the rollout" and show what did.
 
 Each round is one client's visit: POST /jumps with a valid JSON body (docs/api.md), then GET of the
-record its Location names. Not GET /readyz: a draining instance answers it 503 by design (so that
+record its Location names; a POST answered 2xx without a Location fails, as the API names every
+record it creates. Not GET /readyz: a draining instance answers it 503 by design (so that
 balancers take it out) while it still serves every other request. A new connection carries each request, so
 the draining instance's `Connection: close` and a balancer moving traffic are seen as a client sees
 them. Rounds start at --rate a second; at most --in-flight rounds are outstanding at once (a slow
-target slows the stream instead of piling requests on it).
+target slows the stream instead of piling requests on it). Over https, TLS asks for the Host's name
+(SNI) and checks the certificate against it, so an ingress can be probed at its address with --host.
 
 The standard library only: the machine's python3 runs it, in CI and here."""
 
@@ -18,13 +20,14 @@ import argparse
 import http.client
 import json
 import signal
+import ssl
 import sys
 import threading
 import time
 import urllib.parse
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
@@ -40,16 +43,19 @@ Send a steady, bounded stream of requests to JOTC's API at URL until --duration 
 or SIGTERM/SIGINT arrives, then print the answers counted by request and status.
 
 Each round: POST /jumps (a valid JSON body, user jotc-prober), then GET /jumps/{id} of the record
-created. Every request on a new connection.
+created. Every request on a new connection. Over https the TLS server name (SNI) and the name the
+certificate must carry are the Host's (--host), not the address connected to.
 
 Exit status: 0 when every request was answered 2xx; 1 when any was answered otherwise or not at all
-(refused, reset, timed out), or when no request was sent; 2 on a wrong option."""
+(refused, reset, timed out), when a POST /jumps was answered 2xx without a Location, or when no
+request was sent; 2 on a wrong option."""
 
 
 @dataclass(frozen=True)
 class Target:
     """Where the requests go: scheme, address and path prefix from the URL; Host, when given,
-    replaces the URL's in the Host header (an Ingress rule reached through another address)."""
+    replaces the URL's in the Host header and as the TLS server name (an Ingress rule reached
+    through another address)."""
 
     scheme: str
     address: str
@@ -65,6 +71,11 @@ class Target:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         return cls(parts.scheme, parts.hostname, port, parts.path.rstrip("/"), host or parts.netloc)
 
+    @property
+    def server_name(self) -> str:
+        """The name TLS asks for (SNI) and the certificate must carry: the Host's, without its port."""
+        return urllib.parse.urlsplit(f"//{self.host}").hostname or self.address
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -72,21 +83,42 @@ class Answer:
     status: int | None  # None: no answer
     location: str = ""
     detail: str = ""  # why there was no answer, or the status's reason
+    lacking: str = ""  # what a 2xx answer lacks that makes it a failure, e.g. "Location"
 
     @property
     def outcome(self) -> str:
-        return NO_ANSWER if self.status is None else str(self.status)
+        if self.status is None:
+            return NO_ANSWER
+        return f"{self.status} without {self.lacking}" if self.lacking else str(self.status)
 
     @property
     def ok(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
+        return self.status is not None and 200 <= self.status < 300 and not self.lacking
+
+
+class NamedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to one address with the TLS server name (SNI) and certificate check of another name:
+    an ingress reached at its address serves the certificate of the hosts it routes."""
+
+    def __init__(self, address: str, port: int, *, server_name: str, timeout: float) -> None:
+        self.tls = ssl.create_default_context()
+        self.tls.set_alpn_protocols(["http/1.1"])
+        super().__init__(address, port, timeout=timeout, context=self.tls)
+        self.server_name = server_name
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self.tls.wrap_socket(self.sock, server_hostname=self.server_name)
 
 
 def send(target: Target, request: str, path: str, body: bytes | None, timeout: float) -> Answer:
     """One request on a connection of its own, its body read to the end."""
     method = request.split()[0]
-    kind = http.client.HTTPSConnection if target.scheme == "https" else http.client.HTTPConnection
-    connection = kind(target.address, target.port, timeout=timeout)
+    connection: http.client.HTTPConnection
+    if target.scheme == "https":
+        connection = NamedHTTPSConnection(target.address, target.port, server_name=target.server_name, timeout=timeout)
+    else:
+        connection = http.client.HTTPConnection(target.address, target.port, timeout=timeout)
     headers = {"Host": target.host, "Connection": "close", "Accept": "application/json"}
     if body is not None:
         headers["Content-Type"] = "application/json"
@@ -107,6 +139,7 @@ class Tally:
 
     started: float = field(default_factory=time.monotonic)
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)  # the outcomes that are failures
     shown: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -115,6 +148,7 @@ class Tally:
             self.counts[(answer.request, answer.outcome)] += 1
             if answer.ok:
                 return
+            self.failed[answer.outcome] += 1
             self.shown += 1
             shown = self.shown
         if shown <= SHOWN_FAILURES:
@@ -124,11 +158,8 @@ class Tally:
             print(f"prober: {SHOWN_FAILURES} failures shown; the rest are counted only", file=sys.stderr)
 
     def failures(self) -> Counter[str]:
-        failed: Counter[str] = Counter()
-        for (_, outcome), count in self.counts.items():
-            if not outcome.startswith("2"):
-                failed[outcome] += count
-        return failed
+        with self.lock:
+            return Counter(self.failed)
 
     def as_json(self) -> dict[str, dict[str, int]]:
         found: dict[str, dict[str, int]] = {}
@@ -140,8 +171,10 @@ class Tally:
 def round_trip(target: Target, tally: Tally, timeout: float) -> None:
     """One round: create a record and read it back."""
     created = send(target, POST_JUMPS, "/jumps", BODY, timeout)
+    if created.ok and not created.location:
+        created = replace(created, lacking="Location")
     tally.add(created)
-    if created.status == 201 and created.location:
+    if created.ok:
         path = urllib.parse.urlsplit(created.location).path
         tally.add(send(target, GET_RECORD, path.removeprefix(target.prefix), None, timeout))
 
@@ -191,7 +224,7 @@ def report(tally: Tally, target: Target, url: str, seconds: float) -> int:
         return 1
     if failed:
         named = ", ".join(f"{outcome}: {count}" for outcome, count in sorted(failed.items()))
-        print(f"prober: FAILED: {sum(failed.values())} of {total} requests not answered 2xx ({named})")
+        print(f"prober: FAILED: {sum(failed.values())} of {total} requests failed ({named})")
         return 1
     print("prober: every request answered 2xx")
     return 0
@@ -212,7 +245,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         allow_abbrev=False,
     )
     parser.add_argument("url", help="the API's base URL, e.g. http://127.0.0.1:8080")
-    parser.add_argument("--host", help="the Host header (default: the URL's), e.g. an Ingress rule's host")
+    parser.add_argument(
+        "--host",
+        help="the Host header and, over https, the TLS server name and the certificate's name (default: the "
+        "URL's), e.g. an Ingress rule's host",
+    )
     parser.add_argument("--rate", type=positive, default=10, metavar="N", help="rounds started a second (10)")
     parser.add_argument(
         "--duration", type=float, default=0, metavar="S", help="seconds to run (default 0: until SIGTERM or SIGINT)"
