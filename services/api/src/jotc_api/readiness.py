@@ -1,5 +1,11 @@
 """/readyz's checks: PostgreSQL and the schema on a connection of their own, and the answer's shape.
 
+A worker whose schema check passes also reports, at most every READER_REPORT_SECONDS, the revision
+it serves into ``jotc_schema_readers`` (a table jotc-migrate makes): the release guard of
+``jotc-migrate upgrade`` reads the revisions live pods report there, so a migration cannot strand
+pods that still serve, whichever release they belong to. The report never decides readiness: a
+database without the table, a slow or failed write, leaves the answer as the checks made it.
+
 The structs below are what /readyz encodes, so the OpenAPI document (which declares them) describes
 the bytes that are sent.
 """
@@ -7,10 +13,14 @@ the bytes that are sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from collections.abc import Callable
 
 import msgspec
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from jotc_api.schema_compat import schema_verdict
 from jotc_api.tables import SCHEMA_REVISION
@@ -41,6 +51,19 @@ READY = {"ok", "not configured", "degraded"}  # a check in one of these states d
 log = structlog.get_logger("jotc.readiness")
 # Inside the chart's readiness probe timeout (3 s) with room for Redis's ping (0.5 s).
 READY_CHECK_TIMEOUT = 1.0
+# How often a worker reports the revision it serves; jotc-migrate counts a report as live for
+# three times as long (READERS_TTL_SECONDS in services/db-migrations/src/jotc_migrations/serving.py).
+READER_REPORT_SECONDS = 30.0
+READERS_PRESENT = text("SELECT to_regclass('jotc_schema_readers') IS NOT NULL")
+# Bounded well inside READY_CHECK_TIMEOUT: a report that waits on a lock gives up, and the probe
+# is answered from the checks alone.
+REPORT_TIMEOUT = text("SET LOCAL statement_timeout = 250")
+REPORT_READER = text(
+    """
+    INSERT INTO jotc_schema_readers (revision, seen_at) VALUES (:revision, now())
+    ON CONFLICT (revision) DO UPDATE SET seen_at = EXCLUDED.seen_at
+    """
+)
 DRAINING = Readiness(
     "draining",
     {
@@ -60,9 +83,11 @@ class DatabaseReadiness:
     connection. Failures name the dependency and what went wrong, never its address; the log has
     the error."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.running: asyncio.Future[Checks] | None = None
+        self.clock = clock
+        self.next_report = 0.0  # when this worker next reports the revision it serves
 
     async def database(self) -> Checks:
         if self.running is None:
@@ -82,6 +107,9 @@ class DatabaseReadiness:
             async with asyncio.timeout(READY_CHECK_TIMEOUT):
                 async with self.engine.connect() as connection:
                     verdict = await schema_verdict(connection)
+                    if verdict.serves and self.clock() >= self.next_report:
+                        self.next_report = self.clock() + READER_REPORT_SECONDS
+                        await report_reader(connection)
         except TimeoutError:
             reason = f"PostgreSQL did not answer within {READY_CHECK_TIMEOUT:g} s"
         except Exception as exc:
@@ -101,6 +129,22 @@ class DatabaseReadiness:
                 )
             return {"database": Check(status="ok"), "schema": schema}
         return unreachable(reason)
+
+
+async def report_reader(connection: AsyncConnection) -> None:
+    """Record that a worker of this build serves the database now (see the module's docstring)."""
+    try:
+        if (await connection.execute(READERS_PRESENT)).scalar_one():
+            await connection.execute(REPORT_TIMEOUT)
+            await connection.execute(REPORT_READER, {"revision": SCHEMA_REVISION})
+        await connection.commit()
+    except Exception as exc:  # the report is advice to jotc-migrate; readiness stands without it
+        log.warning(
+            "readiness: could not report the revision served to jotc_schema_readers",
+            error=(str(exc).strip().splitlines() or [""])[0],
+        )
+        with contextlib.suppress(Exception):  # a broken connection: the pool replaces it
+            await connection.rollback()
 
 
 def unreachable(reason: str) -> Checks:

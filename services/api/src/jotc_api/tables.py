@@ -39,6 +39,15 @@ schema_compat = Table(
     Column("applied_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
 )
 
+# The revisions ready workers serve, each with when one last said so (readiness.py); jotc-migrate
+# makes the table, and its release guard reads it to keep the pods it would strand serving.
+schema_readers = Table(
+    "jotc_schema_readers",
+    metadata,
+    Column("revision", Text, primary_key=True),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
+)
+
 USER_NAME_LENGTH = "char_length(user_name) BETWEEN 1 AND 320"
 
 jump_requests = Table(
