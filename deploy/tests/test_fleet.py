@@ -198,6 +198,12 @@ def test_a_clean_run_passes_and_each_check_fails_on_what_it_guards() -> None:
     assert failed(clean, probed=probe(171, 69)) == {"rate limit held across the instances"}  # past 150 + 20
     assert failed(clean, probed=probe(149, 91)) == {"rate limit held across the instances"}  # refused too soon
     assert failed(clean, probed=probe(240, 0)) == {"rate limit held across the instances"}  # counts not shared
+    # The API shedding the probe's burst is its own bound at work, after the limiter admitted: those
+    # count toward the limit; any other 5xx from the API fails the check.
+    assert failed(clean, probed=probe(148, 223, **{"503 overloaded": 4})) == set()
+    assert failed(clean, probed=probe(152, 219, **{"503 database-unavailable": 4})) == {
+        "rate limit held across the instances"
+    }
     # Redis failed syncs during every probe: each instance counted alone, so sharing went unmeasured.
     assert failed(clean, probed=probe(152, 88, failed_syncs=2)) == {"rate limit held across the instances"}
     assert failed(clean, probed=probe(150, 89, **{"503 from HAProxy": 1})) == {
@@ -221,3 +227,11 @@ def test_records_are_read_back_as_written_and_a_line_cut_short_is_skipped(tmp_pa
     row = fleet_report.figures(Phase("p", 100.0, 102.0), records)
     assert row.requests == 4
     assert (row.p50_ms, row.p99_ms) == (2.5, 7.0), "unanswered requests are left out of the percentiles"
+
+
+def test_the_probe_reads_the_kind_of_the_apis_problem() -> None:
+    assert fleet_parts.problem_kind(b'{"type": "/problems/overloaded", "status": 503}') == "overloaded"
+    assert fleet_parts.problem_kind(b"<html><body>503 Service Unavailable</body></html>") == ""
+    assert fleet_parts.problem_kind(b'["not", "an", "object"]') == ""
+    shed = Request(1.0, 2.0, 503, "POST", "", "api", "overloaded")
+    assert (shed.answer, shed.unanswered) == ("503 overloaded", False)

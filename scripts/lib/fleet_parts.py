@@ -185,8 +185,10 @@ class Balancer:
 
     def config(self) -> str:
         lines = "\n".join(f"    server {name} 127.0.0.1:{port} check" for name, port in self.servers.items())
+        # Relative to HAProxy's working directory (the balancer's own): a socket's path is bound to
+        # 97 bytes, which a deep scratch directory (pytest's, under the run's TMPDIR) exceeds.
         return f"""global
-    stats socket {self.control} mode 600 level admin
+    stats socket unix@{self.control.name} mode 600 level admin
     maxconn 4000
 defaults
     mode http
@@ -213,7 +215,7 @@ backend api
         log = self.directory / "haproxy.log"
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                [haproxy_binary(), "-db", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT
+                [haproxy_binary(), "-db", "-f", str(config)], cwd=self.directory, stdout=out, stderr=subprocess.STDOUT
             )
         process = self.process
 
@@ -231,11 +233,16 @@ backend api
             self.process = None
 
     def states(self) -> dict[str, str]:
-        with socket.socket(socket.AF_UNIX) as control:
-            control.settimeout(5)
-            control.connect(str(self.control))
-            control.sendall(b"show stat\n")
-            text = b"".join(iter(lambda: control.recv(65536), b"")).decode()
+        directory = os.open(self.directory, os.O_RDONLY)
+        try:
+            with socket.socket(socket.AF_UNIX) as control:
+                control.settimeout(5)
+                # Through the directory's descriptor: the full path may be longer than a socket's.
+                control.connect(f"/proc/self/fd/{directory}/{self.control.name}")
+                control.sendall(b"show stat\n")
+                text = b"".join(iter(lambda: control.recv(65536), b"")).decode()
+        finally:
+            os.close(directory)
         lines = text.splitlines()
         columns = lines[0].lstrip("# ").split(",")
         rows = [dict(zip(columns, line.split(","), strict=False)) for line in lines[1:] if line]
@@ -442,7 +449,7 @@ async def post(port: int, address: str, headers: dict[str, str] | None = None) -
         while (line := await asyncio.wait_for(reader.readline(), 30)) not in (b"\r\n", b"\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
             fields[name.strip().lower()] = value.strip()
-        await asyncio.wait_for(reader.read(), 30)
+        body = await asyncio.wait_for(reader.read(), 30)
     except (OSError, TimeoutError):
         return Request(began, (time.monotonic() - clock) * 1000, 0, "POST", "")
     finally:
@@ -452,7 +459,16 @@ async def post(port: int, address: str, headers: dict[str, str] | None = None) -
     record_id = fields.get("location", "").rsplit("/", 1)[-1] if status == 201 else ""
     media = fields.get("content-type", "")
     origin = ("api" if media.startswith("application/problem+json") else "balancer") if status >= 500 else ""
-    return Request(began, (time.monotonic() - clock) * 1000, status, "POST", record_id, origin)
+    return Request(began, (time.monotonic() - clock) * 1000, status, "POST", record_id, origin, problem_kind(body))
+
+
+def problem_kind(body: bytes) -> str:
+    """The last part of a problem+json answer's type ("overloaded"), or "" for any other body."""
+    try:
+        kind = json.loads(body).get("type", "")
+    except (ValueError, AttributeError):
+        return ""
+    return kind.rsplit("/", 1)[-1] if isinstance(kind, str) else ""
 
 
 def keyed_post_until_201(instance: Instance, timeout: float) -> str:

@@ -23,14 +23,18 @@ class Request:
     method: str
     record_id: str  # the id a 201 from POST /jumps named; "" otherwise
     origin: str = ""  # who answered a 5xx: "api" (problem+json) or "balancer" (HAProxy's own page)
+    problem: str = ""  # the kind of the API's problem+json 5xx, where it was read ("overloaded")
 
     @property
     def answer(self) -> str:
-        """The answer as the report counts it: the status, "no answer", or "<5xx> from HAProxy"."""
+        """The answer as the report counts it: the status, "no answer", "<5xx> from HAProxy", or the
+        API's "<5xx> <kind>" where its kind was read."""
         if self.status == 0:
             return NO_ANSWER
         if self.status >= 500 and self.origin != "api":
             return f"{self.status} from HAProxy"
+        if self.status >= 500 and self.problem:
+            return f"{self.status} {self.problem}"
         return str(self.status)
 
     @property
@@ -202,12 +206,22 @@ class ProbeResult:
         return math.floor(self.limit * (1 + self.tolerance))
 
 
+# The API shedding one client's burst (its per-client share of upload slots, or a worker's): an
+# answer of the API's own bounds, not of the rate limit, given after the limiter admitted the request.
+SHED = "503 overloaded"
+
+
 def probe_check(probe: ProbeResult) -> Check:
-    other = Counter({answer: count for answer, count in probe.answers.items() if answer not in {"201", "429"}})
-    held = probe.limit <= probe.admitted <= probe.bound and not other and not probe.failed_syncs
+    """The limit held across the instances: at least the limit admitted (a request the API shed after
+    admitting it counts, as it used the client's budget), at most the bound; no other answer."""
+    shed = probe.answers[SHED]
+    other = Counter({answer: count for answer, count in probe.answers.items() if answer not in {"201", "429", SHED}})
+    held = probe.limit <= probe.admitted + shed and probe.admitted <= probe.bound and not other
+    held = held and not probe.failed_syncs
     detail = (
         f"one client address, {probe.sent} requests at {probe.rate:.0f}/s through HAProxy within one "
         f"{probe.period}'s window: {probe.admitted} admitted (201), {probe.answers['429']} refused (429)"
+        + (f", {shed} shed by the API's own bounds ({SHED})" if shed else "")
         + (f", other answers {answers_text(other)}" if other else "")
         + f"; limit {probe.limit}, admitted must be {probe.limit} to {probe.bound} (tolerance {probe.tolerance:.1%}); "
         f"each of the {probe.instances} instances alone would have admitted up to {probe.limit}"
