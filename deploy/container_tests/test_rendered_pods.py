@@ -162,9 +162,16 @@ def test_the_migration_job_exits_zero_and_the_api_became_ready(release: Release)
     assert "API ready" in release.timings
 
 
-def test_the_helm_test_pod_exits_zero(release: Release) -> None:
+def test_the_helm_test_pod_exits_zero_and_records_nothing(engine: Engine, release: Release) -> None:
+    """The release's helm test proves the public route through the Service with a refused input,
+    so running it against production leaves no row behind."""
     assert release.exit_codes["-test-jumps"] == 0, release.logs("-test-jumps")
-    assert "POST /jumps answered 4 jumps" in release.logs("-test-jumps")
+    assert "POST /jumps refused an unreachable input" in release.logs("-test-jumps")
+    assert "GET /readyz" in release.logs("-test-jumps")
+    postgres = release.pods["-postgresql"].containers["postgresql"]
+    query = "SELECT count(*) FROM jump_requests WHERE user_name = 'helm-test'"
+    rows = run(engine.cli, "exec", postgres, "psql", "-U", "jotc", "-d", "jotc", "-Atc", query).stdout.strip()
+    assert rows == "0", "helm test recorded a request"
 
 
 def test_the_headless_run_ends_with_its_workers(release: Release) -> None:
