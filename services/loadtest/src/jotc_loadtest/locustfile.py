@@ -61,8 +61,10 @@ class JotcScenarios(FastHttpUser):
 
     def __init__(self, environment: Any) -> None:
         # FastHttpUser builds the user's session from these two: its own connections and its name.
+        # Headers a subclass set before calling this (scripts/fleet's X-Forwarded-For) are kept.
         self.client_pool = user_connections(os.environ)
-        self.default_headers = loadtest_headers(os.environ, f"locust-{uuid.uuid4().hex}")
+        own = loadtest_headers(os.environ, f"locust-{uuid.uuid4().hex}")
+        self.default_headers = {**(self.default_headers or {}), **own}
         super().__init__(environment)
 
     def on_start(self) -> None:

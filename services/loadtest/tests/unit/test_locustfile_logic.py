@@ -326,3 +326,25 @@ def test_gates_judge_headless_runs_on_the_master_only(monkeypatch: pytest.Monkey
     for run in runs.values():
         locustfile.service_objectives(run)
     assert judged == [runs["headless"]], f"judged {len(judged)} runs; only the headless master's should be"
+
+
+def test_headers_a_subclass_sets_before_init_are_kept_beside_the_load_tests_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """scripts/fleet's users each state an address of their own in X-Forwarded-For before the
+    scenarios' __init__ runs; dropping it counted the whole swarm as one client of the rate limit."""
+    base = locustfile.user_class({})
+
+    class Addressed(base):  # type: ignore[misc,valid-type]
+        def __init__(self, environment: Any) -> None:
+            self.default_headers = {"X-Forwarded-For": "198.18.0.7"}
+            super().__init__(environment)
+
+    Addressed.host = "http://127.0.0.1:9"
+    environment = Environment(user_classes=[Addressed])
+    monkeypatch.delenv("JOTC_LOADTEST_TOKEN", raising=False)
+    assert Addressed(environment).default_headers == {"X-Forwarded-For": "198.18.0.7"}
+    monkeypatch.setenv("JOTC_LOADTEST_TOKEN", "t" * 40)
+    headers = Addressed(environment).default_headers
+    assert headers["X-Forwarded-For"] == "198.18.0.7"
+    assert headers["jotc-loadtest-token"] == "t" * 40
