@@ -192,7 +192,9 @@ class Settings:
         "token of the in-cluster load test (the Helm chart's Locust swarm): a request whose `JOTC-Loadtest-Token` "
         "header carries it is counted by the rate limit and the per-client upload share as the simulated client "
         "its `JOTC-Loadtest-Client` header names (1 – 64 letters, digits, `.`, `_`, `-`), not by its address; "
-        "a request with a wrong token, or without a name, is counted by its address like any other",
+        "a request with a wrong token, or without a name, is counted by its address like any other. A worker "
+        "tracks at most 10,000 simulated clients: a new name while every tracked one sent within the last 120 s "
+        "is counted by its address, so the token cannot make up clients without bound",
         f"at least {ADMIN_TOKEN_MIN_LENGTH} visible ASCII characters (`openssl rand -hex 24`), not the admin token",
         lambda name, raw: token_of(name, raw),
         shown="unset (every request counted by its address)",

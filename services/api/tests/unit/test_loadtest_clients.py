@@ -4,6 +4,7 @@ setting's own checks. Through HTTP against real Redis: tests/integration/test_lo
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from jotc_api import clients
 from jotc_api.clients import Clients
 from jotc_api.ratelimit import RateLimiter
-from jotc_api.settings import RateLimit, SettingsError, load_settings
+from jotc_api.settings import RateLimit, Settings, SettingsError, load_settings
 
 TOKEN = "loadtest-token-of-the-swarm-0123456789abcdef"  # pragma: allowlist secret
 OTHER_TOKEN = "another-token-of-32-characters-or-more-000"  # pragma: allowlist secret
@@ -119,3 +120,9 @@ def test_a_flood_of_made_up_names_cannot_fill_the_rate_limiters_table() -> None:
     keys = {limiter.clients.of(scope(*swarm(name))) for name in names}
     assert len(keys) == clients.MAX_SIMULATED_CLIENTS + 1  # the tracked names and the sender's address
     assert "203.0.113.9" in keys
+
+
+def test_the_settings_description_states_the_bound_clients_py_holds() -> None:
+    text = str(next(field for field in dataclasses.fields(Settings) if field.name == "loadtest_token").metadata)
+    assert f"{clients.MAX_SIMULATED_CLIENTS:,} simulated clients" in text
+    assert f"last {clients.SIMULATED_IDLE_SECONDS:g} s" in text
