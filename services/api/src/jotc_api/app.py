@@ -167,7 +167,6 @@ def create_app(
     fast_path: bool = True,
     drain: DrainFlag | None = None,
     clock: Callable[[], float] = time.time,
-    keep_litestar: bool = False,
 ) -> ASGIApp:
     """The application that runs, outside in: the response pipeline (request id, CORS, headers,
     metrics, access log, last-resort 500), rate limiting (when JOTC_RATE_LIMIT is set), the fast
@@ -185,12 +184,9 @@ def create_app(
             settings.rate_limit, link, settings.trusted_proxies, loadtest_token=settings.loadtest_token, clock=clock
         )
         app = rate_limit_middleware(limiter, app)
-    outer = response_pipeline(
+    return response_pipeline(
         app, cors=cors_config(settings.cors_origins), access=settings.access_log, fmt=settings.log_format, drain=drain
     )
-    if keep_litestar:
-        outer.litestar = litestar  # type: ignore[attr-defined]
-    return outer
 
 
 def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Litestar:

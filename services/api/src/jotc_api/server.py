@@ -187,11 +187,11 @@ def run(settings: Settings) -> None:
     assert drain.path is not None
     os.environ[FLAG_ENV] = str(drain.path)  # the workers inherit it and map the same byte
     server = DrainingServer(
-        "jotc_api.rsgi:create",
+        "jotc_api.asgi:create",
         factory=True,
         address=settings.host,
         port=settings.port,
-        interface=Interfaces.RSGI,
+        interface=Interfaces.ASGI,
         workers=workers,
         loop=Loops.uvloop,
         backpressure=settings.backpressure,
