@@ -177,20 +177,20 @@ def create_app(
         configure_logging(settings.log_level, settings.log_format)
     link = redis if redis is not None else RedisLink.from_settings(settings)
     drain = drain if drain is not None else DrainFlag.attach()
-    litestar = create_litestar(settings, link, drain)
+    # One client is one client for every bound: the rate limit and the upload and memory shares
+    # key their counts with the same Clients (and its one table of the load test's named clients).
+    clients = Clients(settings.trusted_proxies, settings.loadtest_token)
+    litestar = create_litestar(settings, link, drain, clients)
     app: ASGIApp = served.fast_path(litestar, litestar) if fast_path else litestar
     if settings.rate_limit is not None:
-        limiter = RateLimiter(
-            settings.rate_limit, link, settings.trusted_proxies, loadtest_token=settings.loadtest_token, clock=clock
-        )
+        limiter = RateLimiter(settings.rate_limit, link, settings.trusted_proxies, clients=clients, clock=clock)
         app = rate_limit_middleware(limiter, app)
     return response_pipeline(
         app, cors=cors_config(settings.cors_origins), access=settings.access_log, fmt=settings.log_format, drain=drain
     )
 
 
-def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Litestar:
-    clients = Clients(settings.trusted_proxies, settings.loadtest_token)
+def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag, clients: Clients) -> Litestar:
     small = small_allowance(settings.backpressure, settings.max_clouds)  # not charged one by one
     memory = MemoryBudget(
         (settings.request_memory or DEFAULT_REQUEST_MEMORY) - small, clients, settings.upload_share_percent / 100
@@ -226,7 +226,7 @@ def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Li
         readiness_engine = make_readiness_engine(settings)
         with contextlib.suppress(Exception):  # unreachable: the traffic pool's warm-up has said so
             await warm_up(readiness_engine, 1)  # the first probe pays no connection set-up
-        services.readiness = DatabaseReadiness(readiness_engine)
+        services.readiness = readiness = DatabaseReadiness(readiness_engine, engine)
         # Erasures that outlive their request, or a restart, are finished here (erasure.py).
         pace = Pace(settings.erasure_chunk_rows, settings.erasure_busy_percent / 100)
         services.eraser = Eraser(engine, partial(forget_erased, services), pace=pace)
@@ -235,6 +235,7 @@ def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag) -> Li
             yield
         finally:
             await services.eraser.close()
+            await readiness.close()
             await recorder.close(timeout=settings.shutdown_timeout)
             await engine.dispose()
             await readiness_engine.dispose()

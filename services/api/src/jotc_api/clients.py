@@ -7,10 +7,12 @@ Rate limiting (ratelimit.py) and the per-client share of upload slots (transport
 their counts with ``Clients.of``, so one client is one client for every bound.
 
 The token lets its holder name clients, so the names are bounded too: a worker tracks at most
-MAX_SIMULATED_CLIENTS of them, and a new name past that bound, while every tracked one was used in
-the last SIMULATED_IDLE_SECONDS, is counted by its address instead. A swarm's users each keep
-their name for the whole run and send every few seconds; a leaked token cannot make up clients
-without bound, in memory or in the rate limiter's table.
+MAX_SIMULATED_CLIENTS of them (per worker: Redis may see that many from each), and a new name past
+that bound, while every tracked one was used in the last SIMULATED_IDLE_SECONDS, is counted by its
+address instead. A swarm's users each keep their name for the whole run and send every few
+seconds; a leaked token cannot make up clients without bound, in memory or in the rate limiter's
+table, though its holder can keep every place taken and so count a real swarm's new users by
+their address.
 """
 
 from __future__ import annotations

@@ -57,12 +57,14 @@ class RateLimiter:
         trusted_proxies: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
         *,
         loadtest_token: str | None = None,
+        clients: Clients | None = None,
         max_clients: int = MAX_CLIENTS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.limit = limit
         self.link = link
-        self.clients = Clients(trusted_proxies, loadtest_token)
+        # The worker's Clients when given (app.py shares one with the upload bounds).
+        self.clients = clients if clients is not None else Clients(trusted_proxies, loadtest_token)
         self.max_clients = max_clients
         self.clock = clock
         self.windows: dict[str, Window] = {}

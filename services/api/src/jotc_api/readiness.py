@@ -1,10 +1,14 @@
 """/readyz's checks: PostgreSQL and the schema on a connection of their own, and the answer's shape.
 
-A worker whose schema check passes also reports, at most every READER_REPORT_SECONDS, the revision
-it serves into ``jotc_schema_readers`` (a table jotc-migrate makes): the release guard of
-``jotc-migrate upgrade`` reads the revisions live pods report there, so a migration cannot strand
-pods that still serve, whichever release they belong to. The report never decides readiness: a
-database without the table, a slow or failed write, leaves the answer as the checks made it.
+A worker whose schema check passes also reports, about every READER_REPORT_SECONDS while it is
+probed, the revision it serves into ``jotc_schema_readers`` (a table jotc-migrate makes): the
+release guard of ``jotc-migrate upgrade`` reads the revisions live pods report there, so a
+migration cannot strand pods that still serve, whichever release they belong to. The report runs
+beside the probe, not in it, on a connection of the traffic's pool (the readiness connection, one
+per pooler entry, stays the probe's), bounded to REPORT_SECONDS in all and to 250 ms on a lock,
+without waiting for a synchronous standby: it never delays or decides readiness. A failed report
+is logged and counted (``jotc_schema_reader_reports_failed_total``): the API's database role needs
+INSERT and UPDATE on the table, as on jump_requests.
 
 The structs below are what /readyz encodes, so the OpenAPI document (which declares them) describes
 the bytes that are sent.
@@ -19,8 +23,9 @@ from collections.abc import Callable
 
 import msgspec
 import structlog
+from prometheus_client import Counter
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jotc_api.schema_compat import schema_verdict
 from jotc_api.tables import SCHEMA_REVISION
@@ -54,10 +59,16 @@ READY_CHECK_TIMEOUT = 1.0
 # How often a worker reports the revision it serves; jotc-migrate counts a report as live for
 # three times as long (READERS_TTL_SECONDS in services/db-migrations/src/jotc_migrations/serving.py).
 READER_REPORT_SECONDS = 30.0
+REPORT_SECONDS = 1.0
 READERS_PRESENT = text("SELECT to_regclass('jotc_schema_readers') IS NOT NULL")
-# Bounded well inside READY_CHECK_TIMEOUT: a report that waits on a lock gives up, and the probe
-# is answered from the checks alone.
-REPORT_TIMEOUT = text("SET LOCAL statement_timeout = 250")
+REPORT_BOUNDS = (
+    text("SET LOCAL statement_timeout = 250"),
+    text("SET LOCAL lock_timeout = 250"),
+    text("SET LOCAL synchronous_commit = off"),  # advice, re-sent every 30 s: no standby wait
+)
+REPORT_FAILURES = Counter(
+    "jotc_schema_reader_reports_failed", "Reports of the revision served to jotc_schema_readers that failed"
+)
 REPORT_READER = text(
     """
     INSERT INTO jotc_schema_readers (revision, seen_at) VALUES (:revision, now())
@@ -83,11 +94,15 @@ class DatabaseReadiness:
     connection. Failures name the dependency and what went wrong, never its address; the log has
     the error."""
 
-    def __init__(self, engine: AsyncEngine, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, engine: AsyncEngine, report_engine: AsyncEngine, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.engine = engine
+        self.report_engine = report_engine
         self.running: asyncio.Future[Checks] | None = None
         self.clock = clock
         self.next_report = 0.0  # when this worker next reports the revision it serves
+        self.reporting: asyncio.Task[None] | None = None
 
     async def database(self) -> Checks:
         if self.running is None:
@@ -107,9 +122,9 @@ class DatabaseReadiness:
             async with asyncio.timeout(READY_CHECK_TIMEOUT):
                 async with self.engine.connect() as connection:
                     verdict = await schema_verdict(connection)
-                    if verdict.serves and self.clock() >= self.next_report:
-                        self.next_report = self.clock() + READER_REPORT_SECONDS
-                        await report_reader(connection)
+            if verdict.serves and self.clock() >= self.next_report and self.reporting is None:
+                self.next_report = self.clock() + READER_REPORT_SECONDS
+                self.reporting = asyncio.create_task(self.report())
         except TimeoutError:
             reason = f"PostgreSQL did not answer within {READY_CHECK_TIMEOUT:g} s"
         except Exception as exc:
@@ -130,21 +145,30 @@ class DatabaseReadiness:
             return {"database": Check(status="ok"), "schema": schema}
         return unreachable(reason)
 
+    async def report(self) -> None:
+        """Record that a worker of this build serves the database now (see the module's docstring)."""
+        try:
+            async with asyncio.timeout(REPORT_SECONDS):
+                async with self.report_engine.connect() as connection:
+                    if (await connection.execute(READERS_PRESENT)).scalar_one():
+                        for bound in REPORT_BOUNDS:
+                            await connection.execute(bound)
+                        await connection.execute(REPORT_READER, {"revision": SCHEMA_REVISION})
+                        await connection.commit()
+        except Exception as exc:  # advice to jotc-migrate: readiness stands without it
+            REPORT_FAILURES.inc()
+            log.warning(
+                "readiness: could not report the revision served to jotc_schema_readers",
+                error=(str(exc).strip().splitlines() or [type(exc).__name__])[0],
+            )
+        finally:
+            self.reporting = None
 
-async def report_reader(connection: AsyncConnection) -> None:
-    """Record that a worker of this build serves the database now (see the module's docstring)."""
-    try:
-        if (await connection.execute(READERS_PRESENT)).scalar_one():
-            await connection.execute(REPORT_TIMEOUT)
-            await connection.execute(REPORT_READER, {"revision": SCHEMA_REVISION})
-        await connection.commit()
-    except Exception as exc:  # the report is advice to jotc-migrate; readiness stands without it
-        log.warning(
-            "readiness: could not report the revision served to jotc_schema_readers",
-            error=(str(exc).strip().splitlines() or [""])[0],
-        )
-        with contextlib.suppress(Exception):  # a broken connection: the pool replaces it
-            await connection.rollback()
+    async def close(self) -> None:
+        """Wait for a report in flight (REPORT_SECONDS at most) before the engines go."""
+        if self.reporting is not None:
+            with contextlib.suppress(Exception):
+                await self.reporting
 
 
 def unreachable(reason: str) -> Checks:

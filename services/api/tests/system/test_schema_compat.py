@@ -171,6 +171,29 @@ def test_the_release_guard_keeps_the_api_ready_and_a_breaking_step_forced_past_i
         assert SCHEMA_REVISION in schema["detail"]
 
 
+def test_the_guard_keeps_the_revision_a_running_api_reports_serving(tmp_root: Path) -> None:
+    """The API reports the revision it serves (jotc_schema_readers); after an expand step, a contract
+    step compatible back only to the expand is refused because of that report: judged by the
+    database's revision alone (t_expand), it would pass and strand the running API."""
+    with fresh_database() as url, api_on(url, tmp_root) as api:
+        assert wait_ready(api).status_code == 200
+
+        def reported() -> bool:
+            with psycopg.connect(url, autocommit=True) as connection:
+                rows = connection.execute("SELECT revision FROM jotc_schema_readers").fetchall()
+            return rows == [(SCHEMA_REVISION,)]
+
+        wait_until(reported, timeout=30, what="the API's report of the revision it serves")
+        assert jotc_migrate(url, "upgrade", scenario="expand").returncode == 0
+        both = os.pathsep.join(str(REVISIONS / name) for name in ("expand", "contract_after_expand"))
+        refused = jotc_migrate(url, "upgrade", JOTC_MIGRATE_EXTRA_VERSIONS=both)
+        assert refused.returncode == 1, refused.stderr
+        said = refused.stderr.strip().splitlines()[-1]
+        assert "reported by running pods" in said, refused.stderr
+        assert SCHEMA_REVISION in said, refused.stderr
+        assert httpx.get(f"{api.base_url}/readyz").status_code == 200
+
+
 def test_posts_keep_answering_201_while_a_migration_waits_behind_a_long_reader(tmp_root: Path) -> None:
     with fresh_database() as url, api_on(url, tmp_root) as api:
         assert wait_ready(api).status_code == 200

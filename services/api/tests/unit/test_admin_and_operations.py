@@ -243,7 +243,7 @@ async def test_readyz_on_a_newer_compatible_schema_is_ready_and_says_which(monke
 
     monkeypatch.setattr(readiness, "schema_verdict", verdict)
     engine = SimpleNamespace(connect=Connecting)
-    checks = DatabaseReadiness(engine)  # type: ignore[arg-type]
+    checks = DatabaseReadiness(engine, engine, clock=lambda: -1.0)  # type: ignore[arg-type]  # no report due
     response = await operations.readyz.fn(request(readiness=checks, drain=DrainFlag(bytearray(1)), redis=Redis()))
     assert response.status_code == 200
     assert msgspec.json.decode(response.content)["checks"]["schema"] == {
