@@ -135,6 +135,10 @@ def test_the_probes_sync_interval_is_the_rate_limiters() -> None:
     match = re.search(r"^SYNC_SECONDS = ([0-9.]+)$", source, re.MULTILINE)
     assert match, "ratelimit.py no longer declares SYNC_SECONDS"
     assert float(match[1]) == fleet_parts.SYNC_SECONDS, "the probe's tolerance rests on the limiter's sync interval"
+    link = (ROOT / "services/api/src/jotc_api/redis_link.py").read_text()
+    timeout = re.search(r"^REDIS_TIMEOUT_SECONDS = ([0-9.]+)$", link, re.MULTILINE)
+    assert timeout, "redis_link.py no longer declares REDIS_TIMEOUT_SECONDS"
+    assert float(timeout[1]) == fleet_parts.REDIS_TIMEOUT_SECONDS, "the probe waits out the last sync's timeout"
 
 
 # --- the verdicts, on made-up runs ------------------------------------------------------------------
@@ -201,6 +205,8 @@ def test_a_clean_run_passes_and_each_check_fails_on_what_it_guards() -> None:
     # The API shedding the probe's burst is its own bound at work, after the limiter admitted: those
     # count toward the limit; any other 5xx from the API fails the check.
     assert failed(clean, probed=probe(148, 223, **{"503 overloaded": 4})) == set()
+    # Counts not shared, most of the excess shed: the limiter still admitted far past the bound.
+    assert failed(clean, probed=probe(160, 0, **{"503 overloaded": 215})) == {"rate limit held across the instances"}
     assert failed(clean, probed=probe(152, 219, **{"503 database-unavailable": 4})) == {
         "rate limit held across the instances"
     }

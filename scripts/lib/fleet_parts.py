@@ -48,6 +48,7 @@ LOCUST_WORKERS = 2
 # The rate limiter's sync interval (services/api/src/jotc_api/ratelimit.py, SYNC_SECONDS) and the
 # lateness allowed to a sync on a busy machine (see probe()).
 SYNC_SECONDS = 0.1
+REDIS_TIMEOUT_SECONDS = 0.25  # services/api/src/jotc_api/redis_link.py: a sync gives up after twice this
 PROBE_RATE = 40.0  # the probe's requests a second
 PROBE_SHARE = 2.5  # it sends this many times the limit (below the instances' count: see probe())
 PROBE_TRIES = 3  # probes sent, each from a new address, while Redis fails a sync during one
@@ -512,12 +513,14 @@ def probe(port: int, limit: int, instances: list[Instance], late_syncs: float = 
     A sync that Redis fails or times out leaves an instance counting alone until the next one (the
     design for a Redis outage), so a probe during which one failed measures that, not sharing: it is
     sent again from a new address, up to PROBE_TRIES times, and the result says how many failed."""
+    first = random.randint(1, 254 - PROBE_TRIES)  # noqa: S311 - made-up clients, one per probe
     tries = 0
     failed = 1
     while failed and tries < PROBE_TRIES:
         tries += 1
         before = sync_failures(instances)
-        answers = probe_once(port, limit)
+        answers = probe_once(port, limit, f"203.0.113.{first + tries}")
+        time.sleep(SYNC_SECONDS + 2 * REDIS_TIMEOUT_SECONDS)  # the last sync's answer, or its timeout
         failed = sync_failures(instances) - before
     return ProbeResult(
         limit=limit,
@@ -532,14 +535,13 @@ def probe(port: int, limit: int, instances: list[Instance], late_syncs: float = 
     )
 
 
-def probe_once(port: int, limit: int) -> list[Request]:
-    """One probe's answers (see probe())."""
+def probe_once(port: int, limit: int, address: str) -> list[Request]:
+    """One probe's answers, as client ``address`` (see probe())."""
     count = math.ceil(limit * PROBE_SHARE)
     duration = count / PROBE_RATE
     left = 60 - time.time() % 60
     if left < duration + 5:
         time.sleep(left + 0.5)  # the next window's start: the probe must fit in one
-    address = f"203.0.113.{random.randint(1, 254)}"  # noqa: S311 - a made-up client, not a secret
 
     async def send() -> list[Request]:
         began = time.monotonic()

@@ -212,18 +212,20 @@ SHED = "503 overloaded"
 
 
 def probe_check(probe: ProbeResult) -> Check:
-    """The limit held across the instances: at least the limit admitted (a request the API shed after
-    admitting it counts, as it used the client's budget), at most the bound; no other answer."""
+    """The limit held across the instances: the limiter admitted at least the limit and at most the
+    bound (a request the API shed after admitting it counts, as it used the client's budget); no
+    other answer."""
     shed = probe.answers[SHED]
     other = Counter({answer: count for answer, count in probe.answers.items() if answer not in {"201", "429", SHED}})
-    held = probe.limit <= probe.admitted + shed and probe.admitted <= probe.bound and not other
+    held = probe.limit <= probe.admitted + shed <= probe.bound and not other
     held = held and not probe.failed_syncs
     detail = (
         f"one client address, {probe.sent} requests at {probe.rate:.0f}/s through HAProxy within one "
         f"{probe.period}'s window: {probe.admitted} admitted (201), {probe.answers['429']} refused (429)"
         + (f", {shed} shed by the API's own bounds ({SHED})" if shed else "")
         + (f", other answers {answers_text(other)}" if other else "")
-        + f"; limit {probe.limit}, admitted must be {probe.limit} to {probe.bound} (tolerance {probe.tolerance:.1%}); "
+        + f"; limit {probe.limit}, admitted (shed included) must be {probe.limit} to {probe.bound} "
+        f"(tolerance {probe.tolerance:.1%}); "
         f"each of the {probe.instances} instances alone would have admitted up to {probe.limit}"
         + (f"; probe {probe.tries} (Redis failed a rate-limit sync during each before it)" if probe.tries > 1 else "")
         + (
