@@ -174,7 +174,7 @@ class Balancer:
 
     def __init__(self, directory: Path, servers: dict[str, int]) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self.directory = directory
+        self.directory = directory.resolve()  # HAProxy runs in it: its config's path must not be relative
         self.servers = servers
         self.port = free_port()
         self.control = directory / "haproxy.sock"

@@ -64,7 +64,8 @@ class JotcScenarios(FastHttpUser):
         # Headers a subclass set before calling this (scripts/fleet's X-Forwarded-For) are kept.
         self.client_pool = user_connections(os.environ)
         own = loadtest_headers(os.environ, f"locust-{uuid.uuid4().hex}")
-        self.default_headers = {**(self.default_headers or {}), **own}
+        given = {name: value for name, value in (self.default_headers or {}).items() if name.lower() not in own}
+        self.default_headers = {**given, **own}
         super().__init__(environment)
 
     def on_start(self) -> None:
