@@ -30,7 +30,7 @@ PAGES = {
     "JotcApiDown",
 }
 TICKETS = {"JotcApiAvailabilityBudgetBurnSlow", "JotcApiLatencyBudgetBurnSlow"}
-WARNINGS = {"JotcApiNotReady", "JotcRecorderFailing"}
+WARNINGS = {"JotcApiNotReady", "JotcRecorderFailing", "JotcSchemaReportsFailing"}
 
 
 def series(metric: str, labels: dict[str, str], values: str) -> dict[str, str]:
@@ -267,6 +267,30 @@ def test_the_recorder_failing_is_a_warning(tmp_path: Path) -> None:
                     *expect(rules, "15m", {"JotcRecorderFailing": ({}, "24")}),
                 ],
             }
+        ],
+        tmp_path,
+    )
+
+
+def test_lasting_failures_to_report_the_schema_revision_warn_and_one_does_not(tmp_path: Path) -> None:
+    """From 10m every report fails (two a minute); in the other run one report fails, once."""
+    steady = [jumps("201", "0+600x60"), *durations("0+600x60", "0+600x60"), *replicas("2x60", "2x60"), up("1x60")]
+    run(
+        "default",
+        [
+            {
+                "interval": "1m",
+                "input_series": [*steady, api("jotc_schema_reader_reports_failed_total", "0x10 0+2x50")],
+                "alert_rule_test": lambda rules: [
+                    *expect(rules, "25m", {}),
+                    *expect(rules, "40m", {"JotcSchemaReportsFailing": ({}, "20")}),
+                ],
+            },
+            {
+                "interval": "1m",
+                "input_series": [*steady, api("jotc_schema_reader_reports_failed_total", "0x10 1x50")],
+                "alert_rule_test": lambda rules: [*expect(rules, "15m", {}), *expect(rules, "40m", {})],
+            },
         ],
         tmp_path,
     )

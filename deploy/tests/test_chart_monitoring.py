@@ -128,6 +128,7 @@ def test_the_rules_query_only_metrics_the_api_exports_they_record_or_kubernetes_
         "JotcApiDown",
         "JotcApiNotReady",
         "JotcRecorderFailing",
+        "JotcSchemaReportsFailing",
     }
 
 
@@ -173,7 +174,7 @@ def test_the_dashboard_shows_the_objectives_of_the_values() -> None:
 # --- promtool -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("values", "count"), [("default", 24), ("production-values", 25)])
+@pytest.mark.parametrize(("values", "count"), [("default", 25), ("production-values", 26)])
 def test_the_rules_pass_promtool_check_rules(values: str, count: int, tmp_path: Path) -> None:
     docs = render(values, *MONITORING)
     write_rules(docs, tmp_path)
