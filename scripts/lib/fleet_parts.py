@@ -514,14 +514,13 @@ def probe(port: int, limit: int, instances: list[Instance], late_syncs: float = 
     design for a Redis outage), so a probe during which one failed measures that, not sharing: it is
     sent again from a new address, up to PROBE_TRIES times, and the result says how many failed."""
     first = random.randint(1, 254 - PROBE_TRIES)  # noqa: S311 - made-up clients, one per probe
-    tries = 0
-    failed = 1
-    while failed and tries < PROBE_TRIES:
-        tries += 1
+    for tries in range(1, PROBE_TRIES + 1):
         before = sync_failures(instances)
         answers = probe_once(port, limit, f"203.0.113.{first + tries}")
         time.sleep(SYNC_SECONDS + 2 * REDIS_TIMEOUT_SECONDS)  # the last sync's answer, or its timeout
         failed = sync_failures(instances) - before
+        if not failed:
+            break
     return ProbeResult(
         limit=limit,
         instances=len(instances),

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from jotc_provision import wait_until
 from support import fresh_database, in_process
 
 from jotc_api.tables import SCHEMA_REVISION
@@ -25,18 +26,11 @@ def failed_reports(http: Any) -> float:
     return float(found[1]) if found else 0.0
 
 
-def eventually(condition: Any, what: str, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)  # the pace of the polling
-
-
 def test_a_ready_worker_reports_the_revision_it_serves_once_per_interval() -> None:
     with fresh_database() as url, in_process(url) as http:
         assert readers(url) == {}, "jotc-migrate makes the table empty; only serving workers fill it"
         assert http.get("/readyz").status_code == 200
-        eventually(lambda: readers(url), "no report of the revision served")
+        wait_until(lambda: bool(readers(url)), timeout=10, what="the report of the revision served")
         first = readers(url)
         assert list(first) == [SCHEMA_REVISION]
         for _ in range(5):
@@ -65,6 +59,6 @@ def test_a_report_stuck_behind_a_lock_gives_up_counted_and_the_probe_is_still_re
             response = http.get("/readyz")
             assert response.status_code == 200, response.text
             assert response.json()["checks"]["database"]["status"] == "ok"
-            eventually(lambda: failed_reports(http) > before, "the report stuck behind the lock was not counted")
+            wait_until(lambda: failed_reports(http) > before, timeout=10, what="the failed report counted")
         holder.rollback()
         assert readers(url) == {}, "the report that gave up wrote nothing"

@@ -238,7 +238,7 @@ def guard(connection: Connection, scripts: ScriptDirectory, before: str | None, 
     target = head_revision() if move.upgrade else lowest or "base"
     trace.get_current_span().set_attribute("jotc.migrate.serving", serving_revision)
     runs = f"the running release serves {serving_revision} ({source})"
-    if serving_revision not in known_revisions():
+    if serving_revision not in serving.known(revisions):
         if found.reported:
             advice = (
                 "a newer build's pods serve it: pass --serving with the revision this "
@@ -380,9 +380,7 @@ def read(connection: Connection, own: str) -> compat.SchemaState:
 
 
 def known_revisions() -> set[str]:
-    return {
-        script.revision for script in ScriptDirectory.from_config(alembic_config()).walk_revisions()
-    }
+    return serving.known(ScriptDirectory.from_config(alembic_config()).revision_map)
 
 
 def log(message: str) -> None:

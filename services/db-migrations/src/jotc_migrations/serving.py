@@ -10,7 +10,7 @@ land on a revision that is not compatible back to it.
 
 The running pods report what they serve: each API worker whose /readyz schema
 check passes writes its build's revision and the time into the table
-``jotc_schema_readers`` (one row per revision) at most every 30 s, so a row
+``jotc_schema_readers`` (one row per revision) about every 30 s while it is probed, so a row
 seen within ``READERS_TTL_SECONDS`` (three heartbeats) belongs to a pod that
 serves now. The serving revision is, first found:
 
@@ -53,6 +53,11 @@ READERS = text(
     FROM jotc_schema_readers ORDER BY seen_at DESC, revision
     """
 )
+
+
+def known(revisions: Any) -> set[str]:
+    """Every revision of a chain (Alembic's revision map)."""
+    return {script.revision for script in revisions.iterate_revisions("heads", "base")}
 
 
 def ensure_readers_table(connection: Connection) -> None:
@@ -116,8 +121,8 @@ def serving_revision(
             ),
         )
     if live:
-        known = {script.revision for script in revisions.iterate_revisions("heads", "base")}
-        unknown = [reader for reader in live if reader.revision not in known]
+        chained = known(revisions)
+        unknown = [reader for reader in live if reader.revision not in chained]
         oldest = unknown[0] if unknown else min(live, key=lambda r: position(revisions, r.revision))
         return Serving(
             oldest.revision,

@@ -17,6 +17,7 @@ from alembic.script import ScriptDirectory
 from jotc_migrations.cli import alembic_config, product_head
 from jotc_migrations.compat import chain
 from jotc_migrations.serving import first_stranding
+from jotc_migrations.serving import known as serving_known
 
 SERVICE = Path(__file__).resolve().parents[2]
 RELEASED_HEADS = SERVICE / "released-heads.txt"
@@ -40,7 +41,7 @@ def problems(releases: list[tuple[str, str]], revisions: Any) -> list[str]:
     names = [name for name, _ in releases]
     twice = sorted(name for name in set(names) if names.count(name) > 1)
     found += [f"release {name} is listed twice" for name in twice]
-    known = {script.revision for script in revisions.iterate_revisions("heads", "base")}
+    known = serving_known(revisions)
     unknown = [(name, head) for name, head in releases if head not in known]
     found += [f"release {name}'s head {head} is no migration" for name, head in unknown]
     if found:
