@@ -28,6 +28,7 @@ already queued, then returns; the app closes the pool after that.
 from __future__ import annotations
 
 import asyncio
+import select
 import time
 import uuid
 from typing import Final, NamedTuple
@@ -212,6 +213,10 @@ class Recorder:
 
     async def _write_batch(self, link: Connected | None, batch: list[Waiting]) -> Connected | None:
         started = time.perf_counter()
+        if link is not None and hung_up(link.driver):
+            log.info("the recorder's idle connection was closed by the server (a restart?); connecting afresh")
+            await discard(link.pooled)
+            link = None
         try:
             with Deadline(self._write_timeout):
                 if link is None:
@@ -280,6 +285,18 @@ async def connect(engine: AsyncEngine) -> Connected:
         await asyncio.shield(discard(pooled))
         raise
     return Connected(pooled, driver)
+
+
+def hung_up(driver: psycopg.AsyncConnection[TupleRow]) -> bool:
+    """Has the server ended this idle connection? Between statements neither PostgreSQL nor a
+    pooler writes to a client except to end its session (a restart, a terminated backend), so a
+    readable socket, or a closed one, means the connection is gone. One poll, no round trip: a
+    batch sent on it would fail, and its requests be refused 503, although nothing was sent."""
+    if driver.closed or driver.broken:
+        return True
+    poller = select.poll()
+    poller.register(driver.pgconn.socket, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 async def insert_rows(driver: psycopg.AsyncConnection[TupleRow], rows: list[Row]) -> None:

@@ -146,3 +146,27 @@ def test_a_saturated_pool_does_not_turn_the_api_unready(tmp_root: Path, tmp_path
             if server is not None:
                 server.stop()
             bouncer.stop()
+
+
+def test_after_a_pooler_restart_the_first_requests_are_recorded_not_refused(tmp_root: Path, tmp_path: Path) -> None:
+    """PgBouncer restarted while the API is idle closes every client connection it held: the
+    recorder's writers, which keep theirs between batches, find them closed before sending and
+    connect afresh, so no request after the restart is answered 503."""
+    with jotc_provision.fresh_database(server_url(), migrate_with=migrate_command()) as direct_url:
+        bouncer = PgBouncer(tmp_path / "pgbouncer", server_url(), pool_size=POOL)
+        bouncer.start()
+        server = None
+        try:
+            server = start_api(bouncer.url(direct_url), tmp_root, JOTC_DB_POOLER="transaction", JOTC_WORKERS="1")
+            with httpx.Client(base_url=server.base_url, timeout=30) as http:
+                body = {"clouds": [0, 0, 1, 0, 0], "user": "restarted"}
+                before = [http.post("/jumps", json=body).status_code for _ in range(20)]
+                bouncer.stop()
+                bouncer.start()
+                after = [http.post("/jumps", json=body) for _ in range(20)]
+        finally:
+            if server is not None:
+                server.stop()
+            bouncer.stop()
+        assert before == [201] * 20
+        assert [answer.status_code for answer in after] == [201] * 20, [a.text for a in after if a.status_code != 201]
