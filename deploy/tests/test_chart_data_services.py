@@ -191,8 +191,19 @@ def test_pgbouncer_is_configured_as_the_api_needs_it() -> None:
     assert dict(ini["databases"]) == {
         "jotc": "host=db.example.internal port=5432 dbname=jotc",
         # /readyz's own entry: in the traffic's pool a saturated pool would turn every pod unready.
-        "jotc_readiness": "host=db.example.internal port=5432 dbname=jotc pool_size=1",
+        "jotc_readiness": READINESS_ENTRY,
     }
+
+
+READINESS_ENTRY = "host=db.example.internal port=5432 dbname=jotc pool_size=1 reserve_pool=0 max_db_connections=1"
+
+
+def test_the_readiness_entry_keeps_one_server_connection_whatever_the_reserve() -> None:
+    """The budget counts /readyz's entry as one server connection: the reserve the traffic's pool
+    may add (reserve_pool_size) must not apply to it."""
+    ini = pgbouncer_ini(render(FLEET, "--set", "database.pooler.reservePoolSize=2,database.connectionBudget=200"))
+    assert ini["pgbouncer"]["reserve_pool_size"] == "2"
+    assert ini["databases"]["jotc_readiness"] == READINESS_ENTRY
 
 
 def test_the_api_checks_readiness_through_the_poolers_own_entry() -> None:

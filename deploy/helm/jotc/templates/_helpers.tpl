@@ -337,8 +337,8 @@ pooler's when database.pooler.readinessDatabase names it; else empty (/readyz us
 {{- $server := .Values.pgbouncer.serverHost | default (printf "%s-postgresql" (include "jotc.fullname" .)) -}}
 [databases]
 {{ $pooler.database }} = host={{ $server }} port={{ .Values.database.port }} dbname={{ $pooler.database }}
-; /readyz's own entry, one server connection: never queued behind the traffic
-{{ include "jotc.readinessDatabase" . }} = host={{ $server }} port={{ .Values.database.port }} dbname={{ $pooler.database }} pool_size=1
+; /readyz's own entry, one server connection (no reserve: the budget counts one): never queued behind the traffic
+{{ include "jotc.readinessDatabase" . }} = host={{ $server }} port={{ .Values.database.port }} dbname={{ $pooler.database }} pool_size=1 reserve_pool=0 max_db_connections=1
 
 [pgbouncer]
 listen_addr = *
