@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,9 @@ TIERS = ("unit", "integration", "system")
 WORKERS = {"api": 4, "db-migrations": 3, "loadtest": 2, "deploy": 3}
 # The unit tiers run side by side; only the API's is large enough to gain from two processes.
 UNIT_WORKERS = {"api": 2}
+# The services whose tests start a PgBouncer of their own (jotc_provision.PgBouncer, Debian's package):
+# the API's pooled pass and system tier, db-migrations' refusal of a pooled connection.
+PGBOUNCER_SERVICES = ("api", "db-migrations")
 
 USAGE = """\
 usage: scripts/test [--tier TIER] [--throwaway] [--keep-engine] [NAME ...] [-- PYTEST_ARGS ...]
@@ -65,6 +68,8 @@ Tools: uv and helm are the pinned ones in .tools/ (installed on first use, scrip
 JOTC_SYSTEM_TOOLS=1 uses the machine's own uv and helm instead when it has them. Every tool the
 tests run is locked in the uv.lock of the suite that runs it.
 """
+
+Suite = tuple[str, list[str], Path]  # a pytest run: its name in the summary, its command, its directory
 
 # Kept by design: the caches and environments that are meant to stay.
 KEPT = (".venv", ".tools", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".hypothesis")
@@ -187,6 +192,39 @@ def pytest_options(tier: str | None, extra: list[str], spread: int | None) -> li
     return options
 
 
+def needs_pgbouncer(services: Iterable[str]) -> bool:
+    return any(service in PGBOUNCER_SERVICES for service in services)
+
+
+def service_suites(service: str, tier: str | None, pytest_args: list[str]) -> list[Suite]:
+    """A service's pytest runs, in order: the tier asked for (none if the service has no such tier) or
+    the whole suite; then, for the API's integration tier when the caller gave no pytest arguments,
+    that tier again with every database reached through PgBouncer in transaction mode (the HTTP
+    contract, erasure and retention as a fleet runs them; tests/support.py: POOLED)."""
+    directory = common.SERVICES / service
+    if tier is not None and not (directory / "tests" / tier).is_dir():
+        return []
+    pytest = ["uv", "run", "--no-sync", "pytest"]
+    name = f"{service}: pytest" + (f" ({tier} tier)" if tier else ", with coverage")
+    spread = UNIT_WORKERS.get(service) if tier == "unit" else WORKERS.get(service, 2)
+    suites = [(name, [*pytest, *pytest_options(tier, pytest_args, spread)], directory)]
+    if service == "api" and tier in (None, "integration") and not pytest_args:
+        pooled = ["env", "JOTC_TEST_POOLER=transaction", *pytest, *pytest_options("integration", [], WORKERS["api"])]
+        suites.append(("api: pytest, integration tier through PgBouncer (transaction mode)", pooled, directory))
+    return suites
+
+
+def deploy_suites(pytest_args: list[str]) -> list[Suite]:
+    """The deployment tests: without pytest arguments of the caller's, all but the fleet over a few
+    processes, then the fleet alone (tests/test_fleet.py says why); with them, one run as asked."""
+    deploy = ROOT / "deploy"
+    pytest = ["uv", "run", "--no-sync", "pytest"]
+    if pytest_args:
+        return [("deploy: pytest", [*pytest, *pytest_args], deploy)]
+    rest = [*pytest, "--numprocesses", workers(WORKERS["deploy"]), "-m", "not fleet"]
+    return [("deploy: pytest", rest, deploy), ("deploy: pytest, the fleet", [*pytest, "-m", "fleet"], deploy)]
+
+
 def tree_state() -> set[str]:
     lines = subprocess.run(
         ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=all", "--ignored=matching"],
@@ -267,8 +305,7 @@ def main(argv: list[str]) -> int:
             for line in found.said:
                 say(line)
             os.environ["DATABASE_URL"], os.environ["REDIS_URL"] = found.database_url, found.redis_url
-            # The API's tests run through a private PgBouncer (Debian's), as a fleet does.
-            if "api" in chosen and common.debian_tool("pgbouncer", "pgbouncer") is None:
+            if needs_pgbouncer(chosen) and common.debian_tool("pgbouncer", "pgbouncer") is None:
                 run.record(False, "pgbouncer: not installed and cannot be (Debian: apt-get install pgbouncer)")
         os.environ["JOTC_MIGRATE"] = common.venv_command("db-migrations", "jotc-migrate")
         os.environ["JOTC_API"] = common.venv_command("api", "jotc-api")
@@ -291,7 +328,7 @@ def main(argv: list[str]) -> int:
                     hint = f"is uv.lock up to date? run uv lock in services/{service}"
                     run.record(False, f"{service}: uv sync --locked ({hint})")
 
-        suites: list[tuple[str, list[str], Path]] = []  # the test suites, run once everything is linted
+        suites: list[Suite] = []  # the test suites, run once everything is linted
         for service in chosen:
             if service not in synced:
                 continue
@@ -307,23 +344,7 @@ def main(argv: list[str]) -> int:
                 run.command(
                     f"{service}: mypy --strict src", ["uv", "run", "--no-sync", "mypy", "--strict", "src"], directory
                 )
-            if args.tier is not None and not (directory / "tests" / args.tier).is_dir():
-                continue
-            name = f"{service}: pytest" + (f" ({args.tier} tier)" if args.tier else ", with coverage")
-            spread = UNIT_WORKERS.get(service) if args.tier == "unit" else WORKERS.get(service, 2)
-            options = pytest_options(args.tier, args.pytest_args, spread)
-            suites.append((name, ["uv", "run", "--no-sync", "pytest", *options], directory))
-            if service == "api" and args.tier in (None, "integration") and not args.pytest_args:
-                # The HTTP contract, erasure and retention again, every database reached through
-                # PgBouncer in transaction mode (tests/support.py: POOLED), as a fleet runs.
-                pooled = ["env", "JOTC_TEST_POOLER=transaction", "uv", "run", "--no-sync", "pytest"]
-                suites.append(
-                    (
-                        "api: pytest, integration tier through PgBouncer (transaction mode)",
-                        [*pooled, *pytest_options("integration", [], WORKERS["api"])],
-                        directory,
-                    )
-                )
+            suites.extend(service_suites(service, args.tier, args.pytest_args))
 
         if deploy_synced and deploy_wanted:
             common.use_helm()
@@ -340,11 +361,7 @@ def main(argv: list[str]) -> int:
                 ["uv", "run", "--no-sync", "mypy", "--strict", "container_tests", "../scripts/lib"],
                 deploy,
             )
-            deploy_options = args.pytest_args or ["--numprocesses", workers(WORKERS["deploy"]), "-m", "not fleet"]
-            suites.append(("deploy: pytest", ["uv", "run", "--no-sync", "pytest", *deploy_options], deploy))
-            if not args.pytest_args:  # the fleet alone, after the rest (tests/test_fleet.py says why)
-                fleet = ["uv", "run", "--no-sync", "pytest", "-m", "fleet"]
-                suites.append(("deploy: pytest, the fleet", fleet, deploy))
+            suites.extend(deploy_suites(args.pytest_args))
         # One suite after another: run side by side on two cores, Locust's runs in the load test's
         # tier ended before they began (its run-time timer reads gevent's clock, which a starved
         # process has not updated), and latency-bounded tests lost their meaning.
