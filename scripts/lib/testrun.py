@@ -51,7 +51,8 @@ Lints, type-checks and tests JOTC; prints a summary and exits non-zero on any fa
   --throwaway    start private PostgreSQL and Redis even if local ones run
   --keep-engine  compose: a Docker engine the stage starts (none was running) is left running
                  for `docker compose up`; without it, it is stopped at the end, and said so
-  -- ARGS        extra arguments for every pytest run (e.g. -- -x -k upgrade)
+  -- ARGS        extra arguments for every pytest run (e.g. -- -x -k upgrade): one process each,
+                 no coverage floor, no second pass of the API's integration tier through PgBouncer
   -h, --help     this text
 
 One test: scripts/test api -- tests/unit/test_solver.py::test_reference_samples
