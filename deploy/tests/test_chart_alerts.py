@@ -3,7 +3,8 @@ what every one carries, read from the rendered PrometheusRule.
 
 The scenarios: PostgreSQL down (every pod unready, the ingress answering 503 by itself, no request
 reaching the API, Prometheus still scraping the pods) pages within 3 minutes, measured at the
-ingress and at the API; every target gone pages; one unready pod of twenty is a warning; budget
+ingress, at the API, and without kube-state-metrics; series the rules cannot find warn; every target
+gone pages; one unready pod of twenty is a warning; budget
 burns (errors and latency, fast and slow) page or open a ticket; a healthy API is quiet. At each
 checked moment every alert of the rule file is stated, firing (with its exact labels) or not.
 """
@@ -30,7 +31,7 @@ PAGES = {
     "JotcApiDown",
 }
 TICKETS = {"JotcApiAvailabilityBudgetBurnSlow", "JotcApiLatencyBudgetBurnSlow"}
-WARNINGS = {"JotcApiNotReady", "JotcRecorderFailing", "JotcSchemaReportsFailing"}
+WARNINGS = {"JotcApiNotReady", "JotcRecorderFailing", "JotcSchemaReportsFailing", "JotcAlertInputsMissing"}
 
 
 def series(metric: str, labels: dict[str, str], values: str) -> dict[str, str]:
@@ -78,6 +79,15 @@ def replicas(desired: str, available: str) -> list[dict[str, str]]:
     ]
 
 
+def probes(ready: str, unready: str, pod: str = "rel-jotc-api-1") -> list[dict[str, str]]:
+    """One pod's /readyz answers to the kubelet (a probe every 3 s: 20 a minute), 200 and 503."""
+    labels = {"method": "GET", "route": "/readyz", "pod": pod}
+    return [
+        api("jotc_http_requests_total", ready, status="200", **labels),
+        api("jotc_http_requests_total", unready, status="503", **labels),
+    ]
+
+
 def up(values: str) -> dict[str, str]:
     return series("up", {**RELEASE_LABELS, "pod": "rel-jotc-api-1", "instance": "10.0.0.1:4000"}, values)
 
@@ -98,13 +108,17 @@ def expect(rules: dict[str, dict[str, Any]], at: str, firing: Firing) -> list[di
         expected = []
         if name in firing:
             extra, value = firing[name]
-            annotations = {
-                key: re.sub(r"\{\{ \$value[^}]*\}\}", value or "", text) for key, text in rule["annotations"].items()
-            }
             labels = {**RELEASE_LABELS, "severity": severity(name), **extra}
+            annotations = {key: expanded(text, labels, value) for key, text in rule["annotations"].items()}
             expected = [{"exp_labels": labels, "exp_annotations": annotations}]
         checks.append({"eval_time": at, "alertname": name, "exp_alerts": expected})
     return checks
+
+
+def expanded(annotation: str, labels: dict[str, str], value: str | None) -> str:
+    """An annotation as Prometheus writes it for an alert of these labels and `$value` shown as given."""
+    with_value = re.sub(r"\{\{ \$value[^}]*\}\}", value or "", annotation)
+    return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda label: labels[label[1]], with_value)
 
 
 def run(values: str, tests: list[dict[str, Any]], tmp_path: Path, *extra: str) -> None:
@@ -136,6 +150,7 @@ def test_postgresql_down_pages_within_3_minutes_at_the_ingress(tmp_path: Path) -
         jumps("201", "0+600x30 18000x10"),
         *durations("0+600x30 18000x10", "0+600x30 18000x10"),
         *replicas("20x40", "20x30 0x10"),
+        *probes("0+20x30 600x10", "0x30 0+20x10"),  # both views see it: one alert, kube-state-metrics'
         up("1x40"),
     ]
     run(
@@ -175,11 +190,67 @@ def test_postgresql_down_pages_within_3_minutes_without_an_ingress(tmp_path: Pat
                     jumps("201", "0+600x30 18000x10"),
                     *durations("0+600x30 18000x10", "0+600x30 18000x10"),
                     *replicas("20x40", "20x30 0x10"),
+                    *probes("0+20x30 600x10", "0x30 0+20x10"),
                     up("1x40"),
                 ],
                 "alert_rule_test": lambda rules: [
                     *expect(rules, "31m", {}),  # pending: the outage is a minute old
                     *expect(rules, "33m", {"JotcApiUnavailable": ({"deployment": JOB}, None)}),
+                ],
+            }
+        ],
+        tmp_path,
+    )
+
+
+def test_postgresql_down_pages_within_3_minutes_without_kube_state_metrics(tmp_path: Path) -> None:
+    """The same outage with neither an ingress nor kube-state-metrics: Prometheus still scrapes the
+    unready pods, whose /readyz answer their probes 503 only. The page comes from that; the missing
+    kube-state-metrics is a warning of its own from 15 minutes on."""
+    missing = {"JotcAlertInputsMissing": ({"deployment": JOB, "input": "kube-state-metrics"}, None)}
+    run(
+        "default",
+        [
+            {
+                "interval": "1m",
+                "input_series": [
+                    jumps("201", "0+600x30 18000x10"),
+                    *durations("0+600x30 18000x10", "0+600x30 18000x10"),
+                    *probes("0+20x30 600x10", "0x30 0+20x10"),
+                    *probes("0+20x30 600x10", "0x30 0+20x10", pod="rel-jotc-api-2"),
+                    up("1x40"),
+                ],
+                "alert_rule_test": lambda rules: [
+                    *expect(rules, "10m", {}),
+                    *expect(rules, "31m", missing),  # pending: the outage is a minute old
+                    *expect(rules, "33m", {**missing, "JotcApiUnavailable": ({}, None)}),
+                ],
+            }
+        ],
+        tmp_path,
+    )
+
+
+def test_ingress_series_the_slos_cannot_find_are_a_warning(tmp_path: Path) -> None:
+    """The SLOs measured at the ingress, but the controller's series hold the Ingress's namespace in
+    `namespace` where the chart reads `exported_namespace`: every SLO alert would stay silent."""
+    mislabelled = {**INGRESS, "namespace": NAMESPACE, "exported_namespace": "ingress-nginx"}
+    labels = {**mislabelled, "ingress": JOB, "service": JOB, "method": "POST", "path": "/jumps", "status": "201"}
+    run(
+        "production-values",
+        [
+            {
+                "interval": "1m",
+                "input_series": [
+                    series("nginx_ingress_controller_requests", labels, "0+600x40"),
+                    jumps("201", "0+600x40"),
+                    *durations("0+600x40", "0+600x40"),
+                    *replicas("2x40", "2x40"),
+                    up("1x40"),
+                ],
+                "alert_rule_test": lambda rules: [
+                    *expect(rules, "10m", {}),
+                    *expect(rules, "30m", {"JotcAlertInputsMissing": ({"input": "ingress-nginx"}, None)}),
                 ],
             }
         ],
@@ -238,7 +309,12 @@ def test_one_unready_pod_of_twenty_is_a_warning_not_a_page(tmp_path: Path) -> No
         [
             {
                 "interval": "1m",
-                "input_series": [*healthy_traffic, *replicas("20x60", "20x20 19x40")],
+                "input_series": [
+                    *healthy_traffic,
+                    *replicas("20x60", "20x20 19x40"),
+                    *probes("0+20x20 400x40", "0x20 0+20x40"),  # this pod unready from 20m
+                    *probes("0+20x60", "0x60", pod="rel-jotc-api-2"),  # the others ready
+                ],
                 "alert_rule_test": lambda rules: [
                     *expect(rules, "25m", {}),  # not yet 10 minutes
                     *expect(rules, "40m", {"JotcApiNotReady": ({"deployment": JOB}, "1")}),
@@ -445,6 +521,24 @@ def test_every_alert_keeps_the_release_labels_and_has_a_runbook_section(values: 
         assert base == "docs/runbook.md", (name, annotations["runbook_url"])
         assert anchor == name.lower(), (name, annotations["runbook_url"])
         assert anchor in anchors, f"{name}: docs/runbook.md has no section #{anchor}"
+        missing = runbook_section_parts_missing(name)
+        assert missing == [], f"docs/runbook.md, section {name}, lacks {missing}"
+
+
+RUNBOOK_PARTS = ("**Means**", "**Confirm**", "**Do**", "**Over when**")
+
+
+def runbook_section_parts_missing(alert: str) -> list[str]:
+    """The parts an alert's runbook section lacks: what it means, how to confirm it, what to do,
+    how to know it is over."""
+    sections = re.split(r"^## ", RUNBOOK.read_text(), flags=re.M)
+    section = next((text for text in sections if text.split("\n", 1)[0].strip() == alert), "")
+    return [part for part in RUNBOOK_PARTS if part not in section]
+
+
+def test_the_runbook_parts_check_catches_a_missing_part() -> None:
+    assert runbook_section_parts_missing("JotcApiUnavailable") == []
+    assert runbook_section_parts_missing("NoSuchAlert") == list(RUNBOOK_PARTS)
 
 
 def test_the_runbook_url_and_severities_are_values() -> None:
@@ -464,3 +558,15 @@ def test_slos_measured_at_an_ingress_the_chart_does_not_have_are_refused() -> No
     )
     assert result.returncode != 0
     assert "slo.source is ingress but api.ingress.enabled is false" in result.stderr
+
+
+def test_the_notes_warn_while_the_runbook_url_is_not_one_alertmanager_can_open() -> None:
+    def notes(runbook: str) -> str:
+        rule = f"api.prometheusRule.enabled=true,api.prometheusRule.runbookUrl={runbook}"
+        result = run_helm("install", "--dry-run", "rel", str(CHART), "--set", rule)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    warning = "WARNING: the alerts' runbook_url is"
+    assert f"{warning} docs/runbook.md#<alert>" in notes("docs/runbook.md")
+    assert warning not in notes("https://example.com/jotc/blob/v1/docs/runbook.md")
