@@ -178,6 +178,15 @@ def test_postgresql_down_pages_within_3_minutes_at_the_ingress(tmp_path: Path) -
     )
 
 
+# PostgreSQL down from 30m, seen at the API: the POSTs stop arriving, the pods' probes answer 503.
+DOWN_AT_THE_API = [
+    jumps("201", "0+600x30 18000x10"),
+    *durations("0+600x30 18000x10", "0+600x30 18000x10"),
+    *probes("0+20x30 600x10", "0x30 0+20x10"),
+    up("1x40"),
+]
+
+
 def test_postgresql_down_pages_within_3_minutes_without_an_ingress(tmp_path: Path) -> None:
     """The same outage measured at the API (no Ingress): no request arrives, so no SLO burns; the
     Deployment having no available pod pages."""
@@ -186,13 +195,7 @@ def test_postgresql_down_pages_within_3_minutes_without_an_ingress(tmp_path: Pat
         [
             {
                 "interval": "1m",
-                "input_series": [
-                    jumps("201", "0+600x30 18000x10"),
-                    *durations("0+600x30 18000x10", "0+600x30 18000x10"),
-                    *replicas("20x40", "20x30 0x10"),
-                    *probes("0+20x30 600x10", "0x30 0+20x10"),
-                    up("1x40"),
-                ],
+                "input_series": [*DOWN_AT_THE_API, *replicas("20x40", "20x30 0x10")],
                 "alert_rule_test": lambda rules: [
                     *expect(rules, "31m", {}),  # pending: the outage is a minute old
                     *expect(rules, "33m", {"JotcApiUnavailable": ({"deployment": JOB}, None)}),
@@ -213,13 +216,7 @@ def test_postgresql_down_pages_within_3_minutes_without_kube_state_metrics(tmp_p
         [
             {
                 "interval": "1m",
-                "input_series": [
-                    jumps("201", "0+600x30 18000x10"),
-                    *durations("0+600x30 18000x10", "0+600x30 18000x10"),
-                    *probes("0+20x30 600x10", "0x30 0+20x10"),
-                    *probes("0+20x30 600x10", "0x30 0+20x10", pod="rel-jotc-api-2"),
-                    up("1x40"),
-                ],
+                "input_series": [*DOWN_AT_THE_API, *probes("0+20x30 600x10", "0x30 0+20x10", pod="rel-jotc-api-2")],
                 "alert_rule_test": lambda rules: [
                     *expect(rules, "10m", {}),
                     *expect(rules, "31m", missing),  # pending: the outage is a minute old
