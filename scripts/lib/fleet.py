@@ -82,9 +82,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--pool-size",
         type=positive,
-        default=8,
+        default=4,
         metavar="N",
-        help="PgBouncer's server connections for the database: the fleet's budget (default 8)",
+        help="PgBouncer's server connections for the database: the fleet's budget (default 4, fewer than the "
+        "instances' clients: 2 each)",
     )
     parser.add_argument(
         "--rate-limit",
