@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -318,3 +319,17 @@ def agreement(url: str) -> dict[str, Any]:
     assert counted is not None
     assert totals is not None
     return {"mismatched": mismatched[0], "counted": tuple(counted), "totals": tuple(totals)}
+
+
+def worker_pids(main_pid: int) -> set[int]:
+    out = subprocess.run(["pgrep", "-P", str(main_pid)], capture_output=True, text=True, check=False).stdout
+    return {int(pid) for pid in out.split()}
+
+
+def gone(pid: int) -> bool:
+    """Has the process exited (its sockets closed), whether or not its parent has reaped it yet?"""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")

@@ -19,7 +19,7 @@ import httpx
 import psycopg
 import pytest
 from jotc_provision import free_port, wait_until
-from support import migrate_command, start_api
+from support import gone, migrate_command, start_api, worker_pids
 
 
 def pg_tool(name: str) -> str:
@@ -182,20 +182,6 @@ def test_postgres_stopped_hard_under_load_then_restarted(private_postgres: Priva
     # An extra row belongs to a request that was not told 201.
     assert unacknowledged <= statuses[503] + cut, f"{unacknowledged} rows unacknowledged, more than 503s and cuts"
     assert stats == (len(recorded),), f"user_stats says {stats}, the rows {len(recorded)}"
-
-
-def worker_pids(main_pid: int) -> set[int]:
-    out = subprocess.run(["pgrep", "-P", str(main_pid)], capture_output=True, text=True, check=False).stdout
-    return {int(pid) for pid in out.split()}
-
-
-def gone(pid: int) -> bool:
-    """Has the process exited (its sockets closed), whether or not its parent has reaped it yet?"""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")
 
 
 def test_a_killed_worker_is_respawned_and_the_other_keeps_serving(database_url: str, tmp_path: Path) -> None:

@@ -1,0 +1,95 @@
+"""An erasure's runner killed mid-job, for real: two API processes behind PgBouncer in transaction
+mode, the one running a background erasure SIGKILLed with every worker it had. The other instance
+waits out the dead runner's lease, takes the job over and finishes it; every row is erased once and
+counted once, and the statistics agree with the rows."""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jotc_provision
+import psycopg
+from jotc_provision import PgBouncer, wait_until
+from support import AUTH, agreement, gone, migrate_command, plant, server_url, start_api, worker_pids
+
+from jotc_api.erasure import LEASE_SECONDS, POLL_SECONDS
+
+PLANTED = 20_000
+# The first runner slowed down (100 rows a chunk, working 5 % of the time) so it is killed mid-job.
+SLOW = {"JOTC_ERASURE_CHUNK_ROWS": "100", "JOTC_ERASURE_BUSY_PERCENT": "5"}
+
+
+def status(server_url_: str, user: str) -> dict[str, Any]:
+    answer = httpx.get(f"{server_url_}/admin/erasures/{user}", headers=AUTH, timeout=30)
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def rows_of(url: str, user: str) -> int:
+    with psycopg.connect(url) as db:
+        row = db.execute("SELECT count(*) FROM jump_requests WHERE user_name = %s", (user,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_runner_killed_mid_erasure_is_followed_by_the_other_instance_through_the_pooler(
+    tmp_root: Path, tmp_path: Path
+) -> None:
+    user = f"killed-mid-erasure-{uuid.uuid4().hex[:8]}"
+    with jotc_provision.fresh_database(server_url(), migrate_with=migrate_command()) as direct_url:
+        bouncer = PgBouncer(tmp_path / "pgbouncer", server_url(), pool_size=4)
+        bouncer.start()
+        first = second = None
+        try:
+            pooled = bouncer.url(direct_url)
+            plant(direct_url, user, PLANTED)
+            plant(direct_url, "kept@example.com", 10)
+            settings = {"JOTC_DB_POOLER": "transaction", "JOTC_WORKERS": "1"}
+            first = start_api(pooled, tmp_root, **settings, **SLOW)
+            second = start_api(pooled, tmp_root, **settings)
+            started = httpx.delete(f"{first.base_url}/admin/users/{user}/requests", headers=AUTH, timeout=30)
+            assert started.status_code == 202, f"a background erasure: {started.status_code} {started.text}"
+            wait_until(
+                lambda: status(second.base_url, user)["deleted"] > 0,
+                timeout=60,
+                what="the first instance's runner deleting",
+                interval=0.05,
+            )
+            victims = {first.process.pid, *worker_pids(first.process.pid)}
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+            for pid in victims:
+                wait_until(lambda pid=pid: gone(pid), timeout=30, what=f"the killed process {pid} exiting")
+            first.process.wait()
+            killed_at = status(second.base_url, user)
+            assert killed_at["state"] == "running", f"the erasure was not mid-job when killed: {killed_at}"
+            assert rows_of(direct_url, user) == PLANTED - killed_at["deleted"], "the status counts what was erased"
+
+            def done() -> dict[str, Any] | None:
+                seen = status(second.base_url, user)
+                return seen if seen["state"] == "done" else None
+
+            finished = wait_until(
+                done,
+                timeout=LEASE_SECONDS + POLL_SECONDS + 120,  # the lease, the next look, a loaded machine
+                what="the other instance finishing the job once the dead runner's lease expired",
+                interval=0.2,
+            )
+        finally:
+            for server in (first, second):
+                if server is not None and server.process.poll() is None:
+                    server.stop()
+            bouncer.stop()
+        assert finished["deleted"] == PLANTED, f"every row erased once, counted once: {finished}"
+        assert killed_at["deleted"] < PLANTED
+        assert rows_of(direct_url, user) == 0
+        assert rows_of(direct_url, "kept@example.com") == 10, "only the erased user's rows went"
+        state = agreement(direct_url)
+        assert state["mismatched"] == 0, f"statistics disagree with the rows: {state}"
+        assert state["totals"] == state["counted"] == (10, 1), f"totals and rows after the erasure: {state}"
