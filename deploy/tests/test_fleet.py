@@ -90,7 +90,7 @@ def test_the_fleet_goes_through_every_phase_and_every_check_passes(tmp_path: Pat
                 start_new_session=True,
             )
         try:
-            code = process.wait(timeout=420)  # about 90 s; a hang, not a slow machine, reaches this
+            code = process.wait(timeout=420)  # about 60 s; a hang, not a slow machine, reaches this
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=60)

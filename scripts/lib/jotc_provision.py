@@ -375,8 +375,9 @@ class PgBouncer:
     """A private PgBouncer in transaction mode on a free port, in front of the PostgreSQL server of
     ``server_url``: every database of that server through it, at most ``pool_size`` server
     connections per database and user, as a production pooler is set up for JOTC
-    (docs/deployment.md). Debian's pgbouncer (1.18: no protocol-level prepared statements). It may
-    be stopped and started again on the same port (a restart under load)."""
+    (docs/deployment.md). The machine's pgbouncer (Debian 12's 1.18 has no protocol-level prepared
+    statements; GitHub's Ubuntu runner installs 1.22). It may be stopped and started again on the
+    same port (a restart under load)."""
 
     def __init__(
         self,
