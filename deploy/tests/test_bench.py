@@ -1,12 +1,14 @@
 """scripts/bench: its usage text, option checks, target verdicts, the CPU budget's arithmetic and the
-one-connection trace (against a stub server), --against's copy of a revision and its report, without
-running wrk or the API. scripts/lib/bench.py reads the options; bench_measure.py, bench_trace.py and
+one-connection trace (against a stub server), --against's copy of a revision and its report,
+--tracing's receiver (fed by the API's own exporter) and the APIs' environments, without running wrk
+or the API. scripts/lib/bench.py reads the options; bench_measure.py, bench_trace.py and
 bench_report.py hold what the tests below reach."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import random
 import re
@@ -14,6 +16,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -133,23 +137,148 @@ def test_help_is_the_usage_of_the_options_it_takes(bench: ModuleType, report: Mo
         "--statements",
         "--floor",
         "--against",
+        "--tracing",
         "--pooler",
         "--results",
     }
     samples = {"N": "2", "S": "3", "C": "8", "TEXT": "x", "LIMIT": "10/second", "DIR": "out", "REV": "HEAD"}
+    samples["RATIO"] = "0.1"
+    needs = {"--tracing": ["--against", "HEAD"]}  # it traces --against's after side
     for option, metavar in documented:
-        bench.parse_args([option, samples[metavar]] if metavar else [option])  # every documented option is taken
+        given = [option, samples[metavar]] if metavar else [option]
+        bench.parse_args(given + needs.get(option, []))  # every documented option is taken
     for target in report.TARGETS:
         assert f"{target.what} {target.describe()}" in result.stdout
     assert "exit status is 0 whether they are met or not" in " ".join(result.stdout.split())
 
 
 def test_a_wrong_option_is_refused_before_anything_starts() -> None:
-    for args in (["--rounds", "0"], ["--bogus"], ["--label", "a/b"], ["--trace", "--against", "HEAD"]):
+    wrong = (["--rounds", "0"], ["--bogus"], ["--label", "a/b"], ["--trace", "--against", "HEAD"], ["--tracing", "0.1"])
+    for args in wrong:
         result = run_bench(*args)
         assert result.returncode == 2, args
         assert "usage: scripts/bench" in result.stderr
         assert "==>" not in result.stderr  # nothing installed, provisioned or started
+
+
+def test_tracing_is_a_ratio_for_the_after_side_of_against_and_nothing_else(
+    bench: ModuleType, report: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bench.parse_args(["--against", "HEAD", "--tracing", "0.1"]).tracing == 0.1
+    assert bench.parse_args(["--against", "HEAD", "--tracing", "1"]).tracing == 1.0
+    profiled = bench.parse_args(["--profile", "--against", "HEAD", "--tracing", "0.05", "--seconds", "5"])
+    assert report.profile_command(profiled).endswith(" --against HEAD --rounds 3 --tracing 0.05")
+    assert bench.parse_args(["--against", "HEAD"]).tracing is None
+    for ratio in ("0", "-0.1", "1.5", "nan", "inf", "ten"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--against", "HEAD", "--tracing", ratio])
+        assert f"a sampling ratio in (0, 1], e.g. 0.1, got {ratio}" in capsys.readouterr().err
+    for alone in ([], ["--pooler"], ["--profile"], ["--floor"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args([*alone, "--tracing", "0.1"])
+        assert "--tracing traces the after side of --against REV" in capsys.readouterr().err, alone
+
+
+def test_only_the_after_side_traces_whatever_bench_inherits(measure: ModuleType, tmp_path: Path) -> None:
+    inherited = {
+        "PATH": "/usr/bin",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_SDK_DISABLED": "true",
+    }
+    traced = measure.TraceReceiver(4318, 0.1).env
+    before = measure.api_env(inherited, 8001, "postgresql://db/bench", tmp_path, None, source=tmp_path)
+    after = measure.api_env(inherited, 8002, "postgresql://db/bench", tmp_path, None, extra=traced)
+    assert [name for name in before if name.startswith("OTEL_")] == []
+    assert {name: value for name, value in after.items() if name.startswith("OTEL_")} == {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.1",
+    }
+    assert (before["PATH"], after["PATH"], before["PORT"], after["PORT"]) == ("/usr/bin", "/usr/bin", "8001", "8002")
+    assert inherited["OTEL_SDK_DISABLED"] == "true"  # bench's own environment is left as it was
+
+
+# Run by the API's Python: spans exported by the OTLP/HTTP exporter the API uses, configured from the
+# after side's environment alone; then what jotc_api's tracing makes of that environment and the
+# before side's (argv[1]).
+EXPORT_CODE = r"""
+import json, sys
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from jotc_api import tracing
+kept = InMemorySpanExporter()
+provider = TracerProvider(sampler=ALWAYS_ON)  # all five made, whatever OTEL_TRACES_SAMPLER says
+provider.add_span_processor(SimpleSpanProcessor(kept))
+for name in ("a", "b", "c", "d", "e"):
+    with provider.get_tracer("bench").start_as_current_span(name):
+        pass
+spans = kept.get_finished_spans()
+assert len(spans) == 5, spans
+exporter = OTLPSpanExporter()
+results = [exporter.export(spans[:3]).name, exporter.export(spans[3:]).name]
+exporter.shutdown()
+tracing.configure("jotc-api")
+sampler = tracing.provider.sampler.get_description() if tracing.provider else None
+tracing.shutdown()
+print(json.dumps({"results": results, "sampler": sampler, "before": tracing.wanted(json.loads(sys.argv[1]))}))
+"""
+
+
+def test_the_trace_receiver_takes_the_apis_exports_and_counts_them(measure: ModuleType, tmp_path: Path) -> None:
+    with measure.receiving_traces(0.1, tmp_path) as traces:
+        after = measure.api_env(os.environ, 8002, "postgresql://db/bench", tmp_path, None, extra=traces.env)
+        before = measure.api_env(os.environ, 8001, "postgresql://db/bench", tmp_path, None)
+        ran = subprocess.run(
+            [str(measure.API_BIN / "python"), "-B", "-c", EXPORT_CODE, json.dumps(before)],
+            env=after,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert ran.returncode == 0, ran.stderr
+        said = json.loads(ran.stdout)
+        assert said["results"] == ["SUCCESS", "SUCCESS"], ran.stderr
+        assert "TraceIdRatioBased{0.1}" in said["sampler"]  # the after side traces, at the ratio asked
+        assert said["before"] is False  # and the before side does not
+        got = traces.received()
+        assert (got.exports, got.spans, got.refused) == (2, 5, 0)
+        assert got.bytes > 5 * 16  # a span's ids alone are 24 bytes
+        not_protobuf = urllib.request.Request(
+            f"http://127.0.0.1:{traces.port}/v1/traces",
+            data=b"\xff\xff",
+            headers={"Content-Type": "application/x-protobuf"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(not_protobuf, timeout=10)  # noqa: S310 - loopback
+        assert refused.value.code == 400
+        assert traces.received() == measure.Received(exports=2, spans=5, bytes=got.bytes, refused=1)
+    assert not measure.port_open("127.0.0.1", traces.port), "the receiver outlived the run"
+
+
+def test_against_with_tracing_says_what_was_exported_and_loudly_when_nothing(
+    bench: ModuleType, measure: ModuleType, report: ModuleType
+) -> None:
+    one = {"rps": 1000, "api_cpu_us": 100, "pg_cpu_us": 50, "c1_p50_ms": 0.6, "c1_p99_ms": 2.0, "non_2xx": 0}
+    runs = {"before": [one], "after": [one]}
+    args = bench.parse_args(["--against", "abc123", "--tracing", "0.1", "--rounds", "1", "--seconds", "4"])
+    said = report.against_markdown(args, runs, received=measure.Received(40, 3500, 812345, 0))
+    assert "the receiver got 40 OTLP/HTTP export requests, 3500 spans, 812345 bytes" in said
+    assert "parentbased_traceidratio at 10 %" in said
+    assert "Before (abc123) and after (the work tree, tracing at 10 % sampling)" in said
+    assert "`scripts/bench --against abc123 --tracing 0.1 --rounds 1 --seconds 4`" in said
+    assert "NOTHING" not in said
+    for nothing in (measure.Received(0, 0, 0, 0), measure.Received(3, 0, 30, 2)):  # empty exports, or refused
+        silent = report.against_markdown(args, runs, received=nothing)
+        assert silent.startswith("**NOTHING WAS EXPORTED: the after side was to trace at 10 % sampling")
+        assert "these figures are not tracing's cost.**" in silent
+    plain = report.against_markdown(bench.parse_args(["--against", "abc123", "--rounds", "1"]), runs)
+    assert "tracing" not in plain.lower()
 
 
 def test_cpu_per_request_is_reported_as_a_median_when_measured(measure: ModuleType, report: ModuleType) -> None:

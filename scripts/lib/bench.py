@@ -32,12 +32,15 @@ from bench_chart import draw_chart
 from bench_measure import (
     API_CONNECTIONS,
     ROOT,
+    Received,
     Sampled,
     Start,
+    TraceReceiver,
     alternating,
     both_apis,
     first_request_ms,
     loaded_run,
+    receiving_traces,
     round_figures,
     sampled_run,
     serving,
@@ -59,6 +62,8 @@ from bench_report import (
     series,
     statements_markdown,
     summarise,
+    tracing_markdown,
+    tracing_said,
 )
 from bench_trace import describe_trace, one_connection_trace, sampling_daemon
 from bench_write import database_trace, statement_forms
@@ -69,6 +74,16 @@ def positive(text: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
     return number
+
+
+def ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:  # nan fails this too
+        raise argparse.ArgumentTypeError(f"a sampling ratio in (0, 1], e.g. 0.1, got {text}")
+    return value
 
 
 def label(text: str) -> str:
@@ -149,6 +164,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "ratios. Only services/api/src is taken from REV: same dependencies, same database schema",
     )
     parser.add_argument(
+        "--tracing",
+        type=ratio,
+        metavar="RATIO",
+        help="with --against REV (or --profile --against REV): the after side traces, RATIO (0 < RATIO <= 1) "
+        "of its requests sampled (parentbased_traceidratio) and exported over OTLP/HTTP to a receiver bench "
+        "starts on 127.0.0.1, a process of its own whose CPU is not counted as the API's; the before side "
+        "does not trace. On a clean tree, --against HEAD --tracing 0.1 is what tracing at 10 %% costs the "
+        "current code. The report says how many exports and spans the receiver got, loudly if none. OTEL_* "
+        "in bench's own environment never reach the APIs, with or without this option",
+    )
+    parser.add_argument(
         "--pooler",
         action="store_true",
         help="instead of the comparison: the work tree's API with DATABASE_URL straight to PostgreSQL "
@@ -167,6 +193,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     modes = [name for name in ("profile", "trace", "statements", "floor", "against", "pooler") if getattr(args, name)]
     if len(modes) > 1 and modes != ["profile", "against"]:  # a profile of REV beside the work tree's
         parser.error(" and ".join(f"--{name}" for name in modes) + " are separate runs: give one at a time")
+    if args.tracing is not None and not args.against:
+        parser.error("--tracing traces the after side of --against REV: give --against REV with it")
     return args
 
 
@@ -199,11 +227,24 @@ def against(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
     """Before (``--against``'s revision) and after (the work tree), served side by side on one
     database and measured in alternating rounds, so both see the same machine."""
     runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
-    with both_apis(args, database_url, scratch) as (apis, ports, lua):
-        for round_, name in alternating(args.rounds):
-            runs[name].append(round_figures(apis[name], ports[name], args, lua))
-            print(f"bench: round {round_ + 1} {name}: {runs[name][-1]['rps']:.0f} req/s", file=sys.stderr)
-    return against_markdown(args, runs)
+    with receiving_traces(args.tracing, scratch) as traces:
+        with both_apis(args, database_url, scratch, traces) as (apis, ports, lua):
+            for round_, name in alternating(args.rounds):
+                runs[name].append(round_figures(apis[name], ports[name], args, lua))
+                print(f"bench: round {round_ + 1} {name}: {runs[name][-1]['rps']:.0f} req/s", file=sys.stderr)
+        received = exported(traces)
+    return against_markdown(args, runs, received=received)
+
+
+def exported(traces: TraceReceiver | None) -> Received | None:
+    """What --tracing's receiver got, read once the APIs have stopped; said on stderr, where a run
+    that exported nothing (tracing silently off) is the last thing one reads before the report."""
+    if traces is None:
+        return None
+    received = traces.received()
+    loud = "WARNING: " if received.empty else ""
+    print(f"bench: {loud}{tracing_said(traces.ratio, received)}", file=sys.stderr)
+    return received
 
 
 def through_pooler(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
@@ -241,14 +282,17 @@ def profile_against(args: argparse.Namespace, database_url: str, scratch: Path) 
     """The CPU budget of ``--against``'s revision and of the work tree, each summed over
     alternating sampled runs, side by side: the profile that explains a before/after difference."""
     seen: dict[str, Sampled] = {}
-    with both_apis(args, database_url, scratch) as (apis, ports, lua):
-        for round_, name in alternating(args.rounds):
-            run = sampled_run(apis[name], ports[name], lua, args, scratch)
-            seen[name] = seen[name].plus(run) if name in seen else run
-            print(f"bench: round {round_ + 1} {name}: {run.rps:.0f} req/s while sampled", file=sys.stderr)
+    with receiving_traces(args.tracing, scratch) as traces:
+        with both_apis(args, database_url, scratch, traces) as (apis, ports, lua):
+            for round_, name in alternating(args.rounds):
+                run = sampled_run(apis[name], ports[name], lua, args, scratch)
+                seen[name] = seen[name].plus(run) if name in seen else run
+                print(f"bench: round {round_ + 1} {name}: {run.rps:.0f} req/s while sampled", file=sys.stderr)
+        received = exported(traces)
     table = cpu_budget.compare_markdown(seen["before"].budget(), seen["after"].budget(), profile_command(args))
     rates = ", ".join(f"{name} {seen[name].rps:.0f} req/s" for name in ("before", "after"))
-    return f"{table}\n\nThroughput while sampled: {rates}."
+    traced = f"{tracing_markdown(args.tracing, received)}\n\n" if received is not None else ""
+    return f"{traced}{table}\n\nThroughput while sampled: {rates}."
 
 
 def floor(args: argparse.Namespace, database_url: str, scratch: Path) -> str:
@@ -322,6 +366,9 @@ def main(argv: list[str]) -> None:
     if not database_url:
         raise SystemExit("bench: DATABASE_URL (a migrated database of its own) is needed: run it as scripts/bench")
     signal.signal(signal.SIGTERM, _terminated)
+    if inherited := sorted(name for name in os.environ if name.startswith("OTEL_")):
+        ignored = ", ".join(inherited)
+        print(f"bench: not passed to the APIs: {ignored} (--tracing traces --against's after side)", file=sys.stderr)
     ctx = context(argv)
     with tempfile.TemporaryDirectory(prefix="jotc-bench-") as directory:
         scratch = Path(directory)

@@ -1,7 +1,7 @@
-"""What scripts/bench measures with: the servers it starts (the API, the bare app) and wrk's load on
-them, the CPU /proc counts for that load, rounds taken in alternation, py-spy's samples, the first
-request after a start, the solver alone, and the API's code at another revision. Nothing here judges
-or reports a figure: bench_report.py does.
+"""What scripts/bench measures with: the servers it starts (the API, the bare app, --tracing's
+receiver of the API's spans) and wrk's load on them, the CPU /proc counts for that load, rounds taken
+in alternation, py-spy's samples, the first request after a start, the solver alone, and the API's
+code at another revision. Nothing here judges or reports a figure: bench_report.py does.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from jotc_provision import free_port, port_open, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 API_BIN = ROOT / "services/api/.venv/bin"
+TRACE_RECEIVER = ROOT / "scripts/lib/trace_receiver.py"
 BODY = '{"clouds":[0,0,1,0,0,1,0],"user":"bench@example.com"}'
 LUA = f"""
 wrk.method = "POST"
@@ -68,10 +70,27 @@ def start_api(
     log: Path | None = None,
     extra: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """jotc-api with the bench's settings (and ``extra`` ones); its jotc_api package from ``source``
-    when given, what it says on stderr into ``log`` when given."""
+    """jotc-api with the bench's settings (and ``extra`` ones, see ``api_env``); its jotc_api package
+    from ``source`` when given, what it says on stderr into ``log`` when given."""
+    env = api_env(os.environ, port, database_url, scratch, rate_limit, source, extra)
+    with log.open("wb") if log is not None else open(os.devnull, "wb") as said:
+        return subprocess.Popen([str(API_BIN / "jotc-api")], env=env, stdout=subprocess.DEVNULL, stderr=said)
+
+
+def api_env(
+    inherited: Mapping[str, str],
+    port: int,
+    database_url: str,
+    scratch: Path,
+    rate_limit: str | None,
+    source: Path | None = None,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """jotc-api's environment: bench's own (``inherited``) without any OTEL_*, so that tracing is on
+    only where ``extra`` turns it on (--tracing's after side, ``tracing_env``) and a stray variable
+    skews no side; then the bench's settings, and ``extra``."""
     env = {
-        **os.environ,
+        **{name: value for name, value in inherited.items() if not name.startswith("OTEL_")},
         "DATABASE_URL": database_url,
         "PORT": str(port),
         "JOTC_HOST": "127.0.0.1",
@@ -88,8 +107,71 @@ def start_api(
     else:
         env.pop("REDIS_URL", None)
         env.pop("JOTC_RATE_LIMIT", None)
-    with log.open("wb") if log is not None else open(os.devnull, "wb") as said:
-        return subprocess.Popen([str(API_BIN / "jotc-api")], env=env, stdout=subprocess.DEVNULL, stderr=said)
+    return env
+
+
+def tracing_env(endpoint: str, ratio: float) -> dict[str, str]:
+    """The OTEL_* that turn the API's tracing on (docs/observability.md): spans exported over OTLP/HTTP
+    to ``endpoint``, ``ratio`` of the requests sampled (wrk's carry no caller's decision)."""
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": str(ratio),
+    }
+
+
+@dataclass(frozen=True)
+class Received:
+    """What --tracing's receiver got: export requests answered 200, the spans and bytes in them, and
+    requests it refused (not OTLP's protobuf)."""
+
+    exports: int
+    spans: int
+    bytes: int
+    refused: int
+
+    @property
+    def empty(self) -> bool:
+        """No span reached the receiver: the traced side did not trace."""
+        return self.spans == 0
+
+
+@dataclass(frozen=True)
+class TraceReceiver:
+    """trace_receiver.py, listening on ``port``, for an API sampling ``ratio`` of its requests."""
+
+    port: int
+    ratio: float
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The traced API's OTEL_*, exporting here."""
+        return tracing_env(f"http://127.0.0.1:{self.port}", self.ratio)
+
+    def received(self) -> Received:
+        url = f"http://127.0.0.1:{self.port}/received"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return Received(**json.loads(response.read()))
+
+
+@contextmanager
+def receiving_traces(ratio: float | None, scratch: Path) -> Iterator[TraceReceiver | None]:
+    """--tracing's receiver on a port of its own, a process apart (any python3 runs it), stopped on the
+    way out; None when ``ratio`` is (no --tracing)."""
+    if ratio is None:
+        yield None
+        return
+    port = free_port()
+    log = scratch / "trace-receiver.log"
+    with log.open("wb") as said:
+        command = [sys.executable, "-B", str(TRACE_RECEIVER), str(port)]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=said)
+    try:
+        wait_for_port(port, process)
+        yield TraceReceiver(port, ratio)
+    finally:
+        stop_process(process)
 
 
 def start_bare(port: int, target: str = "bare_app:app", log: Path | None = None) -> subprocess.Popen[bytes]:
@@ -300,17 +382,18 @@ def loaded_run(api_pid: int, port: int, connections: int, seconds: int, lua: Pat
 
 
 def both_apis(
-    args: argparse.Namespace, database_url: str, scratch: Path
+    args: argparse.Namespace, database_url: str, scratch: Path, traces: TraceReceiver | None = None
 ) -> AbstractContextManager[tuple[dict[str, subprocess.Popen[bytes]], dict[str, int], Path]]:
-    """Before (``--against``'s revision) and after (the work tree), served side by side on one
-    database (``serving``), keyed "before" and "after"."""
+    """Before (``--against``'s revision) and after (the work tree, tracing into ``traces`` when
+    given), served side by side on one database (``serving``), keyed "before" and "after"."""
     source = source_at(args.against, scratch)
+    traced = traces.env if traces is not None else None
     return serving(
         args,
         scratch,
         {
             "before": lambda port, log: start_api(port, database_url, scratch, args.rate_limit, source, log),
-            "after": lambda port, log: start_api(port, database_url, scratch, args.rate_limit, None, log),
+            "after": lambda port, log: start_api(port, database_url, scratch, args.rate_limit, None, log, traced),
         },
     )
 

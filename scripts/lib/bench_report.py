@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench_measure import BACKPRESSURE, SOLVER_CASES, SOLVER_REPEATS, WORKERS, git
+from bench_measure import BACKPRESSURE, SOLVER_CASES, SOLVER_REPEATS, WORKERS, Received, git
 
 
 @dataclass(frozen=True)
@@ -208,8 +208,41 @@ def report_markdown(
 def profile_command(args: argparse.Namespace) -> str:
     ran = f"scripts/bench --profile --seconds {args.seconds} --connections {args.connections}"
     if args.against:
-        ran += f" --against {args.against} --rounds {args.rounds}"
+        ran += f" --against {args.against} --rounds {args.rounds}{tracing_option(args)}"
     return ran + (f" --rate-limit {args.rate_limit}" if args.rate_limit else "")
+
+
+def tracing_option(args: argparse.Namespace) -> str:
+    return f" --tracing {args.tracing:g}" if args.tracing is not None else ""
+
+
+def percent(ratio: float) -> str:
+    return f"{ratio * 100:g} %"
+
+
+def tracing_said(ratio: float, received: Received) -> str:
+    """What --tracing's after side exported; a run where the receiver got nothing did not measure
+    tracing (the after side did not trace), and says so first."""
+    got = (
+        f"the receiver got {received.exports} OTLP/HTTP export requests, {received.spans} spans, "
+        f"{received.bytes} bytes"
+        + (f", and refused {received.refused} requests it could not read" if received.refused else "")
+    )
+    if received.empty:
+        return (
+            f"NOTHING WAS EXPORTED: the after side was to trace at {percent(ratio)} sampling, but {got}. "
+            "It did not trace: these figures are not tracing's cost."
+        )
+    return (
+        f"After side traced: OTEL_TRACES_SAMPLER=parentbased_traceidratio at {percent(ratio)}, exported "
+        f"over OTLP/HTTP to a receiver on this machine (a process of its own, not counted as the API's "
+        f"CPU); {got} (warm-up included). Before side: no OTEL_* at all."
+    )
+
+
+def tracing_markdown(ratio: float, received: Received) -> str:
+    said = tracing_said(ratio, received)
+    return f"**{said}**" if received.empty else said
 
 
 FLOOR_SERVERS = (
@@ -252,19 +285,25 @@ POOLER_MEASURE = ("pooler_cpu_us", "CPU per request, PgBouncer's process (µs)",
 
 
 def against_markdown(
-    args: argparse.Namespace, runs: dict[str, list[dict[str, float]]], sides: tuple[str, str] | None = None
+    args: argparse.Namespace,
+    runs: dict[str, list[dict[str, float]]],
+    sides: tuple[str, str] | None = None,
+    received: Received | None = None,
 ) -> str:
     """The after/before table of two sides measured in alternating rounds: --against's revision and
-    the work tree, or the ``sides`` named (--pooler: direct and through PgBouncer)."""
+    the work tree (tracing, with --tracing: what its receiver ``received`` is said first), or the
+    ``sides`` named (--pooler: direct and through PgBouncer)."""
     measures = AGAINST_MEASURES + ((POOLER_MEASURE,) if "pooler_cpu_us" in runs["after"][0] else ())
     median = {
         name: {key: statistics.median(r.get(key, 0.0) for r in rounds) for key, _, _ in measures}
         for name, rounds in runs.items()
     }
-    mode = f"--against {args.against}" if sides is None else "--pooler"
+    mode = f"--against {args.against}{tracing_option(args)}" if sides is None else "--pooler"
     ran = f"scripts/bench {mode} --rounds {args.rounds} --seconds {args.seconds}"
-    named_before, named_after = sides or (args.against, "the work tree")
+    traced = f", tracing at {percent(args.tracing)} sampling" if sides is None and args.tracing is not None else ""
+    named_before, named_after = sides or (args.against, f"the work tree{traced}")
     lines = [
+        *([tracing_markdown(args.tracing, received), ""] if received is not None else []),
         f"Before ({named_before}) and after ({named_after}), medians of {args.rounds} alternating rounds (`{ran}`):",
         "",
         "| measure | before | after | after / before |",
