@@ -43,13 +43,15 @@ def add_request_id(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
-    """trace_id and span_id of the span active when the line is written, while tracing is on."""
+    """trace_id and span_id of the span active when the line is written, while tracing is on, and
+    trace_sampled: whether that trace is exported (an unsampled request's trace_id leads nowhere)."""
     if tracing.tracer is not None:
         context = trace.get_current_span().get_span_context()
         if context.is_valid:
             trace_id, span_id = tracing.ids(context)
             event.setdefault("trace_id", trace_id)
             event.setdefault("span_id", span_id)
+            event.setdefault("trace_sampled", context.trace_flags.sampled)
     return event
 
 
@@ -124,11 +126,17 @@ class AccessLog:
         self.encode = msgspec.json.encode
 
     def add(
-        self, method: str, path: str, status: int, seconds: float, rid: str, traced: tuple[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        status: int,
+        seconds: float,
+        rid: str,
+        traced: tuple[str, str, bool] | None = None,
     ) -> None:
-        """``traced``: the request's server span (trace_id, span_id), when tracing is on."""
+        """``traced``: the request's server span (trace_id, span_id, sampled), when tracing is on."""
         ms = round(seconds * 1000, 2)
-        ids = {"trace_id": traced[0], "span_id": traced[1]} if traced is not None else {}
+        ids = {"trace_id": traced[0], "span_id": traced[1], "trace_sampled": traced[2]} if traced is not None else {}
         if not self.json:
             access_log.info("request", method=method, path=path, status=status, ms=ms, **ids)
             return

@@ -46,9 +46,9 @@ provider: TracerProvider | None = None
 propagation_fields: frozenset[bytes] = frozenset()  # the header names the propagators read
 
 NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext()
-# The server span of the request being answered, as (trace_id, span_id) in hex, for the access line
-# written after the span has ended (pipeline.py). Set only while tracing is on.
-SERVER_SPAN: ContextVar[tuple[str, str] | None] = ContextVar("jotc_server_span", default=None)
+# The server span of the request being answered, as (trace_id, span_id) in hex and whether it was
+# sampled, for the access line (pipeline.py). Set only while tracing is on.
+SERVER_SPAN: ContextVar[tuple[str, str, bool] | None] = ContextVar("jotc_server_span", default=None)
 OTLP_PROTOCOL = "http/protobuf"
 
 
@@ -196,4 +196,4 @@ def note_server_span(server: trace.Span, _: object = None) -> None:
     """Remember the request's server span for its access line (Litestar's server_request_hook)."""
     context = server.get_span_context()
     if context.is_valid:
-        SERVER_SPAN.set(ids(context))
+        SERVER_SPAN.set((*ids(context), context.trace_flags.sampled))

@@ -1,8 +1,8 @@
 """OpenTelemetry traces in process, checked with the SDK's in-memory exporter: a served request is one
 trace continuing the caller's traceparent, with its child spans; the recorder's batch is a span of its
 own linked to the requests it carried; Litestar's routes (reads, admin, erasure) are traced through
-Litestar's integration; retention's chunks; the log lines carry the span's ids. Through the real
-server and the OTLP/HTTP exporter: tests/system/test_tracing_export.py."""
+Litestar's integration; retention's chunks; the log lines carry the span's ids and whether it was
+sampled. Through the real server and the OTLP/HTTP exporter: tests/system/test_tracing_export.py."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from jotc_api.retention import apply_retention
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 TRACEPARENT = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}
+UNSAMPLED = {"traceparent": f"00-{'5' * 32}-{PARENT_ID}-00"}
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
@@ -193,21 +194,39 @@ def test_retention_chunks_are_spans(spans: InMemorySpanExporter) -> None:
     assert all(chunk.parent is not None and chunk.parent.span_id == run.get_span_context().span_id for chunk in chunks)
 
 
-def test_log_lines_written_in_a_span_carry_its_ids(spans: InMemorySpanExporter) -> None:
+def test_log_lines_written_in_a_span_carry_its_ids_and_whether_it_was_sampled(spans: InMemorySpanExporter) -> None:
+    assert tracing.tracer is not None
     out = io.StringIO()
     with redirect_stdout(out):
         configure_logging("INFO", "json")
         structlog.get_logger("jotc.test").info("outside")
         with tracing.span("work") as span:
             structlog.get_logger("jotc.test").info("inside")
-    outside, inside = (json.loads(line) for line in out.getvalue().splitlines())
+        unsampled = tracing.incoming([(b"traceparent", UNSAMPLED["traceparent"].encode())])
+        with tracing.tracer.start_as_current_span("POST /jumps", unsampled) as dropped:
+            structlog.get_logger("jotc.test").info("not exported")
+    outside, inside, not_exported = (json.loads(line) for line in out.getvalue().splitlines())
     assert "trace_id" not in outside
-    assert (inside["trace_id"], inside["span_id"]) == tracing.ids(span.get_span_context())
+    assert "trace_sampled" not in outside
+    assert (inside["trace_id"], inside["span_id"], inside["trace_sampled"]) == (
+        *tracing.ids(span.get_span_context()),
+        True,
+    )
+    assert (not_exported["trace_id"], not_exported["span_id"], not_exported["trace_sampled"]) == (
+        *tracing.ids(dropped.get_span_context()),
+        False,
+    )
+    assert not spans.get_finished_spans()[1:], "the unsampled span was not exported"
 
 
-def test_the_access_line_carries_the_server_spans_ids(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_access_line_carries_the_server_spans_ids_and_sampled_flag(capsys: pytest.CaptureFixture[str]) -> None:
     lines = AccessLog("json")
     lines.pending.append(b"")  # no flush scheduled: this test has no event loop
-    lines.add("POST", "/jumps", 201, 0.001, "rid", (TRACE_ID, PARENT_ID))
+    lines.add("POST", "/jumps", 201, 0.001, "rid", (TRACE_ID, PARENT_ID, False))
     line = json.loads(lines.pending[-1])
-    assert (line["trace_id"], line["span_id"], line["request_id"]) == (TRACE_ID, PARENT_ID, "rid")
+    assert (line["trace_id"], line["span_id"], line["trace_sampled"], line["request_id"]) == (
+        TRACE_ID,
+        PARENT_ID,
+        False,
+        "rid",
+    )

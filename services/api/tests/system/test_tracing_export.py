@@ -1,7 +1,9 @@
 """A real server with OTEL_EXPORTER_OTLP_ENDPOINT set sends a request's trace, through the SDK's
 OTLP/HTTP exporter, to a receiver this test runs: the trace continues the caller's traceparent,
-holds the request's child spans, the recorder's batch span links to it, and the server's log line
-for the request carries its trace_id. The spans themselves: tests/integration/test_tracing.py."""
+holds the request's child spans, the recorder's batch span links to it, and the server's log lines
+for the request carry its trace_id and trace_sampled true; an unsampled request's lines carry its
+trace_id with trace_sampled false, and no span of it is sent. The spans themselves:
+tests/integration/test_tracing.py."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from support import start_api
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+UNSAMPLED_TRACE_ID = "1bf7651916cd43dd8448eb211c80319d"
 PARENT_ID = "b7ad6b7169203331"
 
 
@@ -87,6 +90,7 @@ def test_a_request_s_trace_reaches_an_otlp_receiver_and_its_log_lines_carry_it(
         OTEL_BSP_SCHEDULE_DELAY="100",
     )
     request_id = f"traced-{uuid.uuid4().hex[:12]}"
+    unsampled_id = f"untraced-{uuid.uuid4().hex[:12]}"
     headers = {
         "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01",
         "x-request-id": request_id,
@@ -95,7 +99,9 @@ def test_a_request_s_trace_reaches_an_otlp_receiver_and_its_log_lines_carry_it(
     try:
         with httpx.Client(base_url=api.base_url, timeout=30) as http:
             response = http.post("/jumps", json={"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "otlp"}, headers=headers)
-        assert response.status_code == 201, response.text
+            assert response.status_code == 201, response.text
+            unsampled = {"traceparent": f"00-{UNSAMPLED_TRACE_ID}-{PARENT_ID}-00", "x-request-id": unsampled_id}
+            assert http.post("/jotc", json={"clouds": [0, 0]}, headers=unsampled).status_code == 200
 
         def trace_in() -> bool:
             names = {span.name for _, span in receiver.received()}
@@ -103,6 +109,7 @@ def test_a_request_s_trace_reaches_an_otlp_receiver_and_its_log_lines_carry_it(
 
         wait_until(trace_in, timeout=30, what="the request's trace at the receiver")
         wait_until(lambda: request_id in api.log(), timeout=10, what="the request's access line")
+        wait_until(lambda: unsampled_id in api.log(), timeout=10, what="the unsampled request's access line")
     finally:
         api.stop()
 
@@ -118,7 +125,15 @@ def test_a_request_s_trace_reaches_an_otlp_receiver_and_its_log_lines_carry_it(
     assert [(link.trace_id.hex(), link.span_id) for link in batch.links] == [
         (TRACE_ID, spans["wait for commit"].span_id)
     ]
+    assert server.attributes, "the served span's HTTP attributes"
+    assert {a.key: a.value.int_value for a in server.attributes if a.key == "http.response.status_code"} == {
+        "http.response.status_code": 201
+    }
     lines = [json.loads(line) for line in api.log().splitlines() if request_id in line and line.startswith("{")]
     assert lines, "no log line of the request"
-    assert all(line["trace_id"] == TRACE_ID for line in lines)
+    assert all(line["trace_id"] == TRACE_ID and line["trace_sampled"] is True for line in lines)
     assert any(line["span_id"] == server.span_id.hex() for line in lines)
+    untraced = [json.loads(line) for line in api.log().splitlines() if unsampled_id in line and line.startswith("{")]
+    assert untraced, "no log line of the unsampled request"
+    assert all(line["trace_id"] == UNSAMPLED_TRACE_ID and line["trace_sampled"] is False for line in untraced)
+    assert not [span for _, span in receiver.received() if span.trace_id.hex() == UNSAMPLED_TRACE_ID]
