@@ -10,6 +10,10 @@ requests this one has not heard of yet, so one client can exceed the limit by
 at most what it manages to send to the other workers in one sync interval.
 Without Redis each worker enforces the limit alone. A client is what clients.py says: an address,
 or, for the load test's requests carrying its token (JOTC_LOADTEST_TOKEN), one simulated user.
+
+Traced, a sync is a trace of its own (it serves every request of its interval) linked to the
+server span of each sampled request whose count it carries, the first MAX_SYNC_LINKS of them:
+a flood cannot grow one span without bound.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
+from opentelemetry.trace import SpanContext, Status, StatusCode
 from prometheus_client import Counter
 from redis.asyncio import Redis
 
@@ -38,6 +43,7 @@ RATE_LIMITED = Counter("jotc_rate_limited", "Requests answered 429")
 SYNC_SECONDS = 0.1
 MAX_CLIENTS = 100_000  # tracked per worker per window; past it, new clients share OVERFLOW
 OVERFLOW = "overflow"
+MAX_SYNC_LINKS = 128  # the SDK's default link limit (OTEL_SPAN_LINK_COUNT_LIMIT) too
 
 
 @dataclass(slots=True)
@@ -70,6 +76,10 @@ class RateLimiter:
         self.windows: dict[str, Window] = {}
         self.sync_scheduled = False
         self.sync_task: asyncio.Task[None] | None = None
+        # Traced: the sampled requests counted since the last sync (their server spans, at most
+        # MAX_SYNC_LINKS), and how many there were.
+        self.traced: list[SpanContext] = []
+        self.sampled = 0
 
     def client_key(self, peer: str, forwarded_for: list[str]) -> str:
         return self.clients.key(peer, forwarded_for)
@@ -92,10 +102,20 @@ class RateLimiter:
             RATE_LIMITED.inc()
             return False, 0, reset
         window.unsynced += 1
+        if tracing.tracer is not None:
+            self.note_sampled()
         if not self.sync_scheduled:
             self.sync_scheduled = True
             asyncio.get_running_loop().call_later(SYNC_SECONDS, self.start_sync)
         return True, self.limit.requests - used - 1, reset
+
+    def note_sampled(self) -> None:
+        """Remember the current span, when sampled, for the next sync's links."""
+        context = tracing.sampled_context()
+        if context is not None:
+            self.sampled += 1
+            if len(self.traced) < MAX_SYNC_LINKS:
+                self.traced.append(context)
 
     def refusal(self, reset: int) -> Problem:
         return Problem(
@@ -127,18 +147,23 @@ class RateLimiter:
         # Forget finished windows; without Redis, unsynced counts simply stay local.
         for client in [c for c, w in self.windows.items() if w.index < current]:
             del self.windows[client]
+        carried, sampled = self.traced, self.sampled
+        self.traced, self.sampled = [], 0
         pending = [(client, window) for client, window in self.windows.items() if window.unsynced]
         if not pending or self.link.client is None:
             return
         sent = [window.unsynced for _, window in pending]
-        try:
-            # Off the request path: a sync serves every request of the last interval, so it is a
-            # trace of its own (sampled as the configured sampler says).
-            with tracing.span("redis rate-limit sync", {"jotc.rate_limit.clients": len(pending)}):
+        attributes = {"jotc.rate_limit.clients": len(pending), "jotc.rate_limit.sampled_requests": sampled}
+        # Off the request path: a sync serves every request of the last interval, so it is a trace
+        # of its own, linked to the sampled ones (sampled whenever one of them was).
+        with tracing.linked_root("redis rate-limit sync", carried, attributes) as span:
+            try:
                 replies = await self.send_counts(self.link.client, pending, sent)
-        except REDIS_ERRORS as exc:
-            self.link.failed("rate-limit sync", exc)
-            return
+            except REDIS_ERRORS as exc:
+                if span is not None:
+                    span.set_status(Status(StatusCode.ERROR, "the counts were not synced"))
+                self.link.failed("rate-limit sync", exc)
+                return
         self.link.succeeded()
         for (_, window), count, total in zip(pending, sent, replies[0::2], strict=True):
             window.unsynced -= count

@@ -13,10 +13,10 @@ On, the SDK reads everything else from the environment as it documents it: the s
 compression, certificates) and the propagators (``OTEL_PROPAGATORS``, W3C trace context and
 baggage by default). OTLP goes over HTTP with protobuf; another protocol is refused at start.
 
-The recorder's batch commit serves many requests, so its span is a trace of its own that links
-to each carried request; ``LinkedSampler`` records such a span whenever a span it links to was
-sampled (the configured sampler decides everything else), so a sampled request's commit is
-never missing from its trace's links.
+The recorder's batch commit and the rate limiter's sync to Redis serve many requests, so each
+is a trace of its own that links to the sampled requests it carried (the sync's: ``linked_root``);
+``LinkedSampler`` records such a span whenever a span it links to was sampled (the configured
+sampler decides everything else), so a sampled request's commit or sync is never missing.
 """
 
 from __future__ import annotations
@@ -169,6 +169,19 @@ def span(name: str, attributes: Attributes = None) -> AbstractContextManager[Any
     # Nor is it recorded: a refusal's message may quote the request's body.
     return tracer.start_as_current_span(
         name, attributes=attributes, record_exception=False, set_status_on_exception=False
+    )
+
+
+def linked_root(
+    name: str, carried: Sequence[SpanContext], attributes: Attributes = None
+) -> AbstractContextManager[trace.Span | None]:
+    """A span that is a trace of its own (whatever the current context holds), linked to the
+    sampled requests it serves (``carried``), or a no-op while tracing is off."""
+    if tracer is None:
+        return NO_SPAN
+    links = [Link(context) for context in carried]
+    return tracer.start_as_current_span(
+        name, Context(), links=links, attributes=attributes, record_exception=False, set_status_on_exception=False
     )
 
 

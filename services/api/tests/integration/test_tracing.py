@@ -1,8 +1,9 @@
 """OpenTelemetry traces in process, checked with the SDK's in-memory exporter: a served request is one
-trace continuing the caller's traceparent, with its child spans; the recorder's batch is a span of its
-own linked to the requests it carried; Litestar's routes (reads, admin, erasure) are traced through
-Litestar's integration; retention's chunks; the log lines carry the span's ids and whether it was
-sampled. Through the real server and the OTLP/HTTP exporter: tests/system/test_tracing_export.py."""
+trace continuing the caller's traceparent, with its child spans; the recorder's batch and the rate
+limiter's sync are spans of their own linked to the requests they carried; Litestar's routes (reads,
+admin, erasure) are traced through Litestar's integration; retention's chunks; the log lines carry
+the span's ids and whether it was sampled. Through the real server and the OTLP/HTTP exporter:
+tests/system/test_tracing_export.py."""
 
 from __future__ import annotations
 
@@ -20,11 +21,14 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from support import ADMIN_TOKEN, TEST_SETTINGS, fresh_database, in_process, plant
+from support import ADMIN_TOKEN, TEST_SETTINGS, fake_client, fresh_database, in_process, mid_window, plant, redis_url
 
 from jotc_api import tracing
 from jotc_api.logs import AccessLog, configure_logging
+from jotc_api.ratelimit import MAX_SYNC_LINKS, RateLimiter
+from jotc_api.redis_link import RedisLink
 from jotc_api.retention import apply_retention
+from jotc_api.settings import RateLimit
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -182,6 +186,44 @@ def test_the_rate_limits_redis_sync_is_a_span_of_its_own(database_url: str, span
         wait_until(lambda: bool(named(spans, "redis rate-limit sync")), timeout=10, what="a rate-limit sync span")
     (sync, *_) = named(spans, "redis rate-limit sync")
     assert sync.parent is None
+
+
+async def test_a_sync_links_at_most_max_sync_links_requests_and_counts_them_all(spans: InMemorySpanExporter) -> None:
+    link = RedisLink(redis_url())
+    limiter = RateLimiter(RateLimit(1000, 3600), link, (), clock=mid_window())
+    limiter.sync_scheduled = True  # no background sync: the test runs it
+    assert tracing.tracer is not None
+    client = fake_client()
+    try:
+        for _ in range(MAX_SYNC_LINKS + 72):
+            with tracing.tracer.start_as_current_span("POST /jumps"):
+                assert limiter.admit(client)[0]
+        await limiter.sync()
+    finally:
+        await link.close()
+    (sync,) = named(spans, "redis rate-limit sync")
+    assert len(sync.links) == MAX_SYNC_LINKS
+    assert sync.attributes is not None
+    assert sync.attributes["jotc.rate_limit.sampled_requests"] == MAX_SYNC_LINKS + 72
+    assert sync.status.status_code == StatusCode.UNSET
+
+
+async def test_a_failed_sync_is_a_failed_span_linked_to_the_requests_it_could_not_carry(
+    spans: InMemorySpanExporter,
+) -> None:
+    link = RedisLink("redis://127.0.0.1:1")  # nothing listens there
+    limiter = RateLimiter(RateLimit(10, 3600), link, (), clock=mid_window())
+    limiter.sync_scheduled = True
+    assert tracing.tracer is not None
+    try:
+        with tracing.tracer.start_as_current_span("POST /jotc") as request:
+            assert limiter.admit(fake_client())[0]
+        await limiter.sync()
+    finally:
+        await link.close()
+    (sync,) = named(spans, "redis rate-limit sync")
+    assert sync.status.status_code == StatusCode.ERROR
+    assert [link.context.span_id for link in sync.links] == [request.get_span_context().span_id]
 
 
 def test_retention_chunks_are_spans(spans: InMemorySpanExporter) -> None:
