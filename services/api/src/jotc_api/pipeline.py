@@ -15,6 +15,8 @@ routes and errors, and a crash that escapes them all leave through here:
 - the last resort: an exception that escapes every layer before the answer
   started becomes a problem+json 500 carrying the request id;
 - the access line (logs.AccessLog) and the request metrics (metrics.RequestTally).
+
+While tracing is on, one layer stands in front of it: a served route's server span (served.py).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from jotc_api.logs import CURRENT_REQUEST_ID, AccessLog
 from jotc_api.memory import give_back
 from jotc_api.metrics import NOT_MEASURED, UNMATCHED, RequestTally, method_label
 from jotc_api.problems import Problem, internal_error, length_required
+from jotc_api.served import server_spans
 from jotc_api.transport import CLIENT_CLOSED_KEY, send_answer
 
 log = structlog.get_logger("jotc.app")
@@ -138,8 +141,6 @@ def response_pipeline(
             request_id = secrets.token_hex(8).encode()
         rid = request_id.decode()
         CURRENT_REQUEST_ID.set(rid)
-        if tracing.tracer is not None:
-            tracing.SERVER_SPAN.set(None)  # set by the request's server span, if it gets one
         added = [*SECURITY_HEADERS, (b"x-request-id", request_id)]
         if policy is not None:
             added += policy.headers(origin)
@@ -212,4 +213,5 @@ def response_pipeline(
                 traced = tracing.SERVER_SPAN.get() if tracing.tracer is not None else None
                 lines.add(method_label(method), scope["path"], final, elapsed, rid, traced)
 
-    return pipeline
+    # Traced, a served route's server span begins in front of all this (served.py); off, nothing does.
+    return pipeline if tracing.tracer is None else server_spans(pipeline)

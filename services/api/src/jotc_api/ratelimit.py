@@ -13,7 +13,8 @@ or, for the load test's requests carrying its token (JOTC_LOADTEST_TOKEN), one s
 
 Traced, a sync is a trace of its own (it serves every request of its interval) linked to the
 server span of each sampled request whose count it carries, the first MAX_SYNC_LINKS of them:
-a flood cannot grow one span without bound.
+a flood cannot grow one span without bound. A request's server span is open when it is counted
+for POST /jumps and POST /jotc (served.py); the other routes' spans begin inside Litestar, after.
 """
 
 from __future__ import annotations

@@ -12,6 +12,14 @@ A POST /jumps body passes, in order: ``fast_path`` → ``receive_and_serve`` (``
 ``keep_reply`` with an Idempotency-Key) → the route's ``answer`` (jumps.py: ``answer_jumps`` →
 ``parse_json`` or ``parse_text``, ``solve_and_record`` → ``Recorder.record``, ``jumps_reply``)
 → ``send_answer``.
+
+While tracing is on, a served request's server span is made by ``server_spans``, in front of the
+response pipeline, so that it holds every answer the route gives: the rate limiter's 429 and the
+pipeline's 411 as well as the fast path's own. Litestar's integration never sees these requests;
+the span is named and attributed as the integration names and attributes the other routes'
+(tracing.http_server_attributes). It learns the fast path's routes at start-up: it lends a table
+on the lifespan scope, which every layer passes down, and the fast path fills it. Without the
+fast path the table stays empty, and Litestar's integration traces the served routes too.
 """
 
 from __future__ import annotations
@@ -21,8 +29,8 @@ from dataclasses import dataclass
 
 from litestar import Litestar
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Receive, Scope, Send
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from opentelemetry.trace import SpanKind
 
 from jotc_api import tracing
 from jotc_api.idempotency import StoredReply, claim_key, keep_reply
@@ -31,6 +39,9 @@ from jotc_api.services import Services, services_of
 from jotc_api.transport import CLIENT_CLOSED_KEY, Incoming, Reply, body_kind, request_fields, send_answer
 
 SERVED = "served"  # the key of a handler's opt that carries its ServedRoute
+# The key of the lifespan scope under which server_spans lends the fast path its table to fill.
+TRACED_ROUTES = "jotc.traced_routes"
+LIFESPAN = "lifespan"  # the scope type that starts and stops the application (no ScopeType member)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,16 +120,15 @@ def fast_path(app: Litestar, inner: ASGIApp) -> ASGIApp:
 
     async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         route = None
-        if scope["type"] == ScopeType.HTTP and scope["method"] == "POST":
-            route = table.get(scope["path"]) or table.get(canonical_path(scope["path"]))
+        if scope["type"] == ScopeType.HTTP:
+            if scope["method"] == "POST":
+                route = table.get(scope["path"]) or table.get(canonical_path(scope["path"]))
+        elif scope["type"] == LIFESPAN and TRACED_ROUTES in scope:
+            scope[TRACED_ROUTES].update(table)  # type: ignore[literal-required]
         if route is None:
             await inner(scope, receive, send)
             return
         scope["path_template"] = route.path  # for the metrics layer, as Litestar's router does
-        tracer = tracing.tracer
-        if tracer is not None:
-            await traced(tracer, route, scope, receive, send)
-            return
         try:
             reply = await receive_and_serve(services, route, scope, receive)
         except Problem as problem:
@@ -126,20 +136,48 @@ def fast_path(app: Litestar, inner: ASGIApp) -> ASGIApp:
             return
         await send_answer(send, reply.status, reply.headers(), reply.body)
 
-    async def traced(tracer: Tracer, route: ServedRoute, scope: Scope, receive: Receive, send: Send) -> None:
-        """The served request as the server span of its trace, continuing the caller's traceparent."""
-        attributes = {"http.request.method": "POST", "http.route": route.path, "url.path": scope["path"]}
-        caller = tracing.incoming(scope["headers"])
-        with tracer.start_as_current_span(f"POST {route.path}", caller, SpanKind.SERVER, attributes) as server:
-            tracing.note_server_span(server)
-            try:
-                reply = await receive_and_serve(services, route, scope, receive)
-                status, headers, body = reply.status, reply.headers(), reply.body
-            except Problem as problem:
-                status, headers, body = problem.render()
-            server.set_attribute("http.response.status_code", status)
-            if status >= 500:
-                server.set_status(Status(StatusCode.ERROR))
-            await send_answer(send, status, headers, body)
-
     return serve
+
+
+def server_spans(pipeline: ASGIApp) -> ASGIApp:
+    """In front of the response pipeline while tracing is on: a served request is the server span
+    of its trace, continuing the caller's traceparent, from before the rate limiter to its answer."""
+    routes: dict[str, ServedRoute] = {}  # the fast path's table, filled when the lifespan starts
+
+    async def traced(scope: Scope, receive: Receive, send: Send) -> None:
+        tracer = tracing.tracer
+        if scope["type"] != ScopeType.HTTP or tracer is None:
+            if scope["type"] == LIFESPAN:
+                scope[TRACED_ROUTES] = routes  # type: ignore[literal-required]
+            await pipeline(scope, receive, send)
+            return
+        tracing.SERVER_SPAN.set(None)  # set by the request's server span, if it gets one
+        route = None
+        if scope["method"] == "POST":
+            route = routes.get(scope["path"]) or routes.get(canonical_path(scope["path"]))
+        if route is None:
+            await pipeline(scope, receive, send)
+            return
+        caller = tracing.incoming(scope["headers"])
+        status = 0
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        with tracer.start_as_current_span(
+            f"POST {route.path}", caller, SpanKind.SERVER, record_exception=False, set_status_on_exception=False
+        ) as server:
+            tracing.note_server_span(server)
+            recording = server.is_recording()  # sampled: the attributes are worth computing
+            if recording:
+                server.set_attributes(tracing.http_server_attributes(scope, route.path))
+            try:
+                await pipeline(scope, receive, send_noting_status)
+            finally:
+                if recording and status:
+                    tracing.set_http_status(server, status)
+
+    return traced

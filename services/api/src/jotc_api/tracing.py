@@ -17,11 +17,16 @@ The recorder's batch commit and the rate limiter's sync to Redis serve many requ
 is a trace of its own that links to the sampled requests it carried (the sync's: ``linked_root``);
 ``LinkedSampler`` records such a span whenever a span it links to was sampled (the configured
 sampler decides everything else), so a sampled request's commit or sync is never missing.
+
+The served routes' server span (served.py) carries the HTTP attributes the ASGI instrumentation
+behind Litestar's integration gives the other routes' spans, computed by that library's own
+functions (``http_server_attributes``, ``set_http_status``) so the two cannot drift.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,7 +41,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import Link, SpanContext, SpanKind, Tracer
-from opentelemetry.util.types import Attributes
+from opentelemetry.util.types import Attributes, AttributeValue
 
 from jotc_api import __version__
 
@@ -50,6 +55,8 @@ NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext()
 # sampled, for the access line (pipeline.py). Set only while tracing is on.
 SERVER_SPAN: ContextVar[tuple[str, str, bool] | None] = ContextVar("jotc_server_span", default=None)
 OTLP_PROTOCOL = "http/protobuf"
+# What a request's URL holds beyond its path: the query names the user of a text/plain POST /jumps.
+QUERY_ATTRIBUTES = ("http.url", "url.full", "url.query")
 
 
 class TracingError(ValueError):
@@ -210,3 +217,44 @@ def note_server_span(server: trace.Span, _: object = None) -> None:
     context = server.get_span_context()
     if context.is_valid:
         SERVER_SPAN.set((*ids(context), context.trace_flags.sampled))
+
+
+@functools.cache
+def http_conventions() -> Any:
+    """The HTTP semantic conventions a served route's span records: the stable ones, and the older
+    names too while Litestar's integration records those (OTEL_SEMCONV_STABILITY_OPT_IN unset, or
+    http/dup), so one query finds every route's spans."""
+    from opentelemetry.instrumentation._semconv import (
+        _OpenTelemetrySemanticConventionStability as Stability,
+    )
+    from opentelemetry.instrumentation._semconv import (
+        _OpenTelemetryStabilitySignalType,
+        _StabilityMode,
+    )
+
+    Stability._initialize()  # type: ignore[no-untyped-call]
+    mode = Stability._get_opentelemetry_stability_opt_in_mode(_OpenTelemetryStabilitySignalType.HTTP)
+    return _StabilityMode.HTTP_DUP if mode is _StabilityMode.DEFAULT else mode
+
+
+def http_server_attributes(scope: Mapping[str, Any], route: str) -> dict[str, AttributeValue]:
+    """A served request's server span attributes, as the ASGI instrumentation records them (method,
+    scheme, path, server address and port, protocol version, client address and port, user
+    agent), with ``http.route``, and without the query (QUERY_ATTRIBUTES)."""
+    from opentelemetry.instrumentation.asgi import collect_request_attributes
+
+    attributes: dict[str, AttributeValue] = collect_request_attributes(  # type: ignore[no-untyped-call]
+        scope, http_conventions()
+    )
+    for name in QUERY_ATTRIBUTES:
+        attributes.pop(name, None)
+    attributes["http.route"] = route
+    return attributes
+
+
+def set_http_status(server: trace.Span, status: int) -> None:
+    """The answer's status on a server span, as the ASGI instrumentation sets it: the status code
+    attribute, and status ERROR (with ``error.type``) for 5xx; a 4xx leaves a server span UNSET."""
+    from opentelemetry.instrumentation.asgi import set_status_code
+
+    set_status_code(server, status, None, http_conventions())  # type: ignore[no-untyped-call]

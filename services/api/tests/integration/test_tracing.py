@@ -1,9 +1,10 @@
 """OpenTelemetry traces in process, checked with the SDK's in-memory exporter: a served request is one
-trace continuing the caller's traceparent, with its child spans; the recorder's batch and the rate
-limiter's sync are spans of their own linked to the requests they carried; Litestar's routes (reads,
-admin, erasure) are traced through Litestar's integration; retention's chunks; the log lines carry
-the span's ids and whether it was sampled. Through the real server and the OTLP/HTTP exporter:
-tests/system/test_tracing_export.py."""
+trace continuing the caller's traceparent, with its child spans, whatever answers it (the rate
+limiter's 429 and the pipeline's 411 too), attributed as Litestar's integration attributes the other
+routes' spans; the recorder's batch and the rate limiter's sync are spans of their own linked to the
+requests they carried; Litestar's routes (reads, admin, erasure) are traced through Litestar's
+integration; retention's chunks; the log lines carry the span's ids and whether it was sampled.
+Through the real server and the OTLP/HTTP exporter: tests/system/test_tracing_export.py."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import redirect_stdout
+from typing import Any
 
 import psycopg
 import pytest
@@ -35,6 +37,21 @@ PARENT_ID = "00f067aa0ba902b7"
 TRACEPARENT = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}
 UNSAMPLED = {"traceparent": f"00-{'5' * 32}-{PARENT_ID}-00"}
 AUTH = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+# The stable HTTP conventions' attributes of a server span (the integration records them under
+# OTEL_SEMCONV_STABILITY_OPT_IN=http; the served routes' span always).
+STABLE = (
+    "http.request.method",
+    "http.route",
+    "url.path",
+    "url.scheme",
+    "http.response.status_code",
+    "client.address",
+    "client.port",
+    "user_agent.original",
+    "network.protocol.version",
+    "server.address",
+    "server.port",
+)
 
 
 @pytest.fixture
@@ -112,8 +129,95 @@ def test_a_server_error_marks_the_server_span(database_url: str, spans: InMemory
         assert http.post("/jumps", json={"clouds": [0, 0]}).status_code == 503
     (server,) = named(spans, "POST /jumps")
     assert server.status.status_code == StatusCode.ERROR
+    assert server.attributes is not None
+    assert (server.attributes["http.response.status_code"], server.attributes["error.type"]) == (503, "503")
     (batch,) = named(spans, "recorder batch commit")
     assert batch.status.status_code == StatusCode.ERROR
+
+
+def test_the_served_span_carries_the_attributes_the_integration_gives_the_other_routes(
+    database_url: str, spans: InMemorySpanExporter
+) -> None:
+    client = fake_client()
+    agent = {"user-agent": "on-call/1.0"}
+    with in_process(database_url, peer=client) as http:
+        created = http.post("/jumps", json={"clouds": [0, 0, 0, 1, 0]}, headers=agent)
+        assert http.get(created.headers["location"], headers=agent).status_code == 200
+    (served,) = named(spans, "POST /jumps")
+    (read,) = named(spans, "GET /jumps/{request_id}")
+    assert served.attributes is not None
+    assert read.attributes is not None
+    assert {name: served.attributes.get(name) for name in STABLE} == {
+        "http.request.method": "POST",
+        "http.route": "/jumps",
+        "url.path": "/jumps",
+        "url.scheme": "http",
+        "http.response.status_code": 201,
+        "client.address": client,
+        "client.port": 50000,
+        "user_agent.original": "on-call/1.0",
+        "network.protocol.version": "1.1",
+        "server.address": "testserver.local",
+        "server.port": 80,
+    }
+    # Every attribute of the integration's span, by the same name and (but for the request's own)
+    # with the same value: one query finds both routes' spans.
+    own = {"http.method", "http.status_code", "http.route", "http.target", *tracing.QUERY_ATTRIBUTES, "url.path"}
+    assert set(read.attributes) <= set(served.attributes) | set(tracing.QUERY_ATTRIBUTES)
+    assert {k: v for k, v in read.attributes.items() if k not in own} == {
+        k: v for k, v in served.attributes.items() if k in read.attributes and k not in own
+    }
+    assert (served.attributes["http.method"], served.attributes["http.status_code"]) == ("POST", 201)
+
+
+def test_the_text_forms_query_which_names_the_user_stays_out_of_the_span(
+    database_url: str, spans: InMemorySpanExporter
+) -> None:
+    with in_process(database_url) as http:
+        answered = http.post(
+            "/jumps?user=query-secret&max_jump=2",
+            content=b"3\n0 0 0\n",
+            headers={"content-type": "text/plain"},
+        )
+    assert answered.status_code == 201, answered.text
+    (served,) = named(spans, "POST /jumps")
+    assert "query-secret" not in json.dumps(dict(served.attributes or {}))
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status"),
+    [
+        ({"json": {"clouds": [0, 2, 0]}}, 422),
+        ({"content": b"[" * 70_000, "headers": {"content-type": "application/json"}}, 413),
+        ({"content": b'{"clouds": [0, 0]}', "headers": {"transfer-encoding": "chunked"}}, 411),
+    ],
+)
+def test_every_answer_of_a_served_route_is_its_server_span(
+    database_url: str, spans: InMemorySpanExporter, request_kwargs: dict[str, Any], status: int
+) -> None:
+    with in_process(database_url, **TEST_SETTINGS) as http:
+        answered = http.post("/jotc", headers=TRACEPARENT | request_kwargs.pop("headers", {}), **request_kwargs)
+    assert answered.status_code == status, answered.text
+    (server,) = named(spans, "POST /jotc")
+    assert hex_ids(server)[0] == TRACE_ID
+    assert server.attributes is not None
+    assert (server.attributes["http.response.status_code"], server.attributes["http.route"]) == (status, "/jotc")
+    assert server.status.status_code == StatusCode.UNSET, "a refusal is an answer"
+
+
+def test_a_rate_limited_request_is_its_server_span(database_url: str, spans: InMemorySpanExporter) -> None:
+    with in_process(database_url, peer=fake_client(), clock=mid_window(), JOTC_RATE_LIMIT="1/hour") as http:
+        assert http.post("/jumps", json={"clouds": [0, 0]}).status_code == 201
+        refused = http.post("/jumps", json={"clouds": [0, 0]}, headers=TRACEPARENT)
+    assert refused.status_code == 429
+    admitted, limited = named(spans, "POST /jumps")
+    assert hex_ids(limited)[0] == TRACE_ID
+    assert limited.kind == SpanKind.SERVER
+    assert limited.attributes is not None
+    assert limited.attributes["http.response.status_code"] == 429
+    assert limited.attributes["http.route"] == "/jumps"
+    assert not children(spans, limited), "refused before any work"
+    assert set(children(spans, admitted)) == {"parse", "solve", "wait for commit"}
 
 
 def test_reads_and_litestar_routed_posts_are_traced_by_the_integration(
@@ -180,12 +284,20 @@ def test_a_refused_body_is_not_quoted_in_any_span(database_url: str, spans: InMe
     assert secret not in exported
 
 
-def test_the_rate_limits_redis_sync_is_a_span_of_its_own(database_url: str, spans: InMemorySpanExporter) -> None:
-    with in_process(database_url, JOTC_RATE_LIMIT="100/minute") as http:
-        assert http.post("/jumps", json={"clouds": [0, 0]}).status_code == 201
+def test_the_rate_limits_redis_sync_is_a_span_of_its_own_linked_to_the_sampled_requests_it_carried(
+    database_url: str, spans: InMemorySpanExporter
+) -> None:
+    with in_process(database_url, peer=fake_client(), JOTC_RATE_LIMIT="100/minute") as http:
+        assert http.post("/jumps", json={"clouds": [0, 0]}, headers=TRACEPARENT).status_code == 201
+        assert http.post("/jotc", json={"clouds": [0, 0]}, headers=UNSAMPLED).status_code == 200
         wait_until(lambda: bool(named(spans, "redis rate-limit sync")), timeout=10, what="a rate-limit sync span")
-    (sync, *_) = named(spans, "redis rate-limit sync")
+    (server,) = named(spans, "POST /jumps")
+    linked = [tracing.ids(link.context) for sync in named(spans, "redis rate-limit sync") for link in sync.links]
+    assert linked == [hex_ids(server)], "the sampled request, not the unsampled one"
+    (sync,) = [sync for sync in named(spans, "redis rate-limit sync") if sync.links]
     assert sync.parent is None
+    assert sync.attributes is not None
+    assert sync.attributes["jotc.rate_limit.sampled_requests"] == 1
 
 
 async def test_a_sync_links_at_most_max_sync_links_requests_and_counts_them_all(spans: InMemorySpanExporter) -> None:
