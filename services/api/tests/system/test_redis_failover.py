@@ -20,6 +20,7 @@ from jotc_provision import ProvisionError, RedisSentinelGroup, redis_call, wait_
 from support import fake_client, start_api
 
 BODY = {"clouds": [0, 0, 1, 0, 0, 1, 0], "user": "failover@example.com"}
+HEAVY_LIMIT = 30  # requests a day per client address
 PROMOTION_BOUND = 30  # seconds; a run on an idle machine is about 2 (down-after 1 s, then the election)
 
 
@@ -93,6 +94,43 @@ class Load:
             thread.join(30)
 
 
+class Heavy:
+    """One client address posting without a key, about 20 a second, until stopped: the rate limit
+    of one client across the failover. Every answer's status is kept."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.address = fake_client()
+        self.statuses: list[int] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=15) as http:
+            while not self.stop.wait(0.05):
+                try:
+                    status = http.post("/jumps", json=BODY, headers={"x-forwarded-for": self.address}).status_code
+                except httpx.HTTPError:
+                    status = 0
+                self.statuses.append(status)
+
+    def __enter__(self) -> Heavy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+def clear_of_a_day_boundary(seconds: float) -> None:
+    """Wait, if need be, until no UTC day boundary falls within the next ``seconds``: the heavy
+    client's limit is per day, and a new day's window would rightly admit it again."""
+    left = 86400 - time.time() % 86400
+    if left < seconds:
+        time.sleep(left + 1)
+
+
 def redis_key(key: str) -> str:
     return "jotc:idem:" + hashlib.sha256(key.encode()).hexdigest()
 
@@ -108,13 +146,14 @@ def test_the_master_killed_under_load(database_url: str, tmp_path: Path, sentine
     """SIGKILL of the master under load with Idempotency-Keys: no 500, no answer lost, every 201 has
     its row; keyed requests are 503 idempotency-unavailable (with Retry-After) only between the kill
     and the promotion, requests without a key are 201 throughout; the API follows the new master
-    without a restart and replays from it what was replicated before the kill."""
+    without a restart and replays from it what was replicated before the kill; one client posting
+    past its rate limit throughout is admitted at least its limit and at most 2 x (2 workers)."""
     server = start_api(
         database_url,
         tmp_path,
         REDIS_URL="",  # blank is unset: no password, database 0
         REDIS_SENTINELS=sentinel_group.sentinels_setting,
-        JOTC_RATE_LIMIT="100000/minute",
+        JOTC_RATE_LIMIT=f"{HEAVY_LIMIT}/day",  # no other client nears it: each posts once or twice
         JOTC_TRUSTED_PROXIES="127.0.0.1",
     )
     try:
@@ -124,7 +163,8 @@ def test_the_master_killed_under_load(database_url: str, tmp_path: Path, sentine
         assert {a.status for a in early} == {201}, early
         wait_until(sentinel_group.replicated, timeout=10, what="the replica holding the early keys")
 
-        with Load(base) as load:
+        clear_of_a_day_boundary(PROMOTION_BOUND * 4)
+        with Heavy(base) as heavy, Load(base) as load:
             began = time.monotonic()
             wait_until(
                 lambda: time.monotonic() - began >= 3 and len(load.keyed()) >= 100,
@@ -197,6 +237,7 @@ def test_the_master_killed_under_load(database_url: str, tmp_path: Path, sentine
             else ""
         )
         + f"; all 201 again {followed_at - killed_at:.2f} s after the kill (40 in a row); "
+        f"one client at its limit of {HEAVY_LIMIT}: {dict(Counter(heavy.statuses))}; "
         f"keys acknowledged before the kill, asked again: {replay_outcomes}; "
         f"acknowledged after the kill, before the return: {outcomes(straddling, replays_straddling)}"
     )
@@ -228,6 +269,13 @@ def test_the_master_killed_under_load(database_url: str, tmp_path: Path, sentine
     assert redis_call(new.port, "EXISTS", redis_key(fresh.key)) == 1
     assert not old.alive
     assert ready == "ok"
+    # The rate limit of one client held through the failover: each of the 2 workers counts alone
+    # while Redis is away, from the total it last saw, so at most 2 x the limit; a limiter that let
+    # requests through while Redis was away would admit the window's ~40 requests and more.
+    heavy_statuses = Counter(heavy.statuses)
+    assert heavy_statuses.keys() <= {201, 429}, heavy_statuses
+    assert len(heavy.statuses) > 3 * HEAVY_LIMIT, f"the heavy client sent only {len(heavy.statuses)}"
+    assert HEAVY_LIMIT <= heavy_statuses[201] <= 2 * HEAVY_LIMIT, heavy_statuses
     assert workers_started == 2, "a worker restarted"
 
 
