@@ -39,7 +39,7 @@ from sqlalchemy import Connection, create_engine, pool, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
-from jotc_migrations import compat, serving
+from jotc_migrations import __version__, compat, serving
 from jotc_migrations.bounds import (
     KEEPALIVES,
     Bounds,
@@ -66,6 +66,7 @@ EXTRA_VERSIONS = "JOTC_MIGRATE_EXTRA_VERSIONS"
 # The defaults of --serving and --allow-breaking (the chart's migration Job sets them).
 SERVING_REVISION = "JOTC_MIGRATE_SERVING_REVISION"
 ALLOW_BREAKING = "JOTC_MIGRATE_ALLOW_BREAKING"
+OTLP_PROTOCOL = "http/protobuf"  # the one OTLP protocol this build carries, as the API's
 
 T = TypeVar("T")
 
@@ -474,30 +475,55 @@ def tracing_wanted(env: Mapping[str, str]) -> bool:
     return any(env.get(f"OTEL_EXPORTER_OTLP_{part}ENDPOINT") for part in ("", "TRACES_"))
 
 
-@contextlib.contextmanager
-def traced_run(env: Mapping[str, str]) -> Iterator[trace.Span]:
-    """The run as one span (its revisions before and after as attributes), exported before the
-    command exits, when the OTEL_* variables ask for traces; a no-op span otherwise. Exporters:
-    OTLP over HTTP (endpoint, headers... from OTEL_EXPORTER_OTLP_*) or the console's (stderr)."""
+def trace_exporters(env: Mapping[str, str]) -> list[str]:
+    """The exporters the OTEL_* variables ask for, by the API's rule (jotc_api.tracing: the two
+    packages share no code): none when tracing is off; else the OTEL_TRACES_EXPORTER list, otlp
+    by default. A name or an OTLP protocol this build lacks stops the command before it starts."""
     if not tracing_wanted(env):
+        return []
+    listed = env.get("OTEL_TRACES_EXPORTER") or "otlp"
+    names = [name.strip().lower() for name in listed.split(",")]
+    unknown = [name for name in names if name not in {"otlp", "console", "none"}]
+    if unknown:
+        raise MigrateError(
+            f"OTEL_TRACES_EXPORTER must be otlp, console or none, got {unknown[0]!r}",
+            EXIT_UNAVAILABLE,
+        )
+    protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL"
+    )
+    if "otlp" in names and protocol and protocol.strip() != OTLP_PROTOCOL:
+        raise MigrateError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL must be {OTLP_PROTOCOL}, got {protocol!r}",
+            EXIT_UNAVAILABLE,
+        )
+    return [name for name in names if name != "none"]
+
+
+@contextlib.contextmanager
+def traced_run(exporters: Sequence[str]) -> Iterator[trace.Span]:
+    """The run as one span (its revisions before and after as attributes), exported before the
+    command exits to each of ``exporters`` (trace_exporters): OTLP over HTTP (endpoint,
+    headers... from OTEL_EXPORTER_OTLP_*) or the console's (stderr); a no-op span without any."""
+    if not exporters:
         yield trace.INVALID_SPAN
         return
-    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-    detected = Resource.create()
-    if str(detected.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
-        detected = detected.merge(Resource({SERVICE_NAME: "jotc-migrate"}))
-    provider = TracerProvider(resource=detected, shutdown_on_exit=False)
-    exporter: SpanExporter
-    if env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "console":
-        exporter = ConsoleSpanExporter(out=sys.stderr)
-    else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    detected = Resource.create()  # OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES win, as in the API
+    defaults = Resource({SERVICE_NAME: "jotc-migrate", SERVICE_VERSION: __version__})
+    named = not str(detected.attributes.get(SERVICE_NAME, "")).startswith("unknown_service")
+    resource = defaults.merge(detected) if named else detected.merge(defaults)
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    for name in exporters:
+        if name == "otlp":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        exporter = OTLPSpanExporter()
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        else:
+            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
     try:
         with provider.get_tracer("jotc_migrations").start_as_current_span("jotc-migrate") as span:
             yield span
@@ -506,7 +532,12 @@ def traced_run(env: Mapping[str, str]) -> Iterator[trace.Span]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    with traced_run(os.environ) as span:
+    try:
+        exporters = trace_exporters(os.environ)
+    except MigrateError as exc:
+        log(str(exc))
+        return exc.exit_code
+    with traced_run(exporters) as span:
         code = run_command(argv, span)
         span.set_attribute("process.exit.code", code)
         if code != EXIT_OK:
