@@ -170,7 +170,8 @@ def create_app(
 ) -> ASGIApp:
     """The application that runs, outside in: the response pipeline (request id, CORS, headers,
     metrics, access log, last-resort 500), rate limiting (when JOTC_RATE_LIMIT is set), the fast
-    path for the served routes, then Litestar. Every answer, 404s and crashes included, is counted
+    path for the served routes, then Litestar; while tracing is on, the served routes' server spans
+    stand in front of it all. Every answer, 404s and crashes included, is counted
     and leaves through the pipeline. ``fast_path=False`` leaves the served routes to Litestar;
     ``clock`` is the wall clock of rate limiting's windows (tests give their own)."""
     if configure_logs:
@@ -185,9 +186,14 @@ def create_app(
     if settings.rate_limit is not None:
         limiter = RateLimiter(settings.rate_limit, link, settings.trusted_proxies, clients=clients, clock=clock)
         app = rate_limit_middleware(limiter, app)
-    return response_pipeline(
+    pipeline = response_pipeline(
         app, cors=cors_config(settings.cors_origins), access=settings.access_log, fmt=settings.log_format, drain=drain
     )
+    if tracing.tracer is not None and fast_path:
+        # The fast path's requests never reach Litestar's integration: their server span stands in
+        # front of the pipeline, so that it holds every answer (the rate limiter's 429 included).
+        return served.server_spans(pipeline, served.served_routes(litestar))
+    return pipeline
 
 
 def create_litestar(settings: Settings, link: RedisLink, drain: DrainFlag, clients: Clients) -> Litestar:

@@ -16,7 +16,8 @@ routes and errors, and a crash that escapes them all leave through here:
   started becomes a problem+json 500 carrying the request id;
 - the access line (logs.AccessLog) and the request metrics (metrics.RequestTally).
 
-While tracing is on, one layer stands in front of it: a served route's server span (served.py).
+While tracing is on, one layer stands in front of it: a served route's server span
+(served.server_spans, added by create_app).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from jotc_api.logs import CURRENT_REQUEST_ID, AccessLog
 from jotc_api.memory import give_back
 from jotc_api.metrics import NOT_MEASURED, UNMATCHED, RequestTally, method_label
 from jotc_api.problems import Problem, internal_error, length_required
-from jotc_api.served import server_spans
 from jotc_api.transport import CLIENT_CLOSED_KEY, send_answer
 
 log = structlog.get_logger("jotc.app")
@@ -213,5 +213,4 @@ def response_pipeline(
                 traced = tracing.SERVER_SPAN.get() if tracing.tracer is not None else None
                 lines.add(method_label(method), scope["path"], final, elapsed, rid, traced)
 
-    # Traced, a served route's server span begins in front of all this (served.py); off, nothing does.
-    return pipeline if tracing.tracer is None else server_spans(pipeline)
+    return pipeline

@@ -17,9 +17,8 @@ While tracing is on, a served request's server span is made by ``server_spans``,
 response pipeline, so that it holds every answer the route gives: the rate limiter's 429 and the
 pipeline's 411 as well as the fast path's own. Litestar's integration never sees these requests;
 the span is named and attributed as the integration names and attributes the other routes'
-(tracing.http_server_attributes). It learns the fast path's routes at start-up: it lends a table
-on the lifespan scope, which every layer passes down, and the fast path fills it. Without the
-fast path the table stays empty, and Litestar's integration traces the served routes too.
+(tracing.http_server_attributes). create_app puts it there, with the fast path's routes; without
+the fast path it is not added, and Litestar's integration traces the served routes too.
 """
 
 from __future__ import annotations
@@ -39,9 +38,6 @@ from jotc_api.services import Services, services_of
 from jotc_api.transport import CLIENT_CLOSED_KEY, Incoming, Reply, body_kind, request_fields, send_answer
 
 SERVED = "served"  # the key of a handler's opt that carries its ServedRoute
-# The key of the lifespan scope under which server_spans lends the fast path its table to fill.
-TRACED_ROUTES = "jotc.traced_routes"
-LIFESPAN = "lifespan"  # the scope type that starts and stops the application (no ScopeType member)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +116,8 @@ def fast_path(app: Litestar, inner: ASGIApp) -> ASGIApp:
 
     async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         route = None
-        if scope["type"] == ScopeType.HTTP:
-            if scope["method"] == "POST":
-                route = table.get(scope["path"]) or table.get(canonical_path(scope["path"]))
-        elif scope["type"] == LIFESPAN and TRACED_ROUTES in scope:
-            scope[TRACED_ROUTES].update(table)  # type: ignore[literal-required]
+        if scope["type"] == ScopeType.HTTP and scope["method"] == "POST":
+            route = table.get(scope["path"]) or table.get(canonical_path(scope["path"]))
         if route is None:
             await inner(scope, receive, send)
             return
@@ -139,16 +132,14 @@ def fast_path(app: Litestar, inner: ASGIApp) -> ASGIApp:
     return serve
 
 
-def server_spans(pipeline: ASGIApp) -> ASGIApp:
-    """In front of the response pipeline while tracing is on: a served request is the server span
-    of its trace, continuing the caller's traceparent, from before the rate limiter to its answer."""
-    routes: dict[str, ServedRoute] = {}  # the fast path's table, filled when the lifespan starts
+def server_spans(pipeline: ASGIApp, routes: dict[str, ServedRoute]) -> ASGIApp:
+    """In front of the response pipeline while tracing is on: a request to one of ``routes`` (the
+    fast path's) is the server span of its trace, continuing the caller's traceparent, from before
+    the rate limiter to its answer."""
 
     async def traced(scope: Scope, receive: Receive, send: Send) -> None:
         tracer = tracing.tracer
         if scope["type"] != ScopeType.HTTP or tracer is None:
-            if scope["type"] == LIFESPAN:
-                scope[TRACED_ROUTES] = routes  # type: ignore[literal-required]
             await pipeline(scope, receive, send)
             return
         tracing.SERVER_SPAN.set(None)  # set by the request's server span, if it gets one
