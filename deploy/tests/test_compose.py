@@ -219,6 +219,21 @@ def test_opentelemetry_is_off_by_default_and_reaches_every_jotc_command_when_ask
     asked = compose_config_with({"COMPOSE_PROFILES": "retention", **endpoint})["services"]
     for service in ("api", "migrate", "retention"):
         assert asked[service]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318", service
+    # Every standard variable observability.md lists passes through when set, and only then.
+    passed = [
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "OTEL_PROPAGATORS",
+        "OTEL_SDK_DISABLED",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    ]
+    # Unset here: null in the configuration, which Compose leaves unset in the container (not empty).
+    assert [quiet["api"]["environment"][name] for name in passed] == [None] * len(passed)
+    set_here = {name: f"value-of-{name.lower()}" for name in passed}
+    given = compose_config_with({"COMPOSE_PROFILES": "retention", **set_here})["services"]
+    for service in ("api", "migrate", "retention"):
+        environment = given[service]["environment"]
+        assert {name: environment.get(name) for name in passed} == set_here, service
 
 
 def test_no_env_file_or_secret_is_committed() -> None:
