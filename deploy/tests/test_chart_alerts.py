@@ -79,13 +79,9 @@ def replicas(desired: str, available: str) -> list[dict[str, str]]:
     ]
 
 
-def probes(ready: str, unready: str, pod: str = "rel-jotc-api-1") -> list[dict[str, str]]:
-    """One pod's /readyz answers to the kubelet (a probe every 3 s: 20 a minute), 200 and 503."""
-    labels = {"method": "GET", "route": "/readyz", "pod": pod}
-    return [
-        api("jotc_http_requests_total", ready, status="200", **labels),
-        api("jotc_http_requests_total", unready, status="503", **labels),
-    ]
+def ready(values: str, pod: str = "rel-jotc-api-1") -> dict[str, str]:
+    """One pod's jotc_ready: 1 while its latest /readyz answer was 200, 0 while 503."""
+    return api("jotc_ready", values, pod=pod)
 
 
 def up(values: str) -> dict[str, str]:
@@ -150,7 +146,7 @@ def test_postgresql_down_pages_within_3_minutes_at_the_ingress(tmp_path: Path) -
         jumps("201", "0+600x30 18000x10"),
         *durations("0+600x30 18000x10", "0+600x30 18000x10"),
         *replicas("20x40", "20x30 0x10"),
-        *probes("0+20x30 600x10", "0x30 0+20x10"),  # both views see it: one alert, kube-state-metrics'
+        ready("1x30 0x10"),  # both views see it: one alert
         up("1x40"),
     ]
     run(
@@ -165,7 +161,7 @@ def test_postgresql_down_pages_within_3_minutes_at_the_ingress(tmp_path: Path) -
                         rules,
                         "33m",
                         {
-                            "JotcApiUnavailable": ({"deployment": JOB}, None),
+                            "JotcApiUnavailable": ({}, None),
                             "JotcApiIngressErrors": ({}, "100%"),
                             "JotcApiAvailabilityBudgetBurnFast": ({}, "9.091%"),
                             "JotcApiAvailabilityBudgetBurnSlow": ({}, "9.091%"),
@@ -178,11 +174,11 @@ def test_postgresql_down_pages_within_3_minutes_at_the_ingress(tmp_path: Path) -
     )
 
 
-# PostgreSQL down from 30m, seen at the API: the POSTs stop arriving, the pods' probes answer 503.
+# PostgreSQL down from 30m, seen at the API: the POSTs stop arriving, the pods' /readyz answer 503.
 DOWN_AT_THE_API = [
     jumps("201", "0+600x30 18000x10"),
     *durations("0+600x30 18000x10", "0+600x30 18000x10"),
-    *probes("0+20x30 600x10", "0x30 0+20x10"),
+    ready("1x30 0x10"),
     up("1x40"),
 ]
 
@@ -198,7 +194,7 @@ def test_postgresql_down_pages_within_3_minutes_without_an_ingress(tmp_path: Pat
                 "input_series": [*DOWN_AT_THE_API, *replicas("20x40", "20x30 0x10")],
                 "alert_rule_test": lambda rules: [
                     *expect(rules, "31m", {}),  # pending: the outage is a minute old
-                    *expect(rules, "33m", {"JotcApiUnavailable": ({"deployment": JOB}, None)}),
+                    *expect(rules, "33m", {"JotcApiUnavailable": ({}, None)}),
                 ],
             }
         ],
@@ -208,7 +204,7 @@ def test_postgresql_down_pages_within_3_minutes_without_an_ingress(tmp_path: Pat
 
 def test_postgresql_down_pages_within_3_minutes_without_kube_state_metrics(tmp_path: Path) -> None:
     """The same outage with neither an ingress nor kube-state-metrics: Prometheus still scrapes the
-    unready pods, whose /readyz answer their probes 503 only. The page comes from that; the missing
+    unready pods, whose latest /readyz answers are 503 (jotc_ready 0). The page comes from that; the missing
     kube-state-metrics is a warning of its own from 15 minutes on."""
     missing = {"JotcAlertInputsMissing": ({"deployment": JOB, "input": "kube-state-metrics"}, None)}
     run(
@@ -216,11 +212,36 @@ def test_postgresql_down_pages_within_3_minutes_without_kube_state_metrics(tmp_p
         [
             {
                 "interval": "1m",
-                "input_series": [*DOWN_AT_THE_API, *probes("0+20x30 600x10", "0x30 0+20x10", pod="rel-jotc-api-2")],
+                "input_series": [*DOWN_AT_THE_API, ready("1x30 0x10", pod="rel-jotc-api-2")],
                 "alert_rule_test": lambda rules: [
                     *expect(rules, "10m", {}),
                     *expect(rules, "31m", missing),  # pending: the outage is a minute old
                     *expect(rules, "33m", {**missing, "JotcApiUnavailable": ({}, None)}),
+                ],
+            }
+        ],
+        tmp_path,
+    )
+
+
+def test_kube_state_metrics_lost_during_an_outage_leaves_its_page_as_it_is(tmp_path: Path) -> None:
+    """kube-state-metrics gone from 33m to 36m while PostgreSQL is down: the pods' own view holds the
+    same alert (the same labels), so it neither resolves nor starts again."""
+    down = {"JotcApiUnavailable": ({}, None)}
+    run(
+        "default",
+        [
+            {
+                "interval": "1m",
+                "input_series": [
+                    *DOWN_AT_THE_API,
+                    series("kube_deployment_spec_replicas", KUBE_STATE, "20x32 stale _x3 20x4"),
+                    series("kube_deployment_status_replicas_available", KUBE_STATE, "20x30 0 0 stale _x3 0x4"),
+                ],
+                "alert_rule_test": lambda rules: [
+                    *expect(rules, "33m", down),
+                    *expect(rules, "35m", down),
+                    *expect(rules, "38m", down),
                 ],
             }
         ],
@@ -265,6 +286,7 @@ def test_every_target_gone_pages_and_a_scaled_to_zero_api_does_not(tmp_path: Pat
                     jumps("201", "0+600x30"),
                     *durations("0+600x30", "0+600x30"),
                     up("1x30 stale"),
+                    ready("1x30 stale"),
                     # every pod gone while two are wanted
                     *replicas("2x40", "2x30 0x10"),
                 ],
@@ -273,7 +295,7 @@ def test_every_target_gone_pages_and_a_scaled_to_zero_api_does_not(tmp_path: Pat
                     *expect(
                         rules,
                         "33m",
-                        {"JotcApiDown": ({}, None), "JotcApiUnavailable": ({"deployment": JOB}, None)},
+                        {"JotcApiDown": ({}, None), "JotcApiUnavailable": ({}, None)},
                     ),
                 ],
             },
@@ -283,6 +305,7 @@ def test_every_target_gone_pages_and_a_scaled_to_zero_api_does_not(tmp_path: Pat
                     jumps("201", "0+600x30"),
                     *durations("0+600x30", "0+600x30"),
                     up("1x30 stale"),
+                    ready("1x30 0 stale"),  # the pods drain (503), then are gone
                     # scaled to zero on purpose: nothing desired, nothing available, no page for it
                     *replicas("2x30 0x10", "2x30 0x10"),
                 ],
@@ -309,8 +332,8 @@ def test_one_unready_pod_of_twenty_is_a_warning_not_a_page(tmp_path: Path) -> No
                 "input_series": [
                     *healthy_traffic,
                     *replicas("20x60", "20x20 19x40"),
-                    *probes("0+20x20 400x40", "0x20 0+20x40"),  # this pod unready from 20m
-                    *probes("0+20x60", "0x60", pod="rel-jotc-api-2"),  # the others ready
+                    ready("1x20 0x40"),  # this pod unready from 20m
+                    ready("1x60", pod="rel-jotc-api-2"),  # the others ready
                 ],
                 "alert_rule_test": lambda rules: [
                     *expect(rules, "25m", {}),  # not yet 10 minutes

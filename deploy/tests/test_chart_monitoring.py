@@ -31,6 +31,7 @@ NOT_FROM_THE_API = {
 }
 PROMQL_WORDS = {
     "sum",
+    "max",
     "by",
     "rate",
     "increase",

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import msgspec
 import structlog
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -52,6 +52,14 @@ class Readiness(msgspec.Struct):
 
 Checks = dict[str, Check]
 READY = {"ok", "not configured", "degraded"}  # a check in one of these states does not stop traffic
+# What this pod's latest /readyz said. Prometheus scrapes unready pods too, so alerts can see that
+# no pod is ready without kube-state-metrics (the chart's JotcApiUnavailable): the pod's value is
+# its workers' latest answer, whichever worker the probe reached.
+ANSWERED_READY = Gauge(
+    "jotc_ready",
+    "1 while this pod's latest /readyz answer was 200, 0 while it was 503 (not ready, or draining)",
+    multiprocess_mode="mostrecent",
+)
 
 log = structlog.get_logger("jotc.readiness")
 # Inside the chart's readiness probe timeout (3 s) with room for Redis's ping (0.5 s).

@@ -38,6 +38,7 @@ def test_readyz_when_database_and_schema_are_right(client: httpx.Client) -> None
     assert checks["database"]["status"] == "ok"
     assert checks["schema"] == {"status": "ok", "revision": SCHEMA_REVISION}
     assert "redis" in checks
+    assert "\njotc_ready 1.0\n" in client.get("/metrics").text, "the pod says it answered ready"
 
 
 def test_build_expects_the_migrations_head() -> None:
@@ -70,6 +71,7 @@ def test_readyz_is_503_when_the_database_is_unreachable() -> None:
         response = http.get("/readyz")
         assert response.status_code == 503, response.text
         assert response.json()["checks"]["database"]["status"] == "failing"
+        assert "\njotc_ready 0.0\n" in http.get("/metrics").text, "scraped while unready, it says so"
         assert http.get("/healthz").status_code == 200
         jumps = http.post("/jumps", json={"clouds": [0, 0]})
         assert jumps.status_code == 503, jumps.text

@@ -97,6 +97,7 @@ def test_while_draining_readyz_is_503_healthz_200_and_every_answer_closes_the_co
         assert ready.status_code == 503
         assert ready.json()["status"] == "draining"
         assert ready.headers["connection"] == "close"
+        assert "\njotc_ready 0.0\n" in client.get("/metrics").text, "a draining pod says it is not ready"
         assert client.get("/healthz").status_code == 200
         for answer in (
             client.post("/jumps", json=BODY),

@@ -90,3 +90,11 @@ def test_access_log_lines_are_json_with_the_request_id(api: ApiServer, server_cl
     lines = wait_until(logged, timeout=10, what="the access line of request log-check-42")
     assert '"request_id":"log-check-42"' in lines[0]
     assert '"status":200' in lines[0]
+
+
+def test_the_pods_readiness_is_scraped_as_its_workers_latest_answer(api: ApiServer) -> None:
+    """jotc_ready across the server's workers (multiprocess mode): their latest /readyz answer."""
+    for _ in range(4):  # fresh connections: both workers answer
+        assert httpx.get(f"{api.base_url}/readyz").status_code == 200
+    text = httpx.get(f"{api.base_url}/metrics").text
+    assert metric(text, "jotc_ready") == 1.0, [line for line in text.splitlines() if "jotc_ready" in line]

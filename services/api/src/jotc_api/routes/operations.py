@@ -10,7 +10,7 @@ from litestar.params import FromPath
 
 from jotc_api.openapi import NoValidationOperation, answer_spec, problem
 from jotc_api.problems import KINDS, Problem
-from jotc_api.readiness import DRAINING, READY, Check, Readiness
+from jotc_api.readiness import ANSWERED_READY, DRAINING, READY, Check, Readiness
 from jotc_api.services import services_of
 
 JSON = "application/json"
@@ -43,6 +43,7 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
     services = services_of(request.app)
     if services.drain.draining:
         # No dependency checks: whatever they say, a balancer should now send traffic elsewhere.
+        ANSWERED_READY.set(0)
         return Response(msgspec.json.encode(DRAINING), status_code=503, media_type=JSON)
     checks = await services.readiness.database()
     redis_status = await services.redis.ping()
@@ -53,6 +54,7 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[bytes]:
         else None,
     )
     ready = all(check.status in READY for check in checks.values())
+    ANSWERED_READY.set(1 if ready else 0)
     answer = Readiness("ready" if ready else "not ready", checks)
     return Response(msgspec.json.encode(answer), status_code=200 if ready else 503, media_type=JSON)
 
