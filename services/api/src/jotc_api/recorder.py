@@ -12,7 +12,9 @@ round trip; under heavy load batches grow and throughput follows.
 
 Each writer keeps one pooled connection for its life instead of checking one
 out per batch; at one row per batch the checkout would cost more than the
-commit.
+commit. Before each batch one poll of its socket tells whether the server has
+closed it meanwhile (a PgBouncer or PostgreSQL restart); such a connection is
+replaced before anything is sent on it.
 
 Failure: if PostgreSQL cannot be reached, or the statement fails or times out,
 every request in that batch gets DatabaseUnavailable (503, nothing
@@ -213,12 +215,12 @@ class Recorder:
 
     async def _write_batch(self, link: Connected | None, batch: list[Waiting]) -> Connected | None:
         started = time.perf_counter()
-        if link is not None and hung_up(link.driver):
-            log.info("the recorder's idle connection was closed by the server (a restart?); connecting afresh")
-            await discard(link.pooled)
-            link = None
         try:
             with Deadline(self._write_timeout):
+                if link is not None and hung_up(link.driver):
+                    log.info("the recorder's idle connection was closed by the server (a restart?); connecting afresh")
+                    await asyncio.shield(discard(link.pooled))  # as in connect(): never cut short
+                    link = None
                 if link is None:
                     link = await connect(self._engine)
                 await insert_rows(link.driver, [row for row, _, _ in batch])
@@ -292,7 +294,7 @@ def hung_up(driver: psycopg.AsyncConnection[TupleRow]) -> bool:
     pooler writes to a client except to end its session (a restart, a terminated backend), so a
     readable socket, or a closed one, means the connection is gone. One poll, no round trip: a
     batch sent on it would fail, and its requests be refused 503, although nothing was sent."""
-    if driver.closed or driver.broken:
+    if driver.closed:
         return True
     poller = select.poll()
     poller.register(driver.pgconn.socket, select.POLLIN)

@@ -5,6 +5,7 @@ that hang up, shutdown with rows still queued, and how failures are described. N
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from typing import Any
 
@@ -221,12 +222,29 @@ def test_failures_are_described_in_one_line() -> None:
     assert describe_failure(OSError()) == "OSError"
 
 
+class FakePgConn:
+    """libpq's side of a fake connection: a real socket, whose other end stands for the server."""
+
+    def __init__(self) -> None:
+        self.ours, self.servers = socket.socketpair()
+
+    @property
+    def socket(self) -> int:
+        return self.ours.fileno()
+
+
 class FakeDriver:
     def __init__(self, failure: Exception | None) -> None:
         self.autocommit = False
+        self.closed = False
+        self.pgconn = FakePgConn()
         self.failure = failure
         self.executed: list[dict[str, Any]] = []
         self.statements: list[str] = []
+
+    def hang_up(self) -> None:
+        """The server ends the session while the connection is idle (a pooler's restart)."""
+        self.pgconn.servers.close()
 
     async def set_autocommit(self, value: bool) -> None:
         self.autocommit = value
@@ -256,6 +274,22 @@ async def test_a_writer_connects_once_in_autocommit_and_keeps_its_connection() -
     assert connection.driver.autocommit is True
     assert len(connection.driver.executed) == 3, "three batches, one connection"
     assert connection.closed
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced_before_the_batch_is_sent() -> None:
+    engine = FakeEngine()
+    recorder = make(engine)
+    await recorder.record(row("before"))
+    (first,) = engine.connections
+    first.driver.hang_up()
+    with capture_logs() as logs:
+        await recorder.record(row("after"))  # recorded, not refused
+    await recorder.close(timeout=5)
+    assert len(first.driver.executed) == 1, "nothing was sent on the closed connection"
+    assert first.invalidated, "the closed connection is thrown away"
+    assert len(engine.connections) == 2
+    assert len(engine.connections[1].driver.executed) == 1
+    assert [line["event"] for line in logs if "closed by the server" in line["event"]]
 
 
 async def test_a_batch_past_its_deadline_is_503_and_the_next_batch_connects_afresh(statement: Statement) -> None:
