@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from jotc_api import tracing
 from jotc_api.idempotency import StoredReply, claim_key, keep_reply
@@ -167,8 +167,15 @@ def server_spans(pipeline: ASGIApp, routes: dict[str, ServedRoute]) -> ASGIApp:
                 server.set_attributes(tracing.http_server_attributes(scope, route.path))
             try:
                 await pipeline(scope, receive, send_noting_status)
-            finally:
-                if recording and status:
-                    tracing.set_http_status(server, status)
+            except BaseException:
+                # Past the answer's start (the pipeline answers 500 for what comes before): the
+                # client got a cut answer, whatever its status said.
+                if recording:
+                    if status:
+                        tracing.set_http_status(server, status)
+                    server.set_status(Status(StatusCode.ERROR, "the answer was not completed"))
+                raise
+            if recording and status:
+                tracing.set_http_status(server, status)
 
     return traced

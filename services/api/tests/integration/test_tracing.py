@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from support import ADMIN_TOKEN, TEST_SETTINGS, fake_client, fresh_database, in_process, mid_window, plant, redis_url
 
-from jotc_api import tracing
+from jotc_api import served, tracing
 from jotc_api.logs import AccessLog, configure_logging
 from jotc_api.ratelimit import MAX_SYNC_LINKS, RateLimiter
 from jotc_api.redis_link import RedisLink
@@ -133,6 +133,32 @@ def test_a_server_error_marks_the_server_span(database_url: str, spans: InMemory
     assert (server.attributes["http.response.status_code"], server.attributes["error.type"]) == (503, "503")
     (batch,) = named(spans, "recorder batch commit")
     assert batch.status.status_code == StatusCode.ERROR
+
+
+async def test_an_answer_cut_after_it_started_marks_the_server_span(spans: InMemorySpanExporter) -> None:
+    """A failure past the answer's start (which the pipeline cannot turn into a 500 any more) is
+    ERROR on the served route's span, beside the status the client was sent."""
+
+    async def cut_short(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        raise ConnectionResetError("the client went away mid-answer")
+
+    async def unused(*_: Any) -> Any:
+        raise AssertionError("not called")
+
+    route = served.ServedRoute("/jumps", unused, unused, text=False)
+    app = served.server_spans(cut_short, {"/jumps": route})
+    scope = {"type": "http", "method": "POST", "path": "/jumps", "headers": [], "scheme": "http", "query_string": b""}
+
+    async def send(_: Any) -> None:
+        return None
+
+    with pytest.raises(ConnectionResetError):
+        await app(scope, unused, send)
+    (server,) = named(spans, "POST /jumps")
+    assert server.status.status_code == StatusCode.ERROR
+    assert server.attributes is not None
+    assert server.attributes["http.response.status_code"] == 201
 
 
 def test_the_served_span_carries_the_attributes_the_integration_gives_the_other_routes(

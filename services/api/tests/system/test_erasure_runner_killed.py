@@ -38,6 +38,22 @@ def rows_of(url: str, user: str) -> int:
     return int(row[0])
 
 
+def lease_of(url: str, user: str) -> Any:
+    """The erasure job's lease_until (PostgreSQL's timestamp), None when no runner holds it."""
+    with psycopg.connect(url) as db:
+        row = db.execute("SELECT lease_until FROM erasure_jobs WHERE user_name = %s", (user,)).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def before(url: str, moment: Any) -> bool:
+    """Is PostgreSQL's clock still before ``moment``?"""
+    with psycopg.connect(url) as db:
+        row = db.execute("SELECT now() < %s", (moment,)).fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
 def test_a_runner_killed_mid_erasure_is_followed_by_the_other_instance_through_the_pooler(
     tmp_root: Path, tmp_path: Path
 ) -> None:
@@ -61,7 +77,9 @@ def test_a_runner_killed_mid_erasure_is_followed_by_the_other_instance_through_t
                 what="the first instance's runner deleting",
                 interval=0.05,
             )
-            victims = {first.process.pid, *worker_pids(first.process.pid)}
+            workers = worker_pids(first.process.pid)
+            assert len(workers) == 1, f"the first instance's worker, to kill with it: {workers}"
+            victims = {first.process.pid, *workers}
             for pid in victims:
                 os.kill(pid, signal.SIGKILL)
             for pid in victims:
@@ -70,9 +88,14 @@ def test_a_runner_killed_mid_erasure_is_followed_by_the_other_instance_through_t
             killed_at = status(second.base_url, user)
             assert killed_at["state"] == "running", f"the erasure was not mid-job when killed: {killed_at}"
             assert rows_of(direct_url, user) == PLANTED - killed_at["deleted"], "the status counts what was erased"
+            lease_until = lease_of(direct_url, user)
+            assert lease_until is not None, "the dead runner left its lease"
+            taken_over_before_the_lease_ended: list[bool] = []
 
             def done() -> dict[str, Any] | None:
                 seen = status(second.base_url, user)
+                if seen["deleted"] > killed_at["deleted"] and not taken_over_before_the_lease_ended:
+                    taken_over_before_the_lease_ended.append(before(direct_url, lease_until))
                 return seen if seen["state"] == "done" else None
 
             finished = wait_until(
@@ -86,6 +109,7 @@ def test_a_runner_killed_mid_erasure_is_followed_by_the_other_instance_through_t
                 if server is not None and server.process.poll() is None:
                     server.stop()
             bouncer.stop()
+        assert taken_over_before_the_lease_ended == [False], "the other instance ran while the lease held"
         assert finished["deleted"] == PLANTED, f"every row erased once, counted once: {finished}"
         assert killed_at["deleted"] < PLANTED
         assert rows_of(direct_url, user) == 0
