@@ -67,7 +67,9 @@ def test_a_runner_killed_mid_erasure_is_followed_by_the_other_instance_through_t
             plant(direct_url, user, PLANTED)
             plant(direct_url, "kept@example.com", 10)
             settings = {"JOTC_DB_POOLER": "transaction", "JOTC_WORKERS": "1"}
-            first = start_api(pooled, tmp_root, **settings, **SLOW)
+            # Killed, the first leaves what its main process would have removed (its drain flag's
+            # directory): in this test's own directory, not the run's.
+            first = start_api(pooled, tmp_root, TMPDIR=str(tmp_path), **settings, **SLOW)
             second = start_api(pooled, tmp_root, **settings)
             started = httpx.delete(f"{first.base_url}/admin/users/{user}/requests", headers=AUTH, timeout=30)
             assert started.status_code == 202, f"a background erasure: {started.status_code} {started.text}"
