@@ -38,8 +38,7 @@ from typing import Final, NamedTuple
 import msgspec
 import psycopg
 import structlog
-from opentelemetry.context import Context
-from opentelemetry.trace import Link, SpanContext, Status, StatusCode
+from opentelemetry.trace import SpanContext, Status, StatusCode
 from prometheus_client import Counter, Histogram
 from psycopg.rows import TupleRow
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
@@ -197,18 +196,16 @@ class Recorder:
 
     async def _write(self, link: Connected | None, batch: list[Waiting]) -> Connected | None:
         """Write one batch; answer its requests; return the connection to use next time."""
-        tracer = tracing.tracer
-        if tracer is not None:
-            carried = [Link(traced) for _, _, traced in batch if traced is not None]
+        if tracing.tracer is not None:
+            carried = [traced for _, _, traced in batch if traced is not None]
             if carried:
                 # A trace of its own, linked to every sampled request it carries (a batch serves many
-                # traces); Context() makes it a root whatever the writer's context holds.
+                # traces).
                 attributes: dict[str, str | int] = {"db.system.name": "postgresql", "jotc.batch.rows": len(batch)}
-                with tracer.start_as_current_span(
-                    "recorder batch commit", Context(), links=carried, attributes=attributes
-                ) as span:
+                with tracing.linked_root("recorder batch commit", carried, attributes) as span:
                     link = await self._write_batch(link, batch)
-                    if any(future.exception() for _, future, _ in batch if future.done() and not future.cancelled()):
+                    answered = [future for _, future, _ in batch if future.done() and not future.cancelled()]
+                    if span is not None and any(future.exception() for future in answered):
                         span.set_status(Status(StatusCode.ERROR, "the batch was not recorded"))
                     return link
         return await self._write_batch(link, batch)

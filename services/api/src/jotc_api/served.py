@@ -104,6 +104,14 @@ def served_routes(app: Litestar) -> dict[str, ServedRoute]:
     return table
 
 
+def served_route(table: dict[str, ServedRoute], method: str, path: str) -> ServedRoute | None:
+    """The served route a request is for, by the path Litestar's router would match; None for
+    anything else (another method, another path)."""
+    if method != "POST":
+        return None
+    return table.get(path) or table.get(canonical_path(path))
+
+
 def canonical_path(path: str) -> str:
     """The path Litestar's router matches for this one ("/jumps/", "//jumps" → "/jumps")."""
     return "/" + "/".join(part for part in path.split("/") if part)
@@ -115,9 +123,7 @@ def fast_path(app: Litestar, inner: ASGIApp) -> ASGIApp:
     services = services_of(app)
 
     async def serve(scope: Scope, receive: Receive, send: Send) -> None:
-        route = None
-        if scope["type"] == ScopeType.HTTP and scope["method"] == "POST":
-            route = table.get(scope["path"]) or table.get(canonical_path(scope["path"]))
+        route = served_route(table, scope["method"], scope["path"]) if scope["type"] == ScopeType.HTTP else None
         if route is None:
             await inner(scope, receive, send)
             return
@@ -143,9 +149,7 @@ def server_spans(pipeline: ASGIApp, routes: dict[str, ServedRoute]) -> ASGIApp:
             await pipeline(scope, receive, send)
             return
         tracing.SERVER_SPAN.set(None)  # set by the request's server span, if it gets one
-        route = None
-        if scope["method"] == "POST":
-            route = routes.get(scope["path"]) or routes.get(canonical_path(scope["path"]))
+        route = served_route(routes, scope["method"], scope["path"])
         if route is None:
             await pipeline(scope, receive, send)
             return

@@ -183,13 +183,12 @@ def linked_root(
     name: str, carried: Sequence[SpanContext], attributes: Attributes = None
 ) -> AbstractContextManager[trace.Span | None]:
     """A span that is a trace of its own (whatever the current context holds), linked to the
-    sampled requests it serves (``carried``), or a no-op while tracing is off."""
+    sampled requests it serves (``carried``): the recorder's batch commit, the rate limiter's sync;
+    a no-op while tracing is off."""
     if tracer is None:
         return NO_SPAN
     links = [Link(context) for context in carried]
-    return tracer.start_as_current_span(
-        name, Context(), links=links, attributes=attributes, record_exception=False, set_status_on_exception=False
-    )
+    return tracer.start_as_current_span(name, Context(), links=links, attributes=attributes)
 
 
 def incoming(headers: Iterable[tuple[bytes, bytes]]) -> Context | None:

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import httpx
 import psycopg
@@ -61,29 +62,19 @@ def post(http: httpx.Client, key: str | None) -> Answer:
     return Answer(started, ended, key, response.status_code, kind, replayed, response.headers.get("retry-after"))
 
 
-class Load:
-    """``clients`` threads, each posting in turn with a fresh Idempotency-Key and without one, until
-    stopped; every answer is kept."""
+class Posters:
+    """``count`` threads each running ``run`` from the with block's start until its end."""
 
-    def __init__(self, base_url: str, clients: int = 4) -> None:
-        self.answers: list[Answer] = []
-        self.stop = threading.Event()
+    def __init__(self, base_url: str, count: int) -> None:
+        self.base_url = base_url
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self.run, args=(base_url,)) for _ in range(clients)]
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run) for _ in range(count)]
 
-    def run(self, base_url: str) -> None:
-        with httpx.Client(base_url=base_url, timeout=15) as http:
-            while not self.stop.is_set():
-                for key in (f"failover-{uuid.uuid4()}", None):
-                    answer = post(http, key)
-                    with self.lock:
-                        self.answers.append(answer)
+    def run(self) -> None:
+        raise NotImplementedError
 
-    def keyed(self) -> list[Answer]:
-        with self.lock:
-            return [a for a in self.answers if a.key is not None]
-
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         for thread in self.threads:
             thread.start()
         return self
@@ -94,18 +85,36 @@ class Load:
             thread.join(30)
 
 
-class Heavy:
+class Load(Posters):
+    """``clients`` threads, each posting in turn with a fresh Idempotency-Key and without one, until
+    stopped; every answer is kept."""
+
+    def __init__(self, base_url: str, clients: int = 4) -> None:
+        super().__init__(base_url, clients)
+        self.answers: list[Answer] = []
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=15) as http:
+            while not self.stop.is_set():
+                for key in (f"failover-{uuid.uuid4()}", None):
+                    answer = post(http, key)
+                    with self.lock:
+                        self.answers.append(answer)
+
+    def keyed(self) -> list[Answer]:
+        with self.lock:
+            return [a for a in self.answers if a.key is not None]
+
+
+class Heavy(Posters):
     """One client address posting without a key from four threads, about 80 a second in all, until
     stopped: the rate limit of one client across the failover. Every answer is kept, with when it
     came."""
 
     def __init__(self, base_url: str, threads: int = 4) -> None:
-        self.base_url = base_url
+        super().__init__(base_url, threads)
         self.address = fake_client()
         self.answers: list[tuple[float, int]] = []  # (when it came, status)
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self.run) for _ in range(threads)]
 
     def run(self) -> None:
         with httpx.Client(base_url=self.base_url, timeout=15) as http:
@@ -120,16 +129,6 @@ class Heavy:
     def statuses(self, since: float = 0.0, until: float = float("inf")) -> Counter[int]:
         with self.lock:
             return Counter(status for at, status in self.answers if since <= at <= until)
-
-    def __enter__(self) -> Heavy:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(30)
 
 
 def clear_of_a_day_boundary(seconds: float) -> None:
